@@ -1,0 +1,1 @@
+"""Efficiency interventions built on ``workbench.Model`` (KV-cache policies, quantization, sparsity, pruning)."""

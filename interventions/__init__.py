@@ -1,0 +1,1 @@
+"""Interventions on ``workbench.Model``: ablation, patching, steering, splicing, guided decoding."""

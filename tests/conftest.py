@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny random models for unit tests, the bundled SmolLM2 for integration tests."""
+import os
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+warnings.filterwarnings("ignore", category=UserWarning, module="transformer_lens")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    import workbench as wb
+
+    return wb.load("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    import workbench as wb
+
+    return wb.load("tiny-gpt2")
+
+
+@pytest.fixture(params=["tiny-llama", "tiny-gpt2"])
+def tiny(request, tiny_llama, tiny_gpt2):
+    return tiny_llama if request.param == "tiny-llama" else tiny_gpt2
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    import workbench as wb
+
+    return wb.load()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_hooks(request):
+    """After every test, no model used by it may carry a hook the workbench attached."""
+    yield
+    for name in ("tiny_llama", "tiny_gpt2", "smollm2", "tiny"):
+        if name in request.fixturenames:
+            model = request.getfixturevalue(name)
+            assert model.leftover_hooks() == [], f"hooks leaked on {name}: {model.leftover_hooks()}"

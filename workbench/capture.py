@@ -1,0 +1,210 @@
+"""Capture plans: which hooks to read, what to keep of them, and what that will cost.
+
+A plan is resolved before the forward pass, so the memory guard can refuse a capture that would
+not fit, with a message saying how to narrow it, before any work is done.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+
+from .errors import CaptureBudgetError, InputError
+from .hook_names import ATTENTION_MAPS, SPECS, HookSpec, spec_for_full_name, unknown_name_error
+
+DEFAULT_BUDGET_BYTES = 4 * 2**30  # 4 GiB; change with workbench.settings.capture_budget_bytes
+
+
+@dataclass
+class Settings:
+    """Process-wide defaults; per-call arguments override them."""
+
+    capture_budget_bytes: int = DEFAULT_BUDGET_BYTES
+
+
+settings = Settings()
+
+
+@dataclass(frozen=True)
+class CaptureItem:
+    name: str  # key in Run.captures: the full hook name, or "<z hook>:head_out" for derived captures
+    hook: str  # the TransformerLens hook that is read
+    spec: HookSpec | None
+    layer: int | None
+    summary: bool = False  # attention summary instead of the full pattern
+
+
+@dataclass
+class CaptureEstimate:
+    """Bytes a capture will hold, per captured name, before anything runs."""
+
+    per_item: dict[str, int]
+    logits_bytes: int
+    transient_bytes: int  # largest single tensor alive during the forward (e.g. one layer's pattern)
+    budget: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_item.values()) + self.logits_bytes
+
+    def __repr__(self) -> str:
+        return (f"CaptureEstimate(total={self.total / 2**20:.1f} MiB, captures={len(self.per_item)}, "
+                f"logits={self.logits_bytes / 2**20:.1f} MiB, budget={self.budget / 2**20:.0f} MiB)")
+
+
+@dataclass
+class AttentionSummary:
+    """Per-layer attention statistics kept instead of the full (B, H, T, T) pattern.
+
+    received: (B, H, T) mean attention each key receives over the queries that can see it
+        (queries q >= max(k, skip_queries)); NaN where no such query exists.
+    entropy: (B, H, T) Shannon entropy (nats) of each query's attention row.
+    last_rows: (B, H, n_last, T) the attention rows of the last ``n_last`` queries.
+    """
+
+    layer: int
+    received: torch.Tensor
+    entropy: torch.Tensor
+    last_rows: torch.Tensor
+    skip_queries: int
+
+
+def summarize_pattern(pattern: torch.Tensor, layer: int, skip_queries: int, n_last: int,
+                      lengths: Sequence[int] | None = None) -> AttentionSummary:
+    """Reduce a causal pattern (B, H, Tq, Tk) with Tq == Tk to an AttentionSummary."""
+    b, h, tq, tk = pattern.shape
+    p = pattern.detach().float()
+    q_idx = torch.arange(tq, device=p.device)[:, None]
+    k_idx = torch.arange(tk, device=p.device)[None, :]
+    valid = (q_idx >= k_idx) & (q_idx >= skip_queries)  # (Tq, Tk)
+    valid = valid[None].expand(b, tq, tk).clone()
+    if lengths is not None:  # right padding: queries and keys past the prompt do not count
+        for i, n in enumerate(lengths):
+            valid[i, n:, :] = False
+            valid[i, :, n:] = False
+    vmask = valid[:, None].to(p.dtype)  # (B, 1, Tq, Tk)
+    counts = vmask.sum(2)  # (B, 1, Tk)
+    received = (p * vmask).sum(2) / counts.clamp_min(1)
+    received = torch.where(counts > 0, received, torch.full_like(received, float("nan")))
+    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
+    return AttentionSummary(layer, received, entropy, p[:, :, -n_last:, :].clone(), skip_queries)
+
+
+def _as_list(x) -> list:
+    if x is None:
+        return []
+    if isinstance(x, str):
+        return [x]
+    return list(x)
+
+
+def resolve_layers(layers, n_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(n_layers))
+    if isinstance(layers, int):
+        layers = [layers]
+    out = []
+    for l in layers:
+        if not isinstance(l, int) or isinstance(l, bool):
+            raise InputError(f"Layer indices must be integers, got {l!r}.")
+        if not -n_layers <= l < n_layers:
+            raise InputError(f"Layer {l} is out of range: this model has {n_layers} layers (0..{n_layers - 1}).")
+        out.append(l % n_layers)
+    return sorted(set(out))
+
+
+def resolve_positions(positions, seq_len: int) -> torch.Tensor | None:
+    """Return sorted position indices (P,) or None for all positions."""
+    if positions is None:
+        return None
+    if isinstance(positions, slice):
+        idx = list(range(seq_len))[positions]
+    else:
+        idx = [positions] if isinstance(positions, int) else list(positions)
+    out = []
+    for p in idx:
+        if not isinstance(p, int) or isinstance(p, bool):
+            raise InputError(f"Positions must be integers or a slice, got {p!r}.")
+        if not -seq_len <= p < seq_len:
+            raise InputError(f"Position {p} is out of range for a sequence of {seq_len} tokens.")
+        out.append(p % seq_len)
+    if not out:
+        raise InputError("The position selection is empty; pass None for all positions.")
+    return torch.tensor(sorted(set(out)), dtype=torch.long)
+
+
+def plan_capture(names, layers, available: set[str], n_layers: int, attention: str) -> list[CaptureItem]:
+    """Expand requested names over layers into CaptureItems, checking every name exists."""
+    if attention not in ("full", "summary"):
+        raise InputError(f"attention must be 'full' or 'summary', got {attention!r}.")
+    layer_list = resolve_layers(layers, n_layers)
+    items: list[CaptureItem] = []
+    for name in _as_list(names):
+        if not isinstance(name, str):
+            raise InputError(f"Capture names must be strings, got {name!r}.")
+        if name in SPECS:
+            spec = SPECS[name]
+            targets = [(spec.full_name(l), l) for l in layer_list] if spec.per_layer else [(spec.template, None)]
+            for hook, l in targets:
+                if hook not in available:
+                    raise _unavailable(name, hook)
+                summary = attention == "summary" and name == "pattern"
+                key = f"{hook}:head_out" if spec.derived_from else hook
+                items.append(CaptureItem(key, hook, spec, l, summary))
+        elif name in available:
+            spec, l = spec_for_full_name(name)
+            summary = attention == "summary" and spec is not None and spec.short == "pattern"
+            items.append(CaptureItem(name, name, spec, l, summary))
+        else:
+            raise unknown_name_error(name, available)
+    seen, unique = set(), []
+    for it in items:
+        if it.name not in seen:
+            seen.add(it.name)
+            unique.append(it)
+    return unique
+
+
+def _unavailable(short: str, hook: str):
+    from .errors import HookError
+
+    return HookError(f"{short!r} is not available on this architecture: the hook {hook!r} does not exist "
+                     "(e.g. q_rot/k_rot need rotary embeddings, pos_embed needs learned positions).")
+
+
+def estimate(items: Iterable[CaptureItem], dims: dict[str, int], batch: int, seq: int, n_pos: int | None,
+             logits_positions: int, vocab: int, budget: int, n_last: int, bytes_per: int = 4) -> CaptureEstimate:
+    """Bytes held by a capture. ``dims`` maps layout letters d/h/g/e/f to sizes."""
+    sizes = {**dims, "b": batch, "t": n_pos or seq, "q": n_pos or seq, "k": seq, "1": 1}
+    per_item: dict[str, int] = {}
+    transient = 0
+    for it in items:
+        if it.summary:
+            h = dims["h"]
+            n = batch * h * seq * 2 + batch * h * min(n_last, seq) * seq
+            per_item[it.name] = n * 4
+            transient = max(transient, batch * h * seq * seq * bytes_per)
+            continue
+        layout = it.spec.layout if it.spec else "btd"
+        n = 1
+        for ch in layout:
+            n *= sizes[ch]
+        per_item[it.name] = n * bytes_per
+        if it.spec is not None and it.spec.short in ATTENTION_MAPS:
+            transient = max(transient, batch * dims["h"] * seq * seq * bytes_per)
+    return CaptureEstimate(per_item, batch * logits_positions * vocab * bytes_per, transient, budget)
+
+
+def check_budget(est: CaptureEstimate) -> None:
+    if est.total <= est.budget:
+        return
+    top = sorted(est.per_item.items(), key=lambda kv: -kv[1])[:3]
+    biggest = ", ".join(f"{k} ({v / 2**20:.0f} MiB)" for k, v in top)
+    raise CaptureBudgetError(
+        f"This capture would hold about {est.total / 2**20:.0f} MiB, over the budget of "
+        f"{est.budget / 2**20:.0f} MiB. Largest items: {biggest}. Narrow it: capture fewer names or "
+        "layers (layers=[...]), fewer positions (positions=[-1]), attention='summary' instead of full "
+        "patterns, logits='last', a smaller batch; or raise max_bytes= (or "
+        "workbench.settings.capture_budget_bytes) if the memory is really there."
+    )

@@ -1,0 +1,93 @@
+"""Canonical capture names and the TransformerLens hook each one reads.
+
+Short names (``"resid_post"``, ``"pattern"``...) expand over layers; full TransformerLens names
+(``"blocks.3.attn.hook_pattern"``) are accepted as they are. Each entry gives the tensor layout
+as letters, used by the memory guard and by position selection:
+
+    b batch   t position   q query position   k key position   d d_model   h query heads
+    g KV heads   e d_head   f d_mlp   1 singleton
+
+Positions are selected on the ``t`` or ``q`` axis; ``k`` always spans the whole prompt.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from .errors import HookError
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    short: str
+    template: str  # TransformerLens hook name, with {l} for the layer
+    layout: str
+    doc: str
+    derived_from: str | None = None  # computed in the hook of another name (not a hook itself)
+
+    @property
+    def per_layer(self) -> bool:
+        return "{l}" in self.template
+
+    def full_name(self, layer: int | None) -> str:
+        return self.template.format(l=layer)
+
+
+_SPECS = [
+    HookSpec("embed", "hook_embed", "btd", "token embeddings"),
+    HookSpec("pos_embed", "hook_pos_embed", "btd", "learned position embeddings (GPT-2-like models only)"),
+    HookSpec("resid_pre", "blocks.{l}.hook_resid_pre", "btd", "residual stream entering block l"),
+    HookSpec("attn_norm_scale", "blocks.{l}.ln1.hook_scale", "bt1", "normalization scale before attention"),
+    HookSpec("attn_in", "blocks.{l}.ln1.hook_normalized", "btd", "normalized attention input"),
+    HookSpec("q", "blocks.{l}.attn.hook_q", "bthe", "queries before RoPE"),
+    HookSpec("k", "blocks.{l}.attn.hook_k", "btge", "keys before RoPE (KV heads, GQA not expanded)"),
+    HookSpec("v", "blocks.{l}.attn.hook_v", "btge", "values (KV heads, GQA not expanded)"),
+    HookSpec("q_rot", "blocks.{l}.attn.hook_rot_q", "bthe", "queries after RoPE (rotary models only)"),
+    HookSpec("k_rot", "blocks.{l}.attn.hook_rot_k", "btge", "keys after RoPE (rotary models only)"),
+    HookSpec("scores", "blocks.{l}.attn.hook_attn_scores", "bhqk", "attention scores before softmax"),
+    HookSpec("pattern", "blocks.{l}.attn.hook_pattern", "bhqk", "attention pattern per head"),
+    HookSpec("z", "blocks.{l}.attn.hook_z", "bthe", "per-head attention output before the output projection"),
+    HookSpec("head_out", "blocks.{l}.attn.hook_z", "bthd", "per-head output written to the residual (z_h W_O[h])",
+             derived_from="z"),
+    HookSpec("attn_out", "blocks.{l}.hook_attn_out", "btd", "attention output (sum over heads plus bias)"),
+    HookSpec("resid_mid", "blocks.{l}.hook_resid_mid", "btd", "residual stream between attention and MLP"),
+    HookSpec("mlp_norm_scale", "blocks.{l}.ln2.hook_scale", "bt1", "normalization scale before the MLP"),
+    HookSpec("mlp_in", "blocks.{l}.ln2.hook_normalized", "btd", "normalized MLP input"),
+    HookSpec("mlp_pre", "blocks.{l}.mlp.hook_pre", "btf", "MLP pre-activation (the gate, for gated MLPs)"),
+    HookSpec("mlp_hidden", "blocks.{l}.mlp.hook_post", "btf", "MLP hidden activation (act(gate)*up for SwiGLU)"),
+    HookSpec("mlp_out", "blocks.{l}.hook_mlp_out", "btd", "MLP output"),
+    HookSpec("resid_post", "blocks.{l}.hook_resid_post", "btd", "residual stream leaving block l"),
+    HookSpec("final_norm_scale", "ln_final.hook_scale", "bt1", "final normalization scale"),
+    HookSpec("final_resid", "ln_final.hook_normalized", "btd", "final normalized residual (before the unembedding)"),
+]
+SPECS: dict[str, HookSpec] = {s.short: s for s in _SPECS}
+RESIDUAL = ("resid_pre", "resid_mid", "resid_post")
+ATTENTION_MAPS = ("scores", "pattern")
+
+
+def suggest(name: str, candidates) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def spec_for_full_name(full: str) -> tuple[HookSpec | None, int | None]:
+    """Map a full TransformerLens hook name back to its spec and layer (``(None, None)`` if unknown)."""
+    for spec in _SPECS:
+        if spec.derived_from:
+            continue
+        if spec.per_layer:
+            pre, post = spec.template.split("{l}")
+            if full.startswith(pre) and full.endswith(post):
+                mid = full[len(pre): len(full) - len(post)]
+                if mid.isdigit():
+                    return spec, int(mid)
+        elif full == spec.template:
+            return spec, None
+    return None, None
+
+
+def unknown_name_error(name: str, available) -> HookError:
+    return HookError(
+        f"Unknown hook name {name!r}.{suggest(name, list(SPECS) + list(available))} "
+        f"Short names: {', '.join(SPECS)}; or a full TransformerLens name from model.hook_names()."
+    )

@@ -1,0 +1,298 @@
+"""The hookable model wrapper: one object over a HF model, its tokenizer and a TransformerBridge.
+
+Engine: TransformerLens ``TransformerBridge`` (see README, "Design"). Every TransformerLens call
+of the project lives in ``workbench/``; the rest of the code talks to ``Model`` only.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .capture import (
+    AttentionSummary,
+    CaptureEstimate,
+    CaptureItem,
+    check_budget,
+    estimate,
+    plan_capture,
+    resolve_positions,
+    settings,
+    summarize_pattern,
+)
+from .errors import InputError
+from .hooks import HookSession, hooks_on
+from .intervention import Compose, Intervention
+from .run import Run
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    normalization: str  # "RMS" or "LN"
+    positional: str  # "rotary" or "standard"
+    rope_theta: float | None
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head; query head h reads KV head h // group_size."""
+        return self.n_heads // self.n_kv_heads
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Wrapper versus plain HF on a fixed probe, computed at load time."""
+
+    max_abs_logprob_diff: float
+    top1_agreement: float
+    n_tokens: int
+    probe: str
+
+    def ok(self, tol: float = 1e-4) -> bool:
+        return self.max_abs_logprob_diff <= tol and self.top1_agreement == 1.0
+
+
+class Model:
+    """A language model with canonical hooks, captures, interventions and a managed KV cache.
+
+    Build one with ``workbench.load()``. Tokenization never adds a BOS token for SmolLM2 (it was
+    trained without one), so position 0 is the first real token and becomes the attention sink.
+    """
+
+    def __init__(self, hf: nn.Module, tokenizer, bridge, info: ModelInfo, fingerprint: str,
+                 parity: ParityReport | None, device: torch.device):
+        self.hf = hf
+        self.tokenizer = tokenizer
+        self.bridge = bridge
+        self.info = info
+        self.fingerprint = fingerprint
+        self.parity = parity
+        self.device = device
+        self._points: dict[str, nn.Module] = dict(bridge.hook_dict)
+        self._active: list[Intervention] = []
+        self._baseline_hooks = self._hook_counts()
+
+    # ------------------------------------------------------------------ introspection
+    def hook_names(self) -> list[str]:
+        """Every full TransformerLens hook name this model exposes."""
+        return sorted(self._points)
+
+    def _hook_counts(self) -> dict[str, int]:
+        return {n: len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                for n, m in self.bridge.named_modules()
+                if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks}
+
+    def leftover_hooks(self) -> list[str]:
+        """Modules carrying more hooks than right after loading (should always be empty)."""
+        now = self._hook_counts()
+        return sorted(n for n, c in now.items() if c > self._baseline_hooks.get(n, 0))
+
+    def W_O(self, layer: int) -> torch.Tensor:
+        """(n_heads, d_head, d_model) output projection of one layer, per head."""
+        self.check_layer(layer)
+        w = self.bridge.blocks[layer].attn.W_O
+        return self.bridge._reshape_o(w)
+
+    def check_layer(self, layer) -> int:
+        n = self.info.n_layers
+        if not isinstance(layer, int) or isinstance(layer, bool) or not -n <= layer < n:
+            raise InputError(f"Layer {layer!r} is out of range: this model has {n} layers (0..{n - 1}).")
+        return layer % n
+
+    def check_heads(self, heads) -> list[int]:
+        heads = [heads] if isinstance(heads, int) else list(heads)
+        n = self.info.n_heads
+        for h in heads:
+            if not isinstance(h, int) or isinstance(h, bool) or not 0 <= h < n:
+                raise InputError(f"Head {h!r} is out of range: this model has {n} query heads per layer (0..{n - 1}).")
+        if not heads:
+            raise InputError("No heads given.")
+        return heads
+
+    # ------------------------------------------------------------------ tokens
+    def tokenize(self, prompts) -> tuple[torch.Tensor, list[int]]:
+        """Prompts -> ((B, T) right-padded ids on the model's device, real lengths).
+
+        Accepts a string, a list of strings, or integer token ids (T,) / (B, T).
+        """
+        if isinstance(prompts, torch.Tensor):
+            if prompts.is_floating_point() or prompts.ndim not in (1, 2) or prompts.numel() == 0:
+                raise InputError("Token input must be a non-empty integer tensor of shape (T,) or (B, T).")
+            ids = prompts[None] if prompts.ndim == 1 else prompts
+            if int(ids.max()) >= self.info.d_vocab or int(ids.min()) < 0:
+                raise InputError(f"Token ids must lie in [0, {self.info.d_vocab}).")
+            self._check_length(ids.shape[1])
+            return ids.to(self.device), [ids.shape[1]] * ids.shape[0]
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)):
+            raise InputError(f"Prompts must be a string, a list of strings or a token tensor; got {type(prompts).__name__}.")
+        if not prompts:
+            raise InputError("The prompt list is empty: pass at least one string.")
+        seqs = []
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise InputError(f"Prompt {i} is a {type(p).__name__}, not a string.")
+            if not p:
+                raise InputError(f"Prompt {i} is an empty string: it has no tokens to run.")
+            ids = self.tokenizer(p, add_special_tokens=True)["input_ids"]
+            self._check_length(len(ids), i)
+            seqs.append(ids)
+        lengths = [len(s) for s in seqs]
+        pad = self.pad_id
+        out = torch.full((len(seqs), max(lengths)), pad, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            out[i, : len(s)] = torch.tensor(s)
+        return out.to(self.device), lengths
+
+    @property
+    def pad_id(self) -> int:
+        t = self.tokenizer
+        return t.pad_token_id if t.pad_token_id is not None else (t.eos_token_id or 0)
+
+    def _check_length(self, n: int, i: int = 0) -> None:
+        if n > self.info.n_ctx:
+            raise InputError(f"Prompt {i} has {n} tokens, longer than the model's context of {self.info.n_ctx}. "
+                             "Shorten it or split it into windows.")
+
+    def str_tokens(self, ids: Sequence[int]) -> list[str]:
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+    def to_string(self, ids) -> str:
+        return self.tokenizer.decode([int(i) for i in ids])
+
+    # ------------------------------------------------------------------ interventions
+    @contextmanager
+    def intervene(self, *interventions: Intervention) -> Iterator["Model"]:
+        """Apply interventions to every run and generation inside the ``with`` block."""
+        iv = Compose(interventions)
+        iv.validate(self)
+        with iv.applied(self):
+            self._active.append(iv)
+            try:
+                yield self
+            finally:
+                self._active.remove(iv)
+
+    @contextmanager
+    def _session(self, extra: Sequence[Intervention] = ()) -> Iterator[HookSession]:
+        """One hook session holding active + per-call interventions (their hooks first)."""
+        if isinstance(extra, Intervention):
+            extra = [extra]
+        call = Compose(list(extra))
+        call.validate(self)
+        session = HookSession(self._points)
+        for name, fn in Compose(self._active + [call]).hooks(self):
+            session.add(name, fn, required=False)
+        with ExitStack() as stack:
+            stack.enter_context(call.applied(self))
+            yield session
+
+    def describe_interventions(self, extra: Sequence[Intervention] = ()) -> str:
+        parts = self._active + list(extra if not isinstance(extra, Intervention) else [extra])
+        return " + ".join(p.describe() for p in parts)
+
+    # ------------------------------------------------------------------ forward
+    def estimate_capture(self, prompts, capture=(), layers=None, positions=None, attention: str = "full",
+                         logits: str | None = "all", last_rows: int = 8, max_bytes: int | None = None) -> CaptureEstimate:
+        """Bytes a ``run`` with these arguments would hold, without running anything."""
+        tokens, _ = self.tokenize(prompts)
+        items = plan_capture(capture, layers, set(self._points), self.info.n_layers, attention)
+        return self._estimate(items, tokens, positions, logits, last_rows, max_bytes)
+
+    def _estimate(self, items, tokens, positions, logits, last_rows, max_bytes) -> CaptureEstimate:
+        b, t = tokens.shape
+        pos = resolve_positions(positions, t)
+        i = self.info
+        dims = {"d": i.d_model, "h": i.n_heads, "g": i.n_kv_heads, "e": i.d_head, "f": i.d_mlp}
+        lp = {"all": t, "last": 1, None: 0}
+        if logits not in lp:
+            raise InputError(f"logits must be 'all', 'last' or None, got {logits!r}.")
+        budget = settings.capture_budget_bytes if max_bytes is None else int(max_bytes)
+        return estimate(items, dims, b, t, None if pos is None else len(pos), lp[logits], i.d_vocab, budget, last_rows)
+
+    def run(self, prompts, capture=(), *, layers=None, positions=None, attention: str = "full",
+            skip_queries: int = 0, last_rows: int = 8, logits: str | None = "all",
+            interventions: Sequence[Intervention] = (), stop_at_layer: int | None = None,
+            max_bytes: int | None = None, grad: bool = False) -> Run:
+        """Run prompts through the model and return a ``Run``.
+
+        capture: short names (see ``workbench.hook_names.SPECS``) expanded over ``layers``, or full
+            TransformerLens hook names. positions: ints, a slice, or None for all (applied on the
+            position/query axis). attention="summary" keeps per-layer ``AttentionSummary``s instead
+            of full patterns (for long prompts). stop_at_layer: truncated forward, no logits.
+            The memory guard refuses a capture above ``max_bytes`` (default
+            ``workbench.settings.capture_budget_bytes``) before running.
+        """
+        tokens, lengths = self.tokenize(prompts)
+        items = plan_capture(capture, layers, set(self._points), self.info.n_layers, attention)
+        if stop_at_layer is not None:
+            if not isinstance(stop_at_layer, int) or not 0 < stop_at_layer <= self.info.n_layers:
+                raise InputError(f"stop_at_layer must be an integer in 1..{self.info.n_layers}, got {stop_at_layer!r}.")
+            late = [it.name for it in items if it.layer is None or it.layer >= stop_at_layer]
+            if late:
+                raise InputError(f"Capture {late[0]!r} lies at or after stop_at_layer={stop_at_layer}; it would never fire.")
+            logits = None
+        est = self._estimate(items, tokens, positions, logits, last_rows, max_bytes)
+        check_budget(est)
+        if skip_queries < 0 or skip_queries >= tokens.shape[1] and attention == "summary":
+            raise InputError(f"skip_queries={skip_queries} leaves no query in a {tokens.shape[1]}-token prompt.")
+        pos = resolve_positions(positions, tokens.shape[1])
+        captures: dict[str, torch.Tensor] = {}
+        summaries: dict[int, AttentionSummary] = {}
+        with self._session(interventions) as session:
+            for it in items:
+                session.add(it.hook, self._capture_fn(it, pos, captures, summaries, skip_queries, last_rows, lengths))
+            with session, torch.set_grad_enabled(grad):
+                out = self.bridge(tokens, return_type="logits", stop_at_layer=stop_at_layer)
+        kept = None
+        if logits == "all":
+            kept = out
+        elif logits == "last":
+            kept = out[torch.arange(len(lengths)), torch.tensor(lengths, device=out.device) - 1]
+        str_toks = [self.str_tokens(tokens[i, :n].tolist()) for i, n in enumerate(lengths)]
+        return Run(tokens, str_toks, lengths, kept, captures, pos, summaries, est, self.describe_interventions(interventions))
+
+    def _capture_fn(self, it: CaptureItem, pos, captures, summaries, skip_queries, last_rows, lengths):
+        layout = it.spec.layout if it.spec else "btd"
+        axis = layout.index("t") if "t" in layout else (layout.index("q") if "q" in layout else None)
+        derived = it.spec is not None and it.spec.derived_from == "z"
+        w_o = self.W_O(it.layer).detach() if derived else None
+
+        def fn(x: torch.Tensor, _name: str):
+            if it.summary:
+                summaries[it.layer] = summarize_pattern(x, it.layer, skip_queries, last_rows, lengths)
+                return None
+            y = x.detach()
+            if pos is not None and axis is not None:
+                y = y.index_select(axis, pos.to(y.device))
+            if derived:  # (B, T, H, e) x (H, e, d) -> (B, T, H, d)
+                y = torch.einsum("bthe,hed->bthd", y, w_o)
+            captures[it.name] = y.clone() if y.data_ptr() == x.data_ptr() else y
+            return None
+
+        return fn
+
+    def generate(self, prompt, max_new_tokens: int = 20, **kwargs):
+        """Generate from one prompt (or each of a list); see ``workbench.generation.generate``."""
+        from .generation import generate
+
+        return generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
+
+    def __repr__(self) -> str:
+        i = self.info
+        par = f", parity max|Δlogp|={self.parity.max_abs_logprob_diff:.1e}" if self.parity else ""
+        return (f"Model({i.name}: {i.architecture}, {i.n_layers} layers, {i.n_heads} heads "
+                f"({i.n_kv_heads} KV), d_model {i.d_model}, on {self.device}{par})")
