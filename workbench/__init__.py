@@ -2,7 +2,10 @@
 from .capture import AttentionSummary, CaptureEstimate, settings
 from .errors import CaptureBudgetError, ExportError, HookError, InputError, ModelLoadError, WorkbenchError
 from .hook_names import SPECS as HOOK_SPECS
+from .figures import attention_pattern_figure, export_figures, residual_norms_figure, save_figure
+from .generation import Generation
 from .intervention import Compose, Intervention
+from .kv_cache import CachePolicy, CacheStats, KVCache, StepContext
 from .loading import load, wrap
 from .model import Model, ModelInfo, ParityReport
 from .run import Run
@@ -10,5 +13,6 @@ from .run import Run
 __all__ = [
     "load", "wrap", "Model", "ModelInfo", "ParityReport", "Run", "Intervention", "Compose", "settings",
     "AttentionSummary", "CaptureEstimate", "HOOK_SPECS", "WorkbenchError", "ModelLoadError", "InputError",
-    "HookError", "CaptureBudgetError", "ExportError",
+    "HookError", "CaptureBudgetError", "ExportError", "Generation", "KVCache", "CachePolicy", "CacheStats",
+    "StepContext", "save_figure", "export_figures", "attention_pattern_figure", "residual_norms_figure",
 ]

@@ -134,8 +134,9 @@ def resolve_positions(positions, seq_len: int) -> torch.Tensor | None:
     return torch.tensor(sorted(set(out)), dtype=torch.long)
 
 
-def plan_capture(names, layers, available: set[str], n_layers: int, attention: str) -> list[CaptureItem]:
-    """Expand requested names over layers into CaptureItems, checking every name exists."""
+def plan_capture(names, layers, available: set[str], n_layers: int, attention: str,
+                 dormant: set[str] = frozenset()) -> list[CaptureItem]:
+    """Expand requested names over layers into CaptureItems, checking every name exists and fires."""
     if attention not in ("full", "summary"):
         raise InputError(f"attention must be 'full' or 'summary', got {attention!r}.")
     layer_list = resolve_layers(layers, n_layers)
@@ -157,7 +158,7 @@ def plan_capture(names, layers, available: set[str], n_layers: int, attention: s
             summary = attention == "summary" and spec is not None and spec.short == "pattern"
             items.append(CaptureItem(name, name, spec, l, summary))
         else:
-            raise unknown_name_error(name, available)
+            raise unknown_name_error(name, available, dormant)
     seen, unique = set(), []
     for it in items:
         if it.name not in seen:

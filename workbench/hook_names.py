@@ -86,7 +86,11 @@ def spec_for_full_name(full: str) -> tuple[HookSpec | None, int | None]:
     return None, None
 
 
-def unknown_name_error(name: str, available) -> HookError:
+def unknown_name_error(name: str, available, dormant=frozenset()) -> HookError:
+    if name in dormant:
+        return HookError(f"Hook {name!r} exists in TransformerLens but never fires on this model (a "
+                         "compatibility point this architecture does not compute). Pick a name from "
+                         "model.hook_names().")
     return HookError(
         f"Unknown hook name {name!r}.{suggest(name, list(SPECS) + list(available))} "
         f"Short names: {', '.join(SPECS)}; or a full TransformerLens name from model.hook_names()."

@@ -21,8 +21,9 @@ HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
 class HookSession:
     """Attach hooks to HookPoints for the duration of a ``with`` block."""
 
-    def __init__(self, hook_points: dict[str, nn.Module]):
+    def __init__(self, hook_points: dict[str, nn.Module], dormant: set[str] = frozenset()):
         self._points = hook_points
+        self._dormant = dormant
         self._pending: list[tuple[str, HookFn, bool]] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self.fired: set[str] = set()
@@ -30,7 +31,7 @@ class HookSession:
 
     def add(self, name: str, fn: HookFn, required: bool = True) -> None:
         if name not in self._points:
-            raise unknown_name_error(name, self._points)
+            raise unknown_name_error(name, self._points, self._dormant)
         self._pending.append((name, fn, required))
 
     def __enter__(self) -> "HookSession":
@@ -55,6 +56,7 @@ class HookSession:
                 return None
             return conv.revert(y) if conv is not None else y
 
+        hook.__workbench_hook__ = True  # lets leftover checks tell our hooks from HF's own
         return hook
 
     def _remove(self) -> None:
@@ -74,10 +76,15 @@ class HookSession:
                 )
 
 
-def hooks_on(module: nn.Module) -> list[str]:
-    """Names of submodules that carry any forward/backward hook (used to prove nothing leaked)."""
+def workbench_hooks_on(module: nn.Module) -> list[str]:
+    """Names of submodules still carrying a hook attached by a ``HookSession`` (should be none).
+
+    Only our hooks count: transformers attaches its own output-recording hooks lazily (for
+    example on the first ``output_hidden_states=True`` call), and those are not leaks.
+    """
     out = []
     for name, m in module.named_modules():
-        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None):
+        hooks = list(m._forward_hooks.values()) + list(m._forward_pre_hooks.values())
+        if any(getattr(h, "__workbench_hook__", False) for h in hooks):
             out.append(name)
     return out

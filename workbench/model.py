@@ -24,7 +24,7 @@ from .capture import (
     summarize_pattern,
 )
 from .errors import InputError
-from .hooks import HookSession, hooks_on
+from .hooks import HookSession, workbench_hooks_on
 from .intervention import Compose, Intervention
 from .run import Run
 
@@ -49,6 +49,20 @@ class ModelInfo:
     def group_size(self) -> int:
         """Query heads per KV head; query head h reads KV head h // group_size."""
         return self.n_heads // self.n_kv_heads
+
+
+def _split_dormant(bridge, probe_ids) -> tuple[set[str], dict[str, nn.Module]]:
+    """(names that never fire, {name: HookPoint} of those that do) from one forward on ``probe_ids``."""
+    points = dict(bridge.hook_dict)
+    fired: set[str] = set()
+    handles = [p.register_forward_hook(lambda _m, _i, _o, n=n: fired.add(n)) for n, p in points.items()]
+    try:
+        with torch.no_grad():
+            bridge(probe_ids, return_type="logits")
+    finally:
+        for h in handles:
+            h.remove()
+    return set(points) - fired, {n: p for n, p in points.items() if n in fired}
 
 
 @dataclass(frozen=True)
@@ -80,24 +94,20 @@ class Model:
         self.fingerprint = fingerprint
         self.parity = parity
         self.device = device
-        self._points: dict[str, nn.Module] = dict(bridge.hook_dict)
+        # Only hook points that fire in a real forward pass: TransformerLens also lists
+        # compatibility points (hook_result, hook_q_input, pos_embed on rotary models, ...) that
+        # this model never computes, and a hook on one of those would silently capture nothing.
+        self._dormant, self._points = _split_dormant(bridge, torch.zeros((1, 2), dtype=torch.long, device=device))
         self._active: list[Intervention] = []
-        self._baseline_hooks = self._hook_counts()
 
     # ------------------------------------------------------------------ introspection
     def hook_names(self) -> list[str]:
         """Every full TransformerLens hook name this model exposes."""
         return sorted(self._points)
 
-    def _hook_counts(self) -> dict[str, int]:
-        return {n: len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-                for n, m in self.bridge.named_modules()
-                if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks}
-
     def leftover_hooks(self) -> list[str]:
-        """Modules carrying more hooks than right after loading (should always be empty)."""
-        now = self._hook_counts()
-        return sorted(n for n, c in now.items() if c > self._baseline_hooks.get(n, 0))
+        """Modules still carrying a hook the workbench attached (always empty after a public call)."""
+        return workbench_hooks_on(self.bridge)
 
     def W_O(self, layer: int) -> torch.Tensor:
         """(n_heads, d_head, d_model) output projection of one layer, per head."""
@@ -193,7 +203,7 @@ class Model:
             extra = [extra]
         call = Compose(list(extra))
         call.validate(self)
-        session = HookSession(self._points)
+        session = HookSession(self._points, self._dormant)
         for name, fn in Compose(self._active + [call]).hooks(self):
             session.add(name, fn, required=False)
         with ExitStack() as stack:
@@ -209,7 +219,8 @@ class Model:
                          logits: str | None = "all", last_rows: int = 8, max_bytes: int | None = None) -> CaptureEstimate:
         """Bytes a ``run`` with these arguments would hold, without running anything."""
         tokens, _ = self.tokenize(prompts)
-        items = plan_capture(capture, layers, set(self._points), self.info.n_layers, attention)
+        items = plan_capture(capture, layers, set(self._points), self.info.n_layers, attention,
+                             self._dormant)
         return self._estimate(items, tokens, positions, logits, last_rows, max_bytes)
 
     def _estimate(self, items, tokens, positions, logits, last_rows, max_bytes) -> CaptureEstimate:
@@ -237,7 +248,8 @@ class Model:
             ``workbench.settings.capture_budget_bytes``) before running.
         """
         tokens, lengths = self.tokenize(prompts)
-        items = plan_capture(capture, layers, set(self._points), self.info.n_layers, attention)
+        items = plan_capture(capture, layers, set(self._points), self.info.n_layers, attention,
+                             self._dormant)
         if stop_at_layer is not None:
             if not isinstance(stop_at_layer, int) or not 0 < stop_at_layer <= self.info.n_layers:
                 raise InputError(f"stop_at_layer must be an integer in 1..{self.info.n_layers}, got {stop_at_layer!r}.")
@@ -290,6 +302,12 @@ class Model:
         from .generation import generate
 
         return generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
+
+    def prefill(self, prompt, cache_policy=None, interventions=()):
+        """Run one prompt and return its ``KVCache`` (per layer and KV head, with byte counts)."""
+        from .generation import prefill
+
+        return prefill(self, prompt, cache_policy=cache_policy, interventions=interventions)
 
     def __repr__(self) -> str:
         i = self.info

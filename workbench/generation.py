@@ -1,0 +1,198 @@
+"""Greedy and sampled generation through the wrapper, with a managed, policy-editable KV cache."""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+
+from .errors import InputError
+from .kv_cache import CachePolicy, CacheStats, KVCache, StepContext
+
+
+@dataclass
+class Generation:
+    """One prompt's continuation.
+
+    prompt_tokens: (T0,) ids; new_tokens: (n,) generated ids; logits: (n, vocab) the logits each
+    new token was chosen from; cache_stats: one CacheStats after prefill and after every step
+    (empty when use_cache=False); cache: the final KVCache (None when use_cache=False).
+    """
+
+    prompt: str
+    prompt_tokens: torch.Tensor
+    new_tokens: torch.Tensor
+    text: str
+    logits: torch.Tensor
+    cache_stats: list[CacheStats] = field(default_factory=list)
+    cache: KVCache | None = None
+    policy: str = "full cache"
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        return torch.cat([self.prompt_tokens, self.new_tokens])
+
+    @property
+    def full_text(self) -> str:
+        return self.prompt + self.text
+
+    def to_frame(self) -> pd.DataFrame:
+        lp = torch.log_softmax(self.logits.float(), -1)
+        rows = []
+        for i, t in enumerate(self.new_tokens.tolist()):
+            row = {"step": i, "token_id": t, "logprob": float(lp[i, t])}
+            if i < len(self.cache_stats):
+                st = self.cache_stats[i]  # the cache this token was predicted from
+                row.update(cache_tokens=float(st.tokens.float().mean()), physical_bytes=st.physical_bytes,
+                           logical_bytes=st.logical_bytes)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def figure(self) -> go.Figure:
+        """KV-cache bytes (physical and logical) over the generation steps."""
+        fig = go.Figure()
+        steps = list(range(len(self.cache_stats)))
+        fig.add_scatter(x=steps, y=[s.physical_bytes / 2**20 for s in self.cache_stats], name="physical MiB")
+        fig.add_scatter(x=steps, y=[s.logical_bytes / 2**20 for s in self.cache_stats], name="logical MiB",
+                        line={"dash": "dot"})
+        fig.update_layout(title=f"KV cache during generation ({self.policy})", xaxis_title="step (0 = after prefill)",
+                          yaxis_title="MiB")
+        return fig
+
+    def __repr__(self) -> str:
+        return f"Generation({self.policy}: {self.prompt!r} -> {self.text!r})"
+
+    def _repr_html_(self) -> str:
+        return f"<b>{html.escape(self.prompt)}</b><span style='color:#2a7'>{html.escape(self.text)}</span>"
+
+
+def _validate(model, max_new_tokens, temperature, top_k, top_p, use_cache, cache_policy):
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+    if not temperature > 0:
+        raise InputError(f"temperature must be > 0, got {temperature!r} (use do_sample=False for greedy).")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise InputError(f"top_k must be a positive integer or None, got {top_k!r}.")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise InputError(f"top_p must lie in (0, 1], got {top_p!r}.")
+    if cache_policy is not None:
+        if not use_cache:
+            raise InputError("A cache_policy needs use_cache=True: without a cache there is nothing to compress.")
+        if not isinstance(cache_policy, CachePolicy):
+            raise InputError(f"cache_policy must have an apply(cache, ctx) method, got {type(cache_policy).__name__}.")
+
+
+def _choose(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, top_p, gen) -> int:
+    """logits (vocab,) -> next token id."""
+    if not do_sample:
+        return int(logits.argmax())
+    z = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(z, min(top_k, z.numel())).values[-1]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_z, order = torch.sort(z, descending=True)
+        cum = torch.softmax(sorted_z, -1).cumsum(-1)
+        drop = cum - torch.softmax(sorted_z, -1) >= top_p  # keep the smallest set reaching top_p
+        z[order[drop]] = float("-inf")
+    return int(torch.multinomial(torch.softmax(z, -1).cpu(), 1, generator=gen))
+
+
+def cached_forward(model, cache: KVCache, inp: torch.Tensor) -> torch.Tensor:
+    """Run (1, n_new) tokens against ``cache`` at their true positions; returns logits (1, n_new, vocab).
+
+    The mask spans the longest layer (layers may hold different counts after eviction); RoPE
+    uses ``cache.next_position`` onwards, never the (possibly shrunken) cache length.
+    """
+    n_new = inp.shape[1]
+    longest = max((cache.seq_len(l) for l in range(cache.n_layers)), default=0)
+    pos = torch.arange(cache.next_position, cache.next_position + n_new, device=inp.device)
+    cpos = torch.arange(longest, longest + n_new, device=inp.device)
+    logits = model.bridge(inp, return_type="logits", past_key_values=cache.hf, use_cache=True,
+                          position_ids=pos[None], cache_position=cpos)
+    cache._record_new(n_new)
+    return logits
+
+
+def prefill(model, prompt, cache_policy: CachePolicy | None = None, interventions=()) -> KVCache:
+    """Run a prompt once and return its KVCache (after ``cache_policy`` if given)."""
+    _validate(model, 1, 1.0, None, None, True, cache_policy)
+    ids, _ = model.tokenize(prompt)
+    if ids.shape[0] != 1:
+        raise InputError("prefill() takes one prompt.")
+    cache = KVCache.empty(model)
+    observe = getattr(cache_policy, "observe_attention", None)
+    with model._session(interventions) as session:
+        if observe is not None:
+            for l in range(model.info.n_layers):
+                session.add(f"blocks.{l}.attn.hook_pattern", (lambda l: lambda x, _n: observe(l, x.detach()))(l))
+        with session, torch.no_grad():
+            cached_forward(model, cache, ids)
+    if cache_policy is not None:
+        cache_policy.apply(cache, StepContext(0, ids.shape[1]))
+    return cache
+
+
+def generate(model, prompt, max_new_tokens: int = 20, *, do_sample: bool = False, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             use_cache: bool = True, cache_policy: CachePolicy | None = None, stop_at_eos: bool = True,
+             interventions=(), on_step=None) -> Generation | list[Generation]:
+    """Generate a continuation token by token.
+
+    With use_cache=True the model runs once over the prompt (prefill) and then one token per step
+    against a ``KVCache``; ``cache_policy.apply(cache, ctx)`` runs after prefill and after every
+    step and may drop, merge or quantize entries. With use_cache=False every step recomputes the
+    whole sequence (the reference the cached path must match). Interventions apply at every step.
+    ``on_step(cache, ctx)`` is called after the policy at every step, to watch the cache live.
+    A list of prompts is generated one prompt at a time (no padding inside the cache).
+    """
+    if isinstance(prompt, (list, tuple)):
+        if not prompt:
+            raise InputError("The prompt list is empty: pass at least one string.")
+        return [generate(model, p, max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
+                         top_p=top_p, seed=None if seed is None else seed + i, use_cache=use_cache,
+                         cache_policy=cache_policy, stop_at_eos=stop_at_eos, interventions=interventions,
+                         on_step=on_step)
+                for i, p in enumerate(prompt)]
+    _validate(model, max_new_tokens, temperature, top_k, top_p, use_cache, cache_policy)
+    ids, lengths = model.tokenize(prompt)
+    if ids.shape[0] != 1:
+        raise InputError("generate() takes one prompt at a time (or a list of strings).")
+    t0 = ids.shape[1]
+    if t0 + max_new_tokens > model.info.n_ctx:
+        raise InputError(f"Prompt ({t0} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context of "
+                         f"{model.info.n_ctx}. Generate fewer tokens or shorten the prompt.")
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    eos = model.tokenizer.eos_token_id
+    new, step_logits, stats = [], [], []
+    cache = KVCache.empty(model) if use_cache else None
+    observe = getattr(cache_policy, "observe_attention", None)
+    with model._session(interventions) as session:
+        if observe is not None:
+            for l in range(model.info.n_layers):
+                session.add(f"blocks.{l}.attn.hook_pattern", (lambda l: lambda x, _n: observe(l, x.detach()))(l))
+        with session, torch.no_grad():
+            seq = ids
+            for step in range(max_new_tokens):
+                if cache is None:
+                    logits = model.bridge(seq, return_type="logits")[0, -1]
+                else:
+                    inp = seq if step == 0 else seq[:, -1:]
+                    logits = cached_forward(model, cache, inp)[0, -1]
+                    ctx = StepContext(step, inp.shape[1])
+                    if cache_policy is not None:
+                        cache_policy.apply(cache, ctx)
+                    if on_step is not None:
+                        on_step(cache, ctx)
+                    stats.append(cache.stats())
+                tok = _choose(logits, do_sample, temperature, top_k, top_p, gen)
+                new.append(tok)
+                step_logits.append(logits.detach().float().cpu())
+                seq = torch.cat([seq, torch.tensor([[tok]], device=seq.device)], dim=1)
+                if stop_at_eos and tok == eos:
+                    break
+    new_t = torch.tensor(new, dtype=torch.long)
+    return Generation(prompt, ids[0].cpu(), new_t, model.to_string(new), torch.stack(step_logits), stats, cache,
+                      getattr(cache_policy, "name", type(cache_policy).__name__) if cache_policy else "full cache")
