@@ -57,10 +57,21 @@ class CaptureEstimate:
 class AttentionSummary:
     """Per-layer attention statistics kept instead of the full (B, H, T, T) pattern.
 
-    received: (B, H, T) mean attention each key receives over the queries that can see it
-        (queries q >= max(k, skip_queries)); NaN where no such query exists.
+    Memory is O(B·H·T) per layer (plus ``last_rows``); the full pattern only lives while the
+    layer's hook runs. "Counted" queries of key k are the real queries q >= max(k, skip_queries);
+    with right padding, queries and keys past a prompt's length never count.
+
+    received: (B, H, T) mean attention each key receives over its counted queries; NaN where
+        no query counts (padded keys, keys at or after the end).
     entropy: (B, H, T) Shannon entropy (nats) of each query's attention row.
     last_rows: (B, H, n_last, T) the attention rows of the last ``n_last`` queries.
+    row_entropy: (B, H, T) ``entropy`` divided by log(#keys query q sees) = log(q + 1), so 1 for
+        a uniform row and 0 for a one-hot row; NaN for query 0 (one visible key) and padding.
+    column_entropy: (B, H, T) entropy of key k's received attention over its counted queries
+        (the column renormalised to sum to 1), divided by log(#counted queries): 1 when every
+        counted query gives k the same weight. NaN where fewer than 2 queries count or the
+        column is all zero.
+    counts: (B, T) number of counted queries of each key (the same for every head).
     """
 
     layer: int
@@ -68,27 +79,60 @@ class AttentionSummary:
     entropy: torch.Tensor
     last_rows: torch.Tensor
     skip_queries: int
+    row_entropy: torch.Tensor | None = None
+    column_entropy: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the summary's tensors."""
+        ts = [self.received, self.entropy, self.last_rows, self.row_entropy, self.column_entropy, self.counts]
+        return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+
+def summary_bytes(batch: int, heads: int, seq: int, n_last: int) -> int:
+    """Bytes of one layer's AttentionSummary: four (B, H, T) float32 tensors, the last rows and
+    the (B, T) int64 counts."""
+    return 4 * (4 * batch * heads * seq + batch * heads * min(n_last, seq) * seq) + 8 * batch * seq
 
 
 def summarize_pattern(pattern: torch.Tensor, layer: int, skip_queries: int, n_last: int,
                       lengths: Sequence[int] | None = None) -> AttentionSummary:
-    """Reduce a causal pattern (B, H, Tq, Tk) with Tq == Tk to an AttentionSummary."""
+    """Reduce a causal pattern (B, H, Tq, Tk) with Tq == Tk to an AttentionSummary.
+
+    Holds at most one extra (B, H, T, T) temporary (p·log p) besides the pattern itself.
+    Column statistics use, for key k, the queries q in [max(k, skip_queries), length): the
+    causal mask zeroes q < k, so a per-prompt row slice gives the same sums as a full mask.
+    """
     b, h, tq, tk = pattern.shape
     p = pattern.detach().float()
-    q_idx = torch.arange(tq, device=p.device)[:, None]
-    k_idx = torch.arange(tk, device=p.device)[None, :]
-    valid = (q_idx >= k_idx) & (q_idx >= skip_queries)  # (Tq, Tk)
-    valid = valid[None].expand(b, tq, tk).clone()
-    if lengths is not None:  # right padding: queries and keys past the prompt do not count
-        for i, n in enumerate(lengths):
-            valid[i, n:, :] = False
-            valid[i, :, n:] = False
-    vmask = valid[:, None].to(p.dtype)  # (B, 1, Tq, Tk)
-    counts = vmask.sum(2)  # (B, 1, Tk)
-    received = (p * vmask).sum(2) / counts.clamp_min(1)
-    received = torch.where(counts > 0, received, torch.full_like(received, float("nan")))
-    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
-    return AttentionSummary(layer, received, entropy, p[:, :, -n_last:, :].clone(), skip_queries)
+    lengths = [tq] * b if lengths is None else list(lengths)
+    plogp = torch.special.xlogy(p, p)  # (B, H, Tq, Tk) p·log p, exactly 0 where p == 0
+    entropy = -plogp.sum(-1)  # (B, H, Tq)
+    col_sum = torch.zeros(b, h, tk, dtype=p.dtype, device=p.device)  # Σ_q A[q, k]
+    col_plogp = torch.zeros_like(col_sum)  # Σ_q A log A
+    k_idx = torch.arange(tk, device=p.device)
+    counts = torch.zeros(b, tk, dtype=torch.long, device=p.device)
+    for i, n in enumerate(lengths):
+        lo = min(skip_queries, n)
+        if n > lo:
+            col_sum[i, :, :n] = p[i, :, lo:n, :n].sum(1)
+            col_plogp[i, :, :n] = plogp[i, :, lo:n, :n].sum(1)
+        counts[i, :n] = (n - k_idx[:n].clamp_min(skip_queries)).clamp_min(0)
+    del plogp
+    c = counts[:, None, :].to(p.dtype)  # (B, 1, Tk)
+    nan = torch.full_like(col_sum, float("nan"))
+    received = torch.where(c > 0, col_sum / c.clamp_min(1), nan)
+    # Column renormalised to q_k = A[q, k] / S_k:  H = -Σ q log q = log S_k - (Σ A log A) / S_k
+    s = col_sum.clamp_min(1e-30)
+    col_h = s.log() - col_plogp / s
+    column_entropy = torch.where((c >= 2) & (col_sum > 0), col_h / c.clamp_min(2).log(), nan)
+    q_idx = torch.arange(tq, device=p.device)
+    visible = torch.log((q_idx + 1).to(p.dtype))  # (Tq,) log(#keys query q sees)
+    real_q = torch.stack([(q_idx < n) & (q_idx >= 1) for n in lengths])[:, None, :]  # (B, 1, Tq)
+    row_entropy = torch.where(real_q, entropy / visible.clamp_min(1e-30), torch.full_like(entropy, float("nan")))
+    return AttentionSummary(layer, received, entropy, p[:, :, -n_last:, :].clone(), skip_queries,
+                            row_entropy, column_entropy, counts)
 
 
 def _as_list(x) -> list:
@@ -182,10 +226,8 @@ def estimate(items: Iterable[CaptureItem], dims: dict[str, int], batch: int, seq
     transient = 0
     for it in items:
         if it.summary:
-            h = dims["h"]
-            n = batch * h * seq * 2 + batch * h * min(n_last, seq) * seq
-            per_item[it.name] = n * 4
-            transient = max(transient, batch * h * seq * seq * bytes_per)
+            per_item[it.name] = summary_bytes(batch, dims["h"], seq, n_last)
+            transient = max(transient, batch * dims["h"] * seq * seq * bytes_per)
             continue
         layout = it.spec.layout if it.spec else "btd"
         n = 1

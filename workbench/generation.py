@@ -68,15 +68,20 @@ class Generation:
         return f"<b>{html.escape(self.prompt)}</b><span style='color:#2a7'>{html.escape(self.text)}</span>"
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _validate(model, max_new_tokens, temperature, top_k, top_p, use_cache, cache_policy):
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
-    if not temperature > 0:
-        raise InputError(f"temperature must be > 0, got {temperature!r} (use do_sample=False for greedy).")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+    # Type checks first: a comparison with None or a string would raise a bare TypeError.
+    if not _is_number(temperature) or not temperature > 0:
+        raise InputError(f"temperature must be a number > 0, got {temperature!r} (use do_sample=False for greedy).")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise InputError(f"top_k must be a positive integer or None, got {top_k!r}.")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise InputError(f"top_p must lie in (0, 1], got {top_p!r}.")
+    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
+        raise InputError(f"top_p must be a number in (0, 1] or None, got {top_p!r}.")
     if cache_policy is not None:
         if not use_cache:
             raise InputError("A cache_policy needs use_cache=True: without a cache there is nothing to compress.")

@@ -5,6 +5,7 @@ of the project lives in ``workbench/``; the rest of the code talks to ``Model`` 
 """
 from __future__ import annotations
 
+import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -63,6 +64,25 @@ def _split_dormant(bridge, probe_ids) -> tuple[set[str], dict[str, nn.Module]]:
         for h in handles:
             h.remove()
     return set(points) - fired, {n: p for n, p in points.items() if n in fired}
+
+
+# Hooks outside the blocks that fire before block 0 (embeddings, rotary tables), so a truncated
+# forward (stop_at_layer) still reaches them.
+_BEFORE_BLOCKS = ("hook_embed", "hook_pos_embed", "embed.", "pos_embed.", "rotary_emb.")
+
+
+def _block_of(it: CaptureItem, n_layers: int) -> int:
+    """Block a capture fires in: -1 before the blocks, ``n_layers`` after them (ln_final, unembed).
+
+    Used by the stop_at_layer check; ``it.layer`` is None for every non-per-layer name, which
+    used to refuse ``capture=["embed"]`` with stop_at_layer although the embedding always runs.
+    """
+    if it.layer is not None:
+        return it.layer
+    m = re.match(r"blocks\.(\d+)\.", it.hook)  # full names with no short spec
+    if m:
+        return int(m.group(1))
+    return -1 if it.hook.startswith(_BEFORE_BLOCKS) else n_layers
 
 
 @dataclass(frozen=True)
@@ -138,11 +158,18 @@ class Model:
         Accepts a string, a list of strings, or integer token ids (T,) / (B, T).
         """
         if isinstance(prompts, torch.Tensor):
-            if prompts.is_floating_point() or prompts.ndim not in (1, 2) or prompts.numel() == 0:
-                raise InputError("Token input must be a non-empty integer tensor of shape (T,) or (B, T).")
-            ids = prompts[None] if prompts.ndim == 1 else prompts
-            if int(ids.max()) >= self.info.d_vocab or int(ids.min()) < 0:
-                raise InputError(f"Token ids must lie in [0, {self.info.d_vocab}).")
+            # bool/complex tensors are not floating point either, but the embedding rejects them
+            # with a raw torch error (or max() fails): refuse every non-integer dtype here.
+            not_int = prompts.is_floating_point() or prompts.is_complex() or prompts.dtype == torch.bool
+            if not_int or prompts.ndim not in (1, 2) or prompts.numel() == 0:
+                raise InputError("Token input must be a non-empty integer tensor of shape (T,) or (B, T), got a "
+                                 f"{str(prompts.dtype).replace('torch.', '')} tensor of shape {tuple(prompts.shape)}. "
+                                 "Pass ids as torch.long (e.g. torch.tensor([[...]])), or pass the text itself.")
+            ids = (prompts[None] if prompts.ndim == 1 else prompts).long()  # uint8/int32 -> long for the embedding
+            lo, hi = int(ids.min()), int(ids.max())
+            if hi >= self.info.d_vocab or lo < 0:
+                raise InputError(f"Token ids must lie in [0, {self.info.d_vocab}) for this model's vocabulary, "
+                                 f"got ids from {lo} to {hi}. Were they made by another tokenizer?")
             self._check_length(ids.shape[1])
             return ids.to(self.device), [ids.shape[1]] * ids.shape[0]
         if isinstance(prompts, str):
@@ -154,7 +181,8 @@ class Model:
         seqs = []
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
-                raise InputError(f"Prompt {i} is a {type(p).__name__}, not a string.")
+                raise InputError(f"Prompt {i} is of type {type(p).__name__}, not a string. Pass strings, or token "
+                                 "ids as an integer tensor of shape (T,) or (B, T), e.g. torch.tensor([[...]]).")
             if not p:
                 raise InputError(f"Prompt {i} is an empty string: it has no tokens to run.")
             ids = self.tokenizer(p, add_special_tokens=True)["input_ids"]
@@ -250,10 +278,13 @@ class Model:
         tokens, lengths = self.tokenize(prompts)
         items = plan_capture(capture, layers, set(self._points), self.info.n_layers, attention,
                              self._dormant)
+        if logits not in ("all", "last", None):  # checked here too: stop_at_layer overrides it below
+            raise InputError(f"logits must be 'all', 'last' or None, got {logits!r}.")
         if stop_at_layer is not None:
-            if not isinstance(stop_at_layer, int) or not 0 < stop_at_layer <= self.info.n_layers:
+            if (not isinstance(stop_at_layer, int) or isinstance(stop_at_layer, bool)
+                    or not 0 < stop_at_layer <= self.info.n_layers):
                 raise InputError(f"stop_at_layer must be an integer in 1..{self.info.n_layers}, got {stop_at_layer!r}.")
-            late = [it.name for it in items if it.layer is None or it.layer >= stop_at_layer]
+            late = [it.name for it in items if _block_of(it, self.info.n_layers) >= stop_at_layer]
             if late:
                 raise InputError(f"Capture {late[0]!r} lies at or after stop_at_layer={stop_at_layer}; it would never fire.")
             logits = None

@@ -34,7 +34,13 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                # Without this, a failed swap left ``final`` missing (moved aside to ``old``),
+                # contradicting the promise above: put the previous entry back.
+                os.replace(old, final)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)

@@ -86,7 +86,7 @@ class Run:
         rows = [{"name": k, "shape": tuple(v.shape), "dtype": str(v.dtype).replace("torch.", ""),
                  "MiB": v.numel() * v.element_size() / 2**20} for k, v in self.captures.items()]
         rows += [{"name": f"attention summary L{l}", "shape": tuple(s.received.shape), "dtype": "float32",
-                  "MiB": (s.received.numel() * 2 + s.last_rows.numel()) * 4 / 2**20} for l, s in self.summaries.items()]
+                  "MiB": s.nbytes / 2**20} for l, s in self.summaries.items()]
         return pd.DataFrame(rows, columns=["name", "shape", "dtype", "MiB"])
 
     def __repr__(self) -> str:

@@ -26,8 +26,8 @@ def _resolve_device(device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"Device {device!r} was requested but CUDA is not available on this machine. "
                              "Use device='cpu' (or leave device=None to pick automatically).")
-    if dev.type not in ("cpu", "cuda"):
-        raise ModelLoadError(f"Unsupported device {device!r}: the workbench runs on 'cpu' or 'cuda'.")
+    if dev.type not in ("cpu", "cuda"):  # same error type as an unparseable name ('tpu') above
+        raise InputError(f"Unsupported device {device!r}: the workbench runs on 'cpu' or 'cuda'.")
     return dev
 
 
@@ -101,6 +101,7 @@ def load(source=None, *, device=None, tokenizer=None, check_parity: bool = True,
         folder; or an already-loaded HF causal LM (pass its ``tokenizer=``).
     device: "cpu", "cuda" or None (CUDA when available).
     """
+    _resolve_device(device)  # refuse a bad device before spending seconds building/loading a model
     if source is None or (isinstance(source, str) and source.lower() in smollm2.ALIASES):
         hf, tok, _ = smollm2.load_smollm2()
         return wrap(hf, tok, smollm2.NAME, device, check_parity)

@@ -10,6 +10,7 @@ that came from a folder).
 from __future__ import annotations
 
 import json
+import warnings
 
 import torch
 from transformers import (
@@ -32,18 +33,24 @@ TINY_MODELS = ("tiny-llama", "tiny-gpt2")
 def byte_tokenizer():
     """A byte-level BPE tokenizer with no merges: every UTF-8 byte is one token."""
     path = cache_dir() / "tiny-byte-tokenizer-v1"
-    if not (path / "tokenizer.json").exists():
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    if (path / "tokenizer.json").exists():
+        try:
+            return AutoTokenizer.from_pretrained(path)
+        except Exception as exc:  # corrupt cache entry: rebuild it (as fp32_cache does), never crash
+            warnings.warn(f"workbench: cached tokenizer at {path} is unreadable ({type(exc).__name__}: {exc}); "
+                          "rebuilding it.")
+    # (Re)build; atomic_dir swaps a corrupt entry for the new one in one rename.
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-        alphabet = pre_tokenizers.ByteLevel.alphabet()
-        vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-        vocab[EOS] = len(vocab)
-        tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-        tk.decoder = decoders.ByteLevel()
-        fast = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=EOS, pad_token=EOS, unk_token=EOS)
-        with atomic_dir(path) as tmp:
-            fast.save_pretrained(tmp)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab[EOS] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=EOS, pad_token=EOS, unk_token=EOS)
+    with atomic_dir(path) as tmp:
+        fast.save_pretrained(tmp)
     tok = AutoTokenizer.from_pretrained(path)
     return tok
 

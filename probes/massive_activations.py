@@ -1,0 +1,251 @@
+"""Residual-state peaks ("massive activations"): which token's residual explodes, in which
+dimensions, from which layer on, and where it is removed.
+
+Stages: s = 0 is the embedding (the residual entering block 0, ``blocks.0.hook_resid_pre``; it
+includes learned positions on GPT-2-like models) and s = l + 1 the residual leaving block l
+(``resid_post``), so there are L + 1 stages. Per prompt:
+
+- norms[s, j] = ‖x_j^s‖₂ (equal to HF ``output_hidden_states[s]`` for s < L).
+- peak token p: the arg-max-norm token at the stage where (max norm / median of the other
+  tokens) is largest. ratio[s] = ‖x_p^s‖ / median_{j ≠ p} ‖x_j^s‖ (padding excluded).
+- massive stages: ratio >= ``factor``. appears / removed: first stage of the run of massive
+  stages that holds the largest ratio, and the first stage after that run (None when the peak
+  lasts to the last block; the final norm then removes it). first_massive: the first massive
+  stage at all (a weaker, earlier peak can come and go before the main one).
+- top dims of x_p^s by |value|, with their signed values and the share of ‖x_p^s‖² they carry.
+
+On SmolLM2 (methods.md §5.2) p = 0; dim 507 carries about 22k of a 22.7k norm from block 11 to
+block 27 (ratio > 100), dims 247 and 14 follow; the peak drops after block 28.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workbench.capture import resolve_layers
+from workbench.errors import InputError
+
+from .sinks import check_prompt_lengths
+
+
+@dataclass
+class MassiveActivationReport:
+    """Residual norms over S = L + 1 stages (embedding, then each block's output) for B prompts.
+
+    norms: (B, S, T) L2 norm per token; NaN at padded positions.
+    peak_position: (B,) the peak token of each prompt.
+    ratio: (B, S) peak-token norm / median norm of the other real tokens.
+    median_other, max_other: (B, S) median and max norm over the other real tokens.
+    top_dims, top_values: (B, S, k) the peak token's largest dims by |x| and their signed values.
+    top_share: (B, S) share of the peak token's squared norm carried by those k dims.
+    appears, removed, first_massive: per prompt, a stage index (0 = embedding, l + 1 = after
+        block l) or None; see the module docstring.
+    """
+
+    model_name: str
+    prompts: list[str]
+    str_tokens: list[list[str]]
+    lengths: list[int]
+    layers: list[int]
+    norms: torch.Tensor
+    peak_position: torch.Tensor
+    ratio: torch.Tensor
+    median_other: torch.Tensor
+    max_other: torch.Tensor
+    top_dims: torch.Tensor
+    top_values: torch.Tensor
+    top_share: torch.Tensor
+    appears: list[int | None]
+    removed: list[int | None]
+    first_massive: list[int | None]
+    factor: float = 10.0
+
+    @property
+    def stage_labels(self) -> list[str]:
+        """'embed' then 'L{l}' for each block output."""
+        return ["embed"] + [f"L{l}" for l in self.layers]
+
+    def stage_name(self, s: int | None) -> str:
+        if s is None:
+            return "none"
+        return "the embedding" if s == 0 else f"block {self.layers[s - 1]}'s output"
+
+    def massive_dims(self, prompt: int = 0, min_share: float = 0.05) -> list[int]:
+        """Dims that carry at least ``min_share`` of the peak token's squared norm at some stage
+        where the peak is massive (ratio >= factor), most frequent first; [] if never massive."""
+        self._check_prompt(prompt)
+        sel = (self.ratio[prompt] >= self.factor).nonzero().flatten().tolist()
+        counts: dict[int, float] = {}
+        norms2 = self.norms[prompt, :, int(self.peak_position[prompt])] ** 2
+        for s in sel:
+            for d, v in zip(self.top_dims[prompt, s].tolist(), self.top_values[prompt, s].tolist()):
+                if v * v >= min_share * float(norms2[s]):
+                    counts[d] = counts.get(d, 0.0) + v * v
+        return sorted(counts, key=lambda d: -counts[d])
+
+    def _check_prompt(self, prompt: int) -> None:
+        if not isinstance(prompt, int) or not 0 <= prompt < len(self.prompts):
+            raise InputError(f"prompt must be an index in 0..{len(self.prompts) - 1}, got {prompt!r}.")
+
+    def to_frame(self, prompt: int | None = None) -> pd.DataFrame:
+        """One row per (prompt, stage): peak norm, median/max of the others, ratio, top dims."""
+        prompts = range(len(self.prompts)) if prompt is None else [prompt]
+        rows = []
+        for b in prompts:
+            self._check_prompt(b)
+            p = int(self.peak_position[b])
+            for s, lab in enumerate(self.stage_labels):
+                rows.append({
+                    "prompt": b, "stage": lab, "layer": None if s == 0 else self.layers[s - 1],
+                    "peak_position": p, "peak_token": self.str_tokens[b][p], "peak_norm": float(self.norms[b, s, p]),
+                    "median_other": float(self.median_other[b, s]), "max_other": float(self.max_other[b, s]),
+                    "ratio": float(self.ratio[b, s]), "massive": bool(self.ratio[b, s] >= self.factor),
+                    "top_dims": [(int(d), round(float(v), 2)) for d, v in zip(self.top_dims[b, s], self.top_values[b, s])],
+                    "top_share": float(self.top_share[b, s]),
+                })
+        return pd.DataFrame(rows)
+
+    def figure(self, prompt: int = 0, positions=None, title: str | None = None):
+        """Residual norm per stage (log scale): the peak token, the median and max of the other
+        tokens, and any extra ``positions``; the massive dims are named in the legend and at the
+        stage where the peak norm is largest; shaded: stages where the peak is massive."""
+        import plotly.graph_objects as go
+
+        self._check_prompt(prompt)
+        x = self.stage_labels
+        p = int(self.peak_position[prompt])
+        toks = self.str_tokens[prompt]
+        dims = self.massive_dims(prompt)
+        dim_txt = f" — dims {', '.join(map(str, dims[:3]))}" if dims else ""
+        fig = go.Figure()
+        for s in range(len(x)):
+            if self.ratio[prompt, s] >= self.factor:
+                fig.add_vrect(x0=s - 0.5, x1=s + 0.5, fillcolor="rgba(214,39,40,0.08)", line_width=0)
+        peak = self.norms[prompt, :, p].numpy()
+        top = [", ".join(f"{d}: {v:.4g}" for d, v in zip(self.top_dims[prompt, s].tolist(), self.top_values[prompt, s].tolist()))
+               for s in range(len(x))]
+        fig.add_trace(go.Scatter(x=x, y=peak, mode="lines+markers", name=f"peak {toks[p]!r} @{p}{dim_txt}",
+                                 line=dict(color="crimson", width=3), customdata=np.array(top, dtype=object),
+                                 hovertemplate="%{x}: %{y:.4g}<br>top dims %{customdata}<extra></extra>"))
+        fig.add_trace(go.Scatter(x=x, y=self.median_other[prompt].numpy(), mode="lines", name="median of other tokens",
+                                 line=dict(color="gray", width=2)))
+        fig.add_trace(go.Scatter(x=x, y=self.max_other[prompt].numpy(), mode="lines", name="max of other tokens",
+                                 line=dict(color="gray", dash="dot")))
+        for q in ([] if positions is None else ([positions] if isinstance(positions, int) else list(positions))):
+            if not isinstance(q, int) or not 0 <= q < self.lengths[prompt]:
+                raise InputError(f"Position {q!r} is outside prompt {prompt} (0..{self.lengths[prompt] - 1}).")
+            fig.add_trace(go.Scatter(x=x, y=self.norms[prompt, :, q].numpy(), mode="lines", name=f"{toks[q]!r} @{q}"))
+        s_max = int(np.nanargmax(peak))
+        fig.add_annotation(x=x[s_max], y=np.log10(peak[s_max]), text="<br>".join(
+            f"dim {d}: {v:.3g}" for d, v in zip(self.top_dims[prompt, s_max].tolist(), self.top_values[prompt, s_max].tolist())),
+            showarrow=True, arrowhead=2, ax=40, ay=40, align="left", bgcolor="rgba(255,255,255,0.8)")
+        a, r = self.appears[prompt], self.removed[prompt]
+        sub = (f"massive (≥{self.factor:g}× median) from {self.stage_name(a)}"
+               + (f", gone at {self.stage_name(r)}" if r is not None else ", to the last block") if a is not None
+               else f"no token reaches {self.factor:g}× the median")
+        fig.update_layout(title=dict(text=title or f"Residual norm per layer ({self.model_name}): {sub}"),
+                          template="plotly_white", width=1000, height=480, legend=dict(orientation="h", y=-0.2),
+                          margin=dict(l=10, r=10, t=60, b=10))
+        fig.update_yaxes(type="log", title="‖x‖₂")
+        fig.update_xaxes(title="stage (residual after block)")
+        return fig
+
+    def __repr__(self) -> str:
+        lines = [f"MassiveActivationReport({self.model_name}, {len(self.prompts)} prompt(s), {len(self.layers)} layers, "
+                 f"factor {self.factor:g})"]
+        for b in range(min(len(self.prompts), 5)):
+            p = int(self.peak_position[b])
+            s = int(torch.nan_to_num(self.ratio[b], nan=-1).argmax())
+            dims = ", ".join(f"{d}: {v:.4g}" for d, v in zip(self.top_dims[b, s].tolist(), self.top_values[b, s].tolist()))
+            a, r, first = self.appears[b], self.removed[b], self.first_massive[b]
+            if a is None:
+                where = f"never reaches {self.factor:g}× the median"
+            else:
+                where = f"appears at {self.stage_name(a)}, " + (
+                    f"gone at {self.stage_name(r)}" if r is not None else "lasts to the last block")
+                if first != a:
+                    where += f" (first massive at {self.stage_name(first)})"
+            lines.append(f"  prompt {b}: peak {self.str_tokens[b][p]!r} @{p}, max ratio {float(self.ratio[b, s]):.1f} "
+                         f"({self.stage_labels[s]}, norm {float(self.norms[b, s, p]):.4g}; dims {dims}); {where}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(repr(self))}</pre>"
+
+
+def _median_max_other(norms: torch.Tensor, p: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, T) norms of one prompt -> (S,) median and max over real tokens other than p."""
+    keep = [j for j in range(n) if j != p]
+    if not keep:
+        nan = torch.full((norms.shape[0],), float("nan"))
+        return nan, nan
+    o = norms[:, keep]
+    return o.median(-1).values, o.max(-1).values
+
+
+def _massive_run(ratio: torch.Tensor, factor: float) -> tuple[int | None, int | None, int | None]:
+    """(S,) ratios -> (start of the massive run holding the max ratio, first stage after it or
+    None, first massive stage); all None when no stage reaches ``factor``."""
+    massive = (ratio >= factor).tolist()
+    if not any(massive):
+        return None, None, None
+    top = int(torch.nan_to_num(ratio, nan=-1.0).argmax())
+    a = top
+    while a > 0 and massive[a - 1]:
+        a -= 1
+    r = next((s for s in range(top + 1, len(massive)) if not massive[s]), None)
+    return a, r, massive.index(True)
+
+
+def massive_activations(model, prompts, factor: float = 10.0, top_k: int = 3, layers=None,
+                        max_bytes: int | None = None) -> MassiveActivationReport:
+    """Residual norm per token and stage, the peak token, its carrying dims, where it appears
+    and where it is removed. ``layers`` picks which block outputs to keep (default all; the
+    embedding stage is always first). Each prompt needs at least 2 tokens (a peak needs others).
+    """
+    if not factor > 1:
+        raise InputError(f"factor must be > 1, got {factor!r}.")
+    if not isinstance(top_k, int) or not 1 <= top_k <= model.info.d_model:
+        raise InputError(f"top_k must be an integer in 1..{model.info.d_model}, got {top_k!r}.")
+    layer_list = resolve_layers(layers, model.info.n_layers)
+    texts, lengths = check_prompt_lengths(model, prompts, 1, "massive_activations (a peak versus the other tokens)")
+    run = model.run(prompts, capture=["blocks.0.hook_resid_pre", "resid_post"], layers=layer_list, logits=None,
+                    stop_at_layer=max(layer_list) + 1, max_bytes=max_bytes)
+    return massive_activations_from_run(model, run, layer_list, texts, factor=factor, top_k=top_k)
+
+
+def massive_activations_from_run(model, run, layers: list[int], texts: list[str], factor: float = 10.0,
+                                 top_k: int = 3) -> MassiveActivationReport:
+    """Build a MassiveActivationReport from a Run that captured ``blocks.0.hook_resid_pre`` and
+    ``resid_post`` at ``layers`` (all positions)."""
+    layer_list, lengths = list(layers), list(run.lengths)
+    xs = [run["blocks.0.hook_resid_pre"]] + [run["resid_post", l] for l in layer_list]  # S × (B, T, d)
+    b, t = run.tokens.shape
+    norms = torch.stack([x.detach().float().norm(dim=-1).cpu() for x in xs], 1)  # (B, S, T)
+    pad = torch.arange(t)[None, :] >= torch.tensor(lengths)[:, None]
+    norms = norms.masked_fill(pad[:, None, :], float("nan"))
+    S = norms.shape[1]
+    peak_pos, ratios, meds, maxs, tdims, tvals, tshare, appears, removed, firsts = ([] for _ in range(10))
+    for i, n in enumerate(lengths):
+        nm = norms[i, :, :n]  # (S, n)
+        top2 = nm.topk(2, dim=-1)  # per stage: the max token and the runner-up
+        best_s = int((top2.values[:, 0] / nm.median(-1).values).argmax())
+        p = int(top2.indices[best_s, 0])
+        med, mx = _median_max_other(nm, p, n)
+        ratio = nm[:, p] / med
+        vec = torch.stack([x[i, p].detach().float().cpu() for x in xs])  # (S, d)
+        v, d = vec.abs().topk(top_k, dim=-1)
+        signed = vec.gather(1, d)
+        share = (signed ** 2).sum(-1) / (vec ** 2).sum(-1).clamp_min(1e-30)
+        a, r, first = _massive_run(ratio, factor)
+        peak_pos.append(p), ratios.append(ratio), meds.append(med), maxs.append(mx)
+        tdims.append(d), tvals.append(signed), tshare.append(share), appears.append(a), removed.append(r)
+        firsts.append(first)
+    return MassiveActivationReport(
+        model.info.name, texts, run.str_tokens, lengths, layer_list, norms, torch.tensor(peak_pos), torch.stack(ratios),
+        torch.stack(meds), torch.stack(maxs), torch.stack(tdims), torch.stack(tvals), torch.stack(tshare),
+        appears, removed, firsts, factor)

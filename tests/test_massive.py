@@ -1,0 +1,89 @@
+"""Residual-state peaks: norms equal HF output_hidden_states, the peak/appear/removed logic on
+synthetic ratios, the report API; SmolLM2's dim-507 peak at position 0 (methods.md §5.2)."""
+import pytest
+import torch
+
+from probes.massive_activations import MassiveActivationReport, _massive_run, massive_activations
+from workbench.errors import InputError
+from workbench.loading.tiny import build_tiny  # a never-wrapped HF copy, same seed
+
+PROMPTS = ["the cat sat on the mat.", "a dog ran far."]
+
+
+def test_norms_equal_hf_hidden_states(tiny):
+    r = massive_activations(tiny, PROMPTS)
+    ids, lengths = tiny.tokenize(PROMPTS)
+    with torch.no_grad():
+        hs = build_tiny(tiny.info.name)[0](ids, output_hidden_states=True).hidden_states  # L + 1; the last one is final-normed
+    L = tiny.info.n_layers
+    assert r.norms.shape == (2, L + 1, ids.shape[1])
+    for s in range(L):  # stage s = embedding (s = 0) or output of block s - 1
+        ref = hs[s].norm(dim=-1)
+        for b, n in enumerate(lengths):
+            assert torch.allclose(r.norms[b, s, :n], ref[b, :n], rtol=1e-5, atol=1e-5), s
+    assert r.norms[1, :, lengths[1]:].isnan().all()
+
+
+def test_peak_statistics_are_consistent(tiny_llama):
+    r = massive_activations(tiny_llama, PROMPTS, top_k=4)
+    run = tiny_llama.run(PROMPTS, capture=["resid_post"], logits=None)
+    for b, n in enumerate(r.lengths):
+        p = int(r.peak_position[b])
+        others = [j for j in range(n) if j != p]
+        for s in range(1, 3):
+            x = run["resid_post", s - 1][b]
+            med = x[others].norm(dim=-1).median()
+            assert r.ratio[b, s].item() == pytest.approx((x[p].norm() / med).item(), rel=1e-5)
+            top = x[p].abs().topk(4)
+            assert r.top_dims[b, s].tolist() == top.indices.tolist()
+            assert torch.allclose(r.top_values[b, s], x[p, top.indices])
+            assert r.top_share[b, s].item() == pytest.approx(float((top.values ** 2).sum() / (x[p] ** 2).sum()), rel=1e-5)
+
+
+def test_massive_run_logic():
+    t = torch.tensor
+    assert _massive_run(t([1.0, 2, 3]), 10) == (None, None, None)
+    # an early weak run (stages 1-2), the main run from 4 to 6, gone at 7
+    assert _massive_run(t([1.0, 12, 11, 3, 50, 200, 40, 5]), 10) == (4, 7, 1)
+    assert _massive_run(t([1.0, 20, 30]), 10) == (1, None, 1)  # lasts to the last block
+
+
+def test_report_api_and_bad_input(tiny_llama):
+    r = massive_activations(tiny_llama, PROMPTS, factor=1.5)
+    assert isinstance(r, MassiveActivationReport)
+    assert r.stage_labels == ["embed", "L0", "L1"]
+    df = r.to_frame()
+    assert len(df) == 2 * 3 and {"stage", "peak_norm", "median_other", "ratio", "top_dims", "massive"} <= set(df.columns)
+    fig = r.figure(prompt=1, positions=[1])
+    assert len(fig.data) == 4
+    assert "MassiveActivationReport(" in repr(r)
+    assert isinstance(r.massive_dims(0), list)
+    with pytest.raises(InputError, match="has 1 token"):
+        massive_activations(tiny_llama, ["x"])
+    with pytest.raises(InputError, match="factor"):
+        massive_activations(tiny_llama, PROMPTS, factor=1.0)
+    with pytest.raises(InputError, match="out of range"):
+        massive_activations(tiny_llama, PROMPTS, layers=[-3])
+    with pytest.raises(InputError, match="outside prompt"):
+        r.figure(positions=[99])
+
+
+SMOL_PROMPTS = [
+    "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat by the door. "
+    "Meanwhile, in the kitchen, the kettle began to whistle and steam rose to the ceiling.",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy.",
+]  # as in test_sinks.py
+
+
+@pytest.mark.smollm2
+def test_smollm2_peak_at_position0_carried_by_dim_507(smollm2):
+    r = massive_activations(smollm2, SMOL_PROMPTS)
+    for b in range(len(SMOL_PROMPTS)):
+        assert int(r.peak_position[b]) == 0
+        s = int(r.ratio[b].argmax())
+        assert r.ratio[b, s] > 10
+        assert r.top_dims[b, s, 0] == 507
+        assert r.top_values[b, s, 0].abs() > 0.9 * r.norms[b, s, 0]  # one dim carries the peak
+        assert r.appears[b] == 12  # after block 11 (stage 0 is the embedding)
+        assert r.massive_dims(b)[0] == 507

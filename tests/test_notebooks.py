@@ -1,0 +1,96 @@
+"""Every notebook in notebooks/ runs top to bottom, headless, through scripts/run_notebook.py.
+
+The same ``run_notebook()`` as ``make demo`` (one implementation): papermill, kernel
+``python3``, widget state not stored, executed notebook written atomically. Parameters are
+kept small and every output goes under ``tmp_path``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from workbench.figures import find_browser
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
+TOUR_FIGURES = ("attention_sink_head", "residual_norms", "kv_cache_generation", "ablation_head", "ablation_mlp")
+# Per-notebook overrides on top of out_dir (only names the parameters cell defines are passed).
+SMALL = {"00_tour": {"max_new_tokens": 4}}
+
+
+def _load_runner():
+    spec = importlib.util.spec_from_file_location("run_notebook", ROOT / "scripts" / "run_notebook.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+runner = _load_runner()
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path: Path, tmp_path: Path):
+    known = runner.notebook_parameters(path)
+    params = {"out_dir": str(tmp_path / "figures"), **SMALL.get(path.stem, {})}
+    params = {k: v for k, v in params.items() if k in known}
+    out = tmp_path / f"{path.stem}.ipynb"
+
+    runner.run_notebook(path, out, params, cwd=tmp_path, timeout=300)
+
+    assert out.is_file() and not (tmp_path / f"{path.stem}.failed.ipynb").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "temporary files left behind"
+    nb = json.loads(out.read_text())
+    outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+    assert [o for o in outputs if o.get("output_type") == "error"] == []
+    stderr = "".join("".join(o["text"]) for o in outputs if o.get("name") == "stderr")
+    assert "it/s]" not in stderr, f"a progress bar was saved in the notebook: {stderr[:200]!r}"
+    assert nb["metadata"]["papermill"]["input_path"] == str(path)
+    # store_widget_state=False: no multi-MB FigureWidget bundle saved in the notebook.
+    assert "widgets" not in nb["metadata"]
+    assert out.stat().st_size < 2_000_000
+
+    if path.stem == "00_tour":
+        figs = tmp_path / "figures"
+        exts = ("html", "png") if find_browser() else ("html",)
+        missing = [f"{n}.{e}" for n in TOUR_FIGURES for e in exts if not (figs / f"{n}.{e}").is_file()]
+        assert missing == [], f"missing figures: {missing}"
+        assert (figs / "plotly.min.js").is_file()  # include_plotlyjs="directory": one shared copy
+        if "png" in exts:
+            assert (figs / "residual_norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        text = "".join(str(o) for o in outputs)
+        assert "CaptureBudgetError" in text  # the memory guard section refused the long capture
+
+
+def test_runner_reports_failure_cleanly(tmp_path: Path):
+    """A failing cell: NotebookError naming the cell and exception, partial notebook beside the output."""
+    src = tmp_path / "broken.py"
+    src.write_text('# %% tags=["parameters"]\nx = 1\n\n# %%\nraise ValueError(f"boom {x}")\n')
+    out = tmp_path / "broken.ipynb"
+    out.write_text("previous good output")
+    env_before = {k: os.environ.get(k) for k in runner.NOTEBOOK_ENV}
+    with pytest.raises(runner.NotebookError, match=r"ValueError: boom 2") as info:
+        runner.run_notebook(src, out, {"x": 2}, cwd=tmp_path, timeout=60)
+    assert {k: os.environ.get(k) for k in runner.NOTEBOOK_ENV} == env_before  # kernel env restored
+    assert out.read_text() == "previous good output"  # never replaced by a failed run
+    assert info.value.failed_path == tmp_path / "broken.failed.ipynb" and info.value.failed_path.is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_runner_rejects_unknown_parameter(tmp_path: Path):
+    src = tmp_path / "nb.py"
+    src.write_text('# %% tags=["parameters"]\nx = 1\n')
+    with pytest.raises(runner.NotebookError, match="no parameter"):
+        runner.run_notebook(src, tmp_path / "nb.ipynb", {"y": 2}, cwd=tmp_path)
+
+
+def test_cli_parses_parameter_values():
+    assert runner.parse_value("None") is None
+    assert runner.parse_value("8") == 8
+    assert runner.parse_value("False") is False
+    assert runner.parse_value("out/figures") == "out/figures"
+    assert runner.parse_value("'a b'") == "a b"
