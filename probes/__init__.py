@@ -7,3 +7,4 @@ from .extreme_tokens import ExtremeTokenReport, extreme_token_report  # noqa: E4
 from .active_dormant import ActiveDormantReport, active_dormant, label_head
 from .domains import DOMAINS, load_domain
 from .passkey_disruption import FACTUAL_PROMPTS, QKDisruptionReport, qk_disruption_effect
+from .sink_explorer import sink_explorer

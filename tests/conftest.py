@@ -14,6 +14,15 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 warnings.filterwarnings("ignore", category=UserWarning, module="transformer_lens")
 
 
+# Short SmolLM2 prompts shared by the extreme-token integration tests: prose, code, facts.
+SMOL_PROMPTS = [
+    "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat by the door. "
+    "Meanwhile, in the kitchen, the kettle began to whistle and steam rose to the ceiling.",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy.",
+]
+
+
 @pytest.fixture(scope="session")
 def tiny_llama():
     import workbench as wb

@@ -6,6 +6,7 @@ import torch
 from probes.massive_activations import MassiveActivationReport, _massive_run, massive_activations
 from workbench.errors import InputError
 from workbench.loading.tiny import build_tiny  # a never-wrapped HF copy, same seed
+from conftest import SMOL_PROMPTS
 
 PROMPTS = ["the cat sat on the mat.", "a dog ran far."]
 
@@ -68,12 +69,6 @@ def test_report_api_and_bad_input(tiny_llama):
         r.figure(positions=[99])
 
 
-SMOL_PROMPTS = [
-    "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat by the door. "
-    "Meanwhile, in the kitchen, the kettle began to whistle and steam rose to the ceiling.",
-    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
-    "Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy.",
-]  # as in test_sinks.py
 
 
 @pytest.mark.smollm2

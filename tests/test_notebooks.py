@@ -18,8 +18,15 @@ from workbench.figures import find_browser
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
 TOUR_FIGURES = ("attention_sink_head", "residual_norms", "kv_cache_generation", "ablation_head", "ablation_mlp")
+SINKS_FIGURES = ("sink_mass", "explorer_pattern", "explorer_mass", "explorer_values", "value_drain", "residual_peak",
+                 "active_dormant", "intervention_active_to_sink", "qk_disruption_skip_first", "sink_mass_long")
 # Per-notebook overrides on top of out_dir (only names the parameters cell defines are passed).
-SMALL = {"00_tour": {"max_new_tokens": 4}}
+SMALL = {
+    "00_tour": {"max_new_tokens": 4},
+    "attention_sinks": {"n_domain_texts": 1, "n_random_heads": 2, "n_passkey": 2, "passkey_tokens": 80,
+                        "n_factual": 3, "long_prompt_tokens": 512},
+    "kv_compression": {"passkey_tokens": 96, "kivi_bits": [4]},
+}
 
 
 def _load_runner():
@@ -64,6 +71,12 @@ def test_notebook_runs(path: Path, tmp_path: Path):
             assert (figs / "residual_norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         text = "".join(str(o) for o in outputs)
         assert "CaptureBudgetError" in text  # the memory guard section refused the long capture
+    if path.stem == "attention_sinks":
+        figs = tmp_path / "figures"
+        missing = [f"{n}.html" for n in SINKS_FIGURES if not (figs / f"{n}.html").is_file()]
+        assert missing == [], f"missing figures: {missing}"
+        text = "".join(str(o) for o in outputs)
+        assert f"sink_report on {SMALL[path.stem]['long_prompt_tokens']} tokens" in text  # ran at the small size
 
 
 def test_runner_reports_failure_cleanly(tmp_path: Path):

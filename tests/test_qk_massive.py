@@ -8,6 +8,7 @@ import torch
 from probes.qk_massive import (QKConcentrationReport, concentration_map, concentration_ratio, dim_frequencies,
                                pair_norms, qk_concentration)
 from workbench.errors import InputError
+from conftest import SMOL_PROMPTS
 
 PROMPTS = ["the cat sat on the mat, and then the dog came.", "a dog ran."]
 
@@ -101,12 +102,6 @@ def test_report_api_and_bad_input(tiny_llama):
     assert qk_concentration(tiny_llama, ["a"], exclude_first=False).n_tokens == 1
 
 
-SMOL_PROMPTS = [
-    "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat by the door. "
-    "Meanwhile, in the kitchen, the kettle began to whistle and steam rose to the ceiling.",
-    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
-    "Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy.",
-]  # as in test_sinks.py
 
 
 @pytest.mark.smollm2

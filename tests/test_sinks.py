@@ -9,6 +9,7 @@ from probes.sinks import SinkReport, sink_report
 from workbench.capture import summarize_pattern
 from workbench.errors import InputError
 from workbench.intervention import Intervention
+from conftest import SMOL_PROMPTS
 
 PROMPTS = ["the cat sat on the mat. the dog sat too.", "a b, c d; e f."]
 
@@ -242,12 +243,6 @@ def test_bad_input(tiny_llama):
 
 
 # ------------------------------------------------------------------------- SmolLM2
-SMOL_PROMPTS = [
-    "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat by the door. "
-    "Meanwhile, in the kitchen, the kettle began to whistle and steam rose to the ceiling.",
-    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
-    "Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy.",
-]
 
 
 @pytest.mark.smollm2

@@ -121,6 +121,15 @@ def cached_forward(model, cache: KVCache, inp: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def _observe_attention(model, session, cache_policy) -> None:
+    """Feed every layer's pattern (B, H, Tq, Tk) to ``cache_policy.observe_attention`` if it has one."""
+    observe = getattr(cache_policy, "observe_attention", None)
+    if observe is None:
+        return
+    for l in range(model.info.n_layers):
+        session.add(f"blocks.{l}.attn.hook_pattern", (lambda l: lambda x, _n: observe(l, x.detach()))(l))
+
+
 def prefill(model, prompt, cache_policy: CachePolicy | None = None, interventions=()) -> KVCache:
     """Run a prompt once and return its KVCache (after ``cache_policy`` if given)."""
     _validate(model, 1, 1.0, None, None, True, cache_policy)
@@ -128,11 +137,8 @@ def prefill(model, prompt, cache_policy: CachePolicy | None = None, intervention
     if ids.shape[0] != 1:
         raise InputError("prefill() takes one prompt.")
     cache = KVCache.empty(model)
-    observe = getattr(cache_policy, "observe_attention", None)
     with model._session(interventions) as session:
-        if observe is not None:
-            for l in range(model.info.n_layers):
-                session.add(f"blocks.{l}.attn.hook_pattern", (lambda l: lambda x, _n: observe(l, x.detach()))(l))
+        _observe_attention(model, session, cache_policy)
         with session, torch.no_grad():
             cached_forward(model, cache, ids)
     if cache_policy is not None:
@@ -173,11 +179,8 @@ def generate(model, prompt, max_new_tokens: int = 20, *, do_sample: bool = False
     eos = model.tokenizer.eos_token_id
     new, step_logits, stats = [], [], []
     cache = KVCache.empty(model) if use_cache else None
-    observe = getattr(cache_policy, "observe_attention", None)
     with model._session(interventions) as session:
-        if observe is not None:
-            for l in range(model.info.n_layers):
-                session.add(f"blocks.{l}.attn.hook_pattern", (lambda l: lambda x, _n: observe(l, x.detach()))(l))
+        _observe_attention(model, session, cache_policy)
         with session, torch.no_grad():
             seq = ids
             for step in range(max_new_tokens):
