@@ -218,10 +218,16 @@ def _unavailable(short: str, hook: str):
                      "(e.g. q_rot/k_rot need rotary embeddings, pos_embed needs learned positions).")
 
 
+def capture_shape(it: CaptureItem, dims: dict[str, int], batch: int, seq: int, n_pos: int | None) -> tuple[int, ...]:
+    """Shape a (non-summary) capture will have, from its layout letters; full names without a
+    canonical spec are assumed to be (B, T, d_model)."""
+    sizes = {**dims, "b": batch, "t": n_pos or seq, "q": n_pos or seq, "k": seq, "1": 1}
+    return tuple(sizes[ch] for ch in (it.spec.layout if it.spec else "btd"))
+
+
 def estimate(items: Iterable[CaptureItem], dims: dict[str, int], batch: int, seq: int, n_pos: int | None,
              logits_positions: int, vocab: int, budget: int, n_last: int, bytes_per: int = 4) -> CaptureEstimate:
     """Bytes held by a capture. ``dims`` maps layout letters d/h/g/e/f to sizes."""
-    sizes = {**dims, "b": batch, "t": n_pos or seq, "q": n_pos or seq, "k": seq, "1": 1}
     per_item: dict[str, int] = {}
     transient = 0
     for it in items:
@@ -229,10 +235,9 @@ def estimate(items: Iterable[CaptureItem], dims: dict[str, int], batch: int, seq
             per_item[it.name] = summary_bytes(batch, dims["h"], seq, n_last)
             transient = max(transient, batch * dims["h"] * seq * seq * bytes_per)
             continue
-        layout = it.spec.layout if it.spec else "btd"
         n = 1
-        for ch in layout:
-            n *= sizes[ch]
+        for size in capture_shape(it, dims, batch, seq, n_pos):
+            n *= size
         per_item[it.name] = n * bytes_per
         if it.spec is not None and it.spec.short in ATTENTION_MAPS:
             transient = max(transient, batch * dims["h"] * seq * seq * bytes_per)

@@ -17,6 +17,7 @@ from .capture import (
     AttentionSummary,
     CaptureEstimate,
     CaptureItem,
+    capture_shape,
     check_budget,
     estimate,
     plan_capture,
@@ -251,11 +252,29 @@ class Model:
                              self._dormant)
         return self._estimate(items, tokens, positions, logits, last_rows, max_bytes)
 
+    def _dims(self) -> dict[str, int]:
+        i = self.info
+        return {"d": i.d_model, "h": i.n_heads, "g": i.n_kv_heads, "e": i.d_head, "f": i.d_mlp}
+
+    def _capture_buffers(self, items, tokens, pos) -> dict[str, torch.Tensor]:
+        """Empty output tensors for every full capture, allocated before the forward pass.
+
+        Allocating what the run will hold up front, then copying into it, keeps the captures out
+        of the allocator's way: the forward's short-lived buffers are reused layer after layer
+        instead of being stranded between captures (with glibc, process memory then stays
+        close to the guard's estimate; see BENCHMARKS.md).
+        """
+        b, t = tokens.shape
+        dtype = next(self.hf.parameters()).dtype
+        dims, n_pos = self._dims(), None if pos is None else len(pos)
+        return {it.name: torch.empty(capture_shape(it, dims, b, t, n_pos), dtype=dtype, device=self.device)
+                for it in items if not it.summary}
+
     def _estimate(self, items, tokens, positions, logits, last_rows, max_bytes) -> CaptureEstimate:
         b, t = tokens.shape
         pos = resolve_positions(positions, t)
         i = self.info
-        dims = {"d": i.d_model, "h": i.n_heads, "g": i.n_kv_heads, "e": i.d_head, "f": i.d_mlp}
+        dims = self._dims()
         lp = {"all": t, "last": 1, None: 0}
         if logits not in lp:
             raise InputError(f"logits must be 'all', 'last' or None, got {logits!r}.")
@@ -295,9 +314,11 @@ class Model:
         pos = resolve_positions(positions, tokens.shape[1])
         captures: dict[str, torch.Tensor] = {}
         summaries: dict[int, AttentionSummary] = {}
+        buffers = self._capture_buffers(items, tokens, pos)
         with self._session(interventions) as session:
             for it in items:
-                session.add(it.hook, self._capture_fn(it, pos, captures, summaries, skip_queries, last_rows, lengths))
+                session.add(it.hook, self._capture_fn(it, pos, captures, summaries, skip_queries, last_rows, lengths,
+                                                      buffers.get(it.name)))
             with session, torch.set_grad_enabled(grad):
                 out = self.bridge(tokens, return_type="logits", stop_at_layer=stop_at_layer)
         kept = None
@@ -308,7 +329,7 @@ class Model:
         str_toks = [self.str_tokens(tokens[i, :n].tolist()) for i, n in enumerate(lengths)]
         return Run(tokens, str_toks, lengths, kept, captures, pos, summaries, est, self.describe_interventions(interventions))
 
-    def _capture_fn(self, it: CaptureItem, pos, captures, summaries, skip_queries, last_rows, lengths):
+    def _capture_fn(self, it: CaptureItem, pos, captures, summaries, skip_queries, last_rows, lengths, out=None):
         layout = it.spec.layout if it.spec else "btd"
         axis = layout.index("t") if "t" in layout else (layout.index("q") if "q" in layout else None)
         derived = it.spec is not None and it.spec.derived_from == "z"
@@ -323,7 +344,10 @@ class Model:
                 y = y.index_select(axis, pos.to(y.device))
             if derived:  # (B, T, H, e) x (H, e, d) -> (B, T, H, d)
                 y = torch.einsum("bthe,hed->bthd", y, w_o)
-            captures[it.name] = y.clone() if y.data_ptr() == x.data_ptr() else y
+            if out is not None and out.shape == y.shape and out.dtype == y.dtype:
+                captures[it.name] = out.copy_(y)
+            else:  # a full name whose shape differs from the (B, T, d_model) guess
+                captures[it.name] = y.clone() if y.data_ptr() == x.data_ptr() else y
             return None
 
         return fn
