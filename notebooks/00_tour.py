@@ -51,7 +51,7 @@ from IPython.display import display
 
 import workbench as wb
 from interventions import HeadAblation, MLPAblation, compare
-from workbench.figures import find_browser, residual_norms
+from workbench.figures import residual_norms
 from workbench.widgets import attention_explorer
 
 t_start = time.perf_counter()
@@ -257,10 +257,7 @@ except wb.CaptureBudgetError as e:
 
 # %%
 if export:
-    formats = ("png", "html") if find_browser() else ("html",)
-    if "png" not in formats:
-        print("No Chromium/Chrome found: writing HTML only (run `make system` or set BROWSER_PATH for PNGs).")
-    paths = wb.export_figures(figs, out_dir, formats=formats, include_plotlyjs="directory")
+    paths = wb.export_figures(figs, out_dir, formats="auto", include_plotlyjs="directory")
     display(pd.DataFrame({"file": [str(p) for p in paths],
                           "KiB": [round(p.stat().st_size / 1024, 1) for p in paths]}))
 print(f"tour finished in {time.perf_counter() - t_start:.1f} s (after imports)")

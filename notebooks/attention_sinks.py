@@ -67,7 +67,6 @@ from interventions import AttentionToSink, ZeroAttention, compare
 from probes import (FACTUAL_PROMPTS, active_dormant, extreme_token_report, load_domain, qk_disruption_effect,
                     sink_explorer, sink_report)
 from probes.active_dormant import token_cross_entropy
-from workbench.figures import find_browser
 from workbench.tasks import passkey_prompts
 
 t_start = time.perf_counter()
@@ -462,10 +461,7 @@ figs["sink_mass_long"]
 
 # %%
 if export:
-    formats = ("png", "html") if find_browser() else ("html",)
-    if "png" not in formats:
-        print("No Chromium/Chrome found: writing HTML only (run `make system` or set BROWSER_PATH for PNGs).")
-    paths = wb.export_figures(figs, out_dir, formats=formats, include_plotlyjs="directory")
+    paths = wb.export_figures(figs, out_dir, formats="auto", include_plotlyjs="directory")
     display(pd.DataFrame({"file": [str(p) for p in paths],
                           "KiB": [round(p.stat().st_size / 1024, 1) for p in paths]}))
 print("section timings (s):", {k: round(v, 1) for k, v in timings.items()})

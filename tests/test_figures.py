@@ -308,3 +308,11 @@ def test_attention_explorer_refuses_long_prompt(tiny_llama):
         attention_explorer(tiny_llama, "x" * 40, max_tokens=16)
     with pytest.raises(InputError, match="one prompt string"):
         attention_explorer(tiny_llama, ["a", "b"])
+
+
+def test_export_figures_auto_falls_back_to_html_without_browser(tmp_path, monkeypatch, capsys):
+    """formats="auto" writes HTML only, and says why, when no browser can render PNGs."""
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-browser"))
+    paths = export_figures({"a": _fig()}, tmp_path / "out", formats="auto", include_plotlyjs="directory")
+    assert [p.name for p in paths] == ["a.html"]
+    assert "HTML only" in capsys.readouterr().out

@@ -141,9 +141,15 @@ def export_figures(figs: Mapping[str, object], out_dir, formats: Sequence[str] =
                    scale: float = 2, include_plotlyjs: bool | str = True) -> list[Path]:
     """Save every figure in ``figs`` (name -> figure) as ``out_dir/<name>.<fmt>`` for each format.
 
+    ``formats="auto"``: PNG and HTML when a Chromium-based browser is found, else HTML only.
+
     Static formats reuse one Chromium for the whole batch (kaleido's sync server, started here and
     stopped in ``finally`` unless it was already running). Returns the paths written, in order.
     """
+    if formats == "auto":  # PNG + HTML when a browser can render, else HTML with a note
+        formats = ("png", "html") if find_browser() else ("html",)
+        if "png" not in formats:
+            print("No Chromium/Chrome found: writing HTML only (run `make system` or set BROWSER_PATH for PNGs).")
     if isinstance(formats, str):
         formats = (formats,)
     fmts = [f.lower().lstrip(".") for f in formats]
