@@ -1,21 +1,25 @@
-"""Efficiency interventions built on ``workbench.Model`` (KV-cache policies, quantization, sparsity, pruning)."""
+"""Efficiency interventions built on ``workbench.Model`` (KV-cache policies, quantization, sparsity, pruning).
+
+KV cache (``efficiency.kv``): eviction policies and a registry by name, evict-then-merge, KIVI
+quantization with packed storage, the measurement harness (sweeps, compressed-prefix
+perplexity), and the internals view (retention, sink survival, attention divergence).
+"""
 from .kv import (
     A2SF, H2O, POLICIES, TOVA, AttentionScorePolicy, KeyNorm, PyramidBudgets, PyramidKV, RandomPolicy, ScorePolicy,
     Sequential, SnapKV, StreamingLLM, get_policy, register,
 )
+from .kv.compare_widget import kv_compare_explorer
+from .kv.harness import PerplexityResult, SweepResult, perplexity, sweep
+from .kv.internals import CacheComparison, compare_cache
+from .kv.merge import MergeEvicted, merge_layer
+from .kv.packing import dequantize_groups, pack, quantize_groups, unpack
+from .kv.quantized import KIVILayer, KIVIQuantization
+from .kv.quantized import bytes_formula as kivi_bytes_formula
 
 __all__ = [
     "POLICIES", "get_policy", "register", "ScorePolicy", "AttentionScorePolicy", "Sequential", "StreamingLLM",
     "H2O", "A2SF", "SnapKV", "KeyNorm", "TOVA", "RandomPolicy", "PyramidKV", "PyramidBudgets",
-]
-
-# KV quantization (KIVI, packed storage) and evict-then-merge
-from .kv.merge import MergeEvicted, merge_layer  # noqa: E402
-from .kv.packing import dequantize_groups, pack, quantize_groups, unpack  # noqa: E402
-from .kv.quantized import KIVILayer, KIVIQuantization  # noqa: E402
-from .kv.quantized import bytes_formula as kivi_bytes_formula  # noqa: E402
-
-__all__ += [
     "MergeEvicted", "merge_layer", "KIVIQuantization", "KIVILayer", "kivi_bytes_formula", "pack", "unpack",
-    "quantize_groups", "dequantize_groups",
+    "quantize_groups", "dequantize_groups", "sweep", "SweepResult", "perplexity", "PerplexityResult",
+    "compare_cache", "CacheComparison", "kv_compare_explorer",
 ]

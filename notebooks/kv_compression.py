@@ -32,6 +32,10 @@ model_name = None  # None: the bundled SmolLM2-135M-Instruct
 passkey_tokens = 256  # prompt length in tokens
 ratio = 0.5  # fraction of the cache each eviction policy removes
 kivi_bits = [8, 4, 2]  # bit widths for KIVI quantization
+sweep_policies = ["streaming_llm", "snapkv", "h2o"]  # policies in the score-vs-ratio sweep
+sweep_ratios = [0.25, 0.5, 0.75, 0.875]  # ratios of the sweep
+n_sweep = 2  # samples per task (passkey and single needle) in the sweep
+n_ppl_texts = 4  # bundled prose texts for the perplexity table
 out_dir = "out/figures"
 export = True
 
@@ -48,7 +52,6 @@ from IPython.display import display
 
 import workbench as wb
 from efficiency import POLICIES, ScorePolicy, get_policy
-from workbench.figures import find_browser
 from workbench.tasks import passkey_prompts
 
 figs = {}
@@ -162,10 +165,95 @@ figs["cache_bytes"] = fig
 fig
 
 # %% [markdown]
-# ## 5. Export
+# ## 5. What eviction does inside the model
+#
+# The tables above judge a policy by its answer. `efficiency.kv.internals.compare_cache` looks
+# inside: it prefills the prompt into a full cache and into a compressed one, feeds both the same
+# next token (the full cache's greedy choice) and captures each layer's attention row for that
+# query. The compressed row is mapped back onto the original positions (evicted positions get 0),
+# so per layer and head we get the total variation distance to the full cache's attention, the
+# attention mass the full cache put on what was evicted, whether the sink (position 0) survived,
+# and how much the next-token distribution moved (KL, top-1, top-5).
+
+# %%
+from efficiency.kv.compare_widget import kv_compare_explorer
+from efficiency.kv.internals import compare_cache, full_reference
+
+reference = full_reference(model, sample.prompt)  # the full cache's side, shared by every policy
+comparisons = {name: compare_cache(model, sample.prompt, name, ratio=ratio, reference=reference)
+               for name in ("streaming_llm", "snapkv", "random")}
+internals = pd.DataFrame([c.summary() for c in comparisons.values()])
+internals
+
+# %% [markdown]
+# Retention map of one policy (hover for the token), the layer × head divergence of each, and the
+# next-token output of both caches for each policy.
+
+# %%
+figs["internals_retention_snapkv"] = comparisons["snapkv"].figure("retention")
+display(figs["internals_retention_snapkv"])
+for name, c in comparisons.items():
+    figs[f"internals_divergence_{name}"] = c.figure("divergence")
+    figs[f"internals_output_{name}"] = c.figure("output")
+    display(figs[f"internals_divergence_{name}"])
+    display(figs[f"internals_output_{name}"])
+
+# %% [markdown]
+# ### Interactive comparison
+#
+# Choose a policy and a ratio: the retention map, the attention divergence and the output of both
+# caches update in place. Each (policy, ratio) is computed the first time it is shown.
+
+# %%
+kv_explorer = kv_compare_explorer(model, sample.prompt, policies=["streaming_llm", "snapkv", "h2o", "random"],
+                                  max_tokens=max(256, sample.n_tokens))
+kv_explorer.show("snapkv", 0.5)
+kv_explorer
+
+# %% [markdown]
+# ## 6. A sweep: score versus compression ratio
+#
+# `efficiency.sweep` prefills each sample **once** (the attention every policy needs is fed to it
+# during that one forward), then for every policy and ratio compresses a copy of the cache and
+# decodes the answer from it, exactly as `generate(..., cache_policy=...)` would. The samples are
+# passkey prompts and RULER-style single needles ("The magic number for KEY is 1234567.").
+# Score: exact match of the greedy answer. The dashed line is the full cache's score.
+
+# %%
+from efficiency import perplexity, sweep
+from probes.domains import load_domain
+from workbench.tasks import needle_prompts
+
+sweep_samples = (passkey_prompts(model, n=n_sweep, n_tokens=passkey_tokens, seed=1)
+                 + needle_prompts(model, n=n_sweep, n_tokens=max(passkey_tokens, 96), kind="single", seed=1))
+sweep_result = sweep(model, sweep_samples, sweep_policies, ratios=sweep_ratios)
+figs["sweep_score_vs_ratio"] = sweep_result.figure()
+display(sweep_result)
+figs["sweep_score_vs_ratio"]
+
+# %% [markdown]
+# ## 7. Perplexity with a compressed prefix
+#
+# `efficiency.perplexity` prefills the first half of each bundled prose text, lets the policy
+# compress that cache (ratio 0.5), then scores the second half teacher-forced in one cached
+# forward. Without a policy it equals the ordinary perplexity of those tokens. The first scored
+# token is predicted from the full prefix (before compression).
+
+# %%
+ppl_texts = load_domain("prose")[:n_ppl_texts]
+ppl_rows = []
+for label, pol in [("full cache", None), ("streaming_llm 0.5", get_policy("streaming_llm", ratio=0.5)),
+                   ("snapkv 0.5", get_policy("snapkv", ratio=0.5))]:
+    r = perplexity(model, ppl_texts, pol)
+    ppl_rows.append({"policy": label, "perplexity": r.perplexity, "scored tokens": r.n_scored,
+                     "prefix kept": float(r.per_text.kept_fraction.mean())})
+ppl_table = pd.DataFrame(ppl_rows)
+ppl_table
+
+# %% [markdown]
+# ## 8. Export
 
 # %%
 if export:
-    formats = ("png", "html") if find_browser() else ("html",)
-    written = wb.export_figures(figs, out_dir, formats=formats, include_plotlyjs="directory")
+    written = wb.export_figures(figs, out_dir, formats="auto", include_plotlyjs="directory")
     print(f"wrote {len(written)} files to {out_dir}")

@@ -25,7 +25,8 @@ SMALL = {
     "00_tour": {"max_new_tokens": 4},
     "attention_sinks": {"n_domain_texts": 1, "n_random_heads": 2, "n_passkey": 2, "passkey_tokens": 80,
                         "n_factual": 3, "long_prompt_tokens": 512},
-    "kv_compression": {"passkey_tokens": 96, "kivi_bits": [4]},
+    "kv_compression": {"passkey_tokens": 96, "kivi_bits": [4], "sweep_policies": ["streaming_llm", "snapkv"],
+                       "sweep_ratios": [0.5], "n_sweep": 1, "n_ppl_texts": 1},
 }
 
 

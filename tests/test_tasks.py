@@ -90,3 +90,92 @@ def test_passkey_baseline_on_smollm2(smollm2):
     score = score_passkey(smollm2, samples)
     assert score.accuracy == 1.0  # measured: 10/10 at 64, 128 and 256 tokens, depths 0.2-0.8
     assert score.mean_logprob > -0.5
+
+
+# ------------------------------------------------------------------ RULER-style tasks
+import re  # noqa: E402
+
+from workbench.tasks import (  # noqa: E402
+    NEEDLE_KINDS, TaskSample, needle_prompts, score_text, variable_tracking_prompts,
+)
+
+N_RULER = 600  # byte-level tiny tokenizer: ~1 token per character
+
+
+@pytest.mark.parametrize("kind", NEEDLE_KINDS)
+def test_needles_deterministic_and_well_formed(tiny_llama, kind):
+    tok = tiny_llama.tokenizer  # the tokenizer alone: no context limit
+    a = needle_prompts(tok, 3, N_RULER, kind=kind, seed=3)
+    assert a == needle_prompts(tok, 3, N_RULER, kind=kind, seed=3)
+    assert [s.prompt for s in a] != [s.prompt for s in needle_prompts(tok, 3, N_RULER, kind=kind, seed=4)]
+    for s in a:
+        assert isinstance(s, TaskSample) and s.kind == kind
+        assert N_RULER - 25 <= s.n_tokens <= N_RULER
+        assert len(tok(s.prompt)["input_ids"]) == s.n_tokens
+        assert tiny_llama.to_string(s.answer_token_ids) == s.answer
+        n_needles = {"single": 1, "multikey": 4, "multivalue": 3}[kind]
+        assert len(re.findall(r"The magic number for \w+ is \d+\.", s.prompt)) == n_needles
+        assert len(s.needle_positions) == n_needles
+        assert len(s.answers) == (3 if kind == "multivalue" else 1)
+        for v in s.answers:
+            assert s.prompt.count(v) == 1  # every value once, in its needle
+            assert f"The magic number for {s.query} is {v}." in s.prompt
+        for p in s.needle_positions:
+            assert tiny_llama.to_string(tok(s.prompt)["input_ids"][p:]).startswith(" The magic number for ")
+        assert s.prompt.endswith(f"{s.query}? The magic number{'s' if kind == 'multivalue' else ''} for {s.query} "
+                                 f"{'are' if kind == 'multivalue' else 'is'}")
+    mk = needle_prompts(tok, 1, N_RULER, kind="multikey", seed=0, n_keys=5)[0]
+    assert len(set(re.findall(r"The magic number for (\w+) is", mk.prompt))) == 5  # distinct distractor keys
+
+
+def test_variable_tracking(tiny_llama):
+    tok = tiny_llama.tokenizer
+    a = variable_tracking_prompts(tok, 2, N_RULER, seed=1, n_hops=3, n_chains=2)
+    assert a == variable_tracking_prompts(tok, 2, N_RULER, seed=1, n_hops=3, n_chains=2)
+    for s in a:
+        assert s.kind == "variable_tracking" and len(s.answers) == 4
+        assert N_RULER - 25 <= s.n_tokens <= N_RULER
+        assert s.prompt.count("VAR ") == 2 * (1 + 2 * 3)  # two chains: one value and three copies each
+        assert s.prompt.count(f"= {s.query}.") == 1  # the queried value is assigned once
+        first, *rest = s.answers
+        assert f"VAR {first} = {s.query}." in s.prompt
+        for prev, cur in zip(s.answers, rest):
+            assert f"VAR {cur} = VAR {prev}." in s.prompt
+            # assignments appear in chain order
+            assert s.prompt.index(f"VAR {cur} =") > s.prompt.index(f"VAR {prev} =")
+        assert all(s.prompt.count(v) == 2 for v in s.answers[:-1]) and s.prompt.count(s.answers[-1]) == 1
+
+
+def test_score_text(tiny_llama):
+    tok = tiny_llama.tokenizer
+    single = needle_prompts(tok, 1, N_RULER, seed=0)[0]
+    assert score_text(single, single.answer + " and more") == 1.0
+    assert score_text(single, " 0" + single.answer) == 0.0
+    mv = needle_prompts(tok, 1, N_RULER, kind="multivalue", seed=0)[0]
+    assert score_text(mv, mv.answer) == 1.0
+    assert score_text(mv, f" {mv.answers[2]} and {mv.answers[0]}") == pytest.approx(2 / 3)
+    assert score_text(mv, f" {mv.answers[0]}9") == 0.0  # whole numbers only
+    pk = passkey_prompts(tiny_llama, 1, N_TINY)[0]
+    assert score_text(pk, pk.answer) == 1.0
+
+
+def test_ruler_bad_arguments(tiny_llama):
+    tok = tiny_llama.tokenizer
+    with pytest.raises(wb.InputError, match="kind"):
+        needle_prompts(tok, 1, N_RULER, kind="multi")
+    with pytest.raises(wb.InputError, match="too short"):
+        needle_prompts(tok, 1, 100, kind="multikey")
+    with pytest.raises(wb.InputError, match="context"):
+        needle_prompts(tiny_llama, 1, 10_000)
+    with pytest.raises(wb.InputError, match="n must"):
+        variable_tracking_prompts(tok, 0)
+    with pytest.raises(wb.InputError, match="n_keys"):
+        needle_prompts(tok, 1, N_RULER, kind="multikey", n_keys=0)
+    with pytest.raises(wb.InputError, match="n_hops"):
+        variable_tracking_prompts(tok, 1, N_RULER, n_hops=0)
+    with pytest.raises(wb.InputError, match="seed"):
+        needle_prompts(tok, 1, N_RULER, seed="a")
+    with pytest.raises(wb.InputError, match="Model or a HF tokenizer"):
+        needle_prompts(3, 1)
+    with pytest.raises(wb.InputError, match="PasskeySample or TaskSample"):
+        score_text("sample", "text")

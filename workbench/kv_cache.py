@@ -12,6 +12,7 @@ so a compressed cache behaves like attention over a subset of the real context.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -111,6 +112,15 @@ class KVCache:
     def empty(cls, model) -> "KVCache":
         i = model.info
         return cls(WorkbenchDynamicCache(), i.n_layers, i.n_kv_heads, i.d_head)
+
+    def copy(self) -> "KVCache":
+        """An independent copy: every cache layer (any layer type) and the positions are cloned, so
+        editing or extending the copy leaves this cache untouched (for trying several policies on one
+        prefill)."""
+        new = KVCache(copy.deepcopy(self.hf), self.n_layers, self.n_kv_heads, self.d_head)
+        new.positions = [p.clone() for p in self.positions]
+        new.next_position = self.next_position
+        return new
 
     # ---------------------------------------------------------------- bookkeeping
     def _record_new(self, n_new: int) -> None:

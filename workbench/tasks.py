@@ -204,3 +204,198 @@ def score_passkey(model, samples: Sequence[PasskeySample], interventions=()) -> 
         raise InputError("score_passkey needs a non-empty list of PasskeySample (from passkey_prompts()).")
     return score_answers(model, [s.prompt for s in samples], [s.answer for s in samples], interventions,
                          answer_token_ids=[s.answer_token_ids for s in samples])
+
+
+# ---------------------------------------------------------------------------------------------- RULER-style tasks
+# Hsieh et al., "RULER: What's the Real Context Size of Your Long-Context Language Models?" (2024):
+# needle-in-a-haystack (single, multi-key, multi-value) and variable tracking, generated here
+# offline from fixed word lists and the passkey filler, deterministic given the seed.
+
+NEEDLE_KINDS = ("single", "multikey", "multivalue")
+NIAH_INTRO = "Some magic numbers are hidden in the text below. Memorize them."
+NIAH_NEEDLE = "The magic number for {key} is {value}."
+NIAH_QUESTION = "What is the magic number for {key}? The magic number for {key} is"
+NIAH_QUESTION_ALL = "What are all the magic numbers for {key}? The magic numbers for {key} are"
+VT_INTRO = "Memorize and track the chain of variable assignments hidden in the text below."
+VT_QUESTION = ("Find all variables that are assigned the value {value} in the text above. Answer: "
+               "{n} variables are assigned the value {value}, they are:")
+NIAH_KEYS = ("apple", "river", "candle", "falcon", "garden", "harbor", "island", "jacket", "kettle", "lantern",
+             "meadow", "needle", "orange", "pepper", "quartz", "rabbit", "saddle", "tomato", "violin", "walnut",
+             "yellow", "zebra", "anchor", "button", "copper", "dragon", "engine", "forest", "glacier", "hammer")
+
+
+@dataclass(frozen=True)
+class TaskSample:
+    """One RULER-style prompt.
+
+    kind: "single" | "multikey" | "multivalue" | "variable_tracking"; prompt: the full text;
+    answers: every value the continuation must produce (one for single/multikey); answer: the
+    reference continuation (the answers joined, with a leading space); answer_token_ids: its
+    tokens as a continuation of the prompt; n_tokens: the prompt's real token count;
+    needle_positions: token index where each inserted sentence (needle or assignment) starts.
+    Score a continuation with ``score_text``: exact match for single/multikey, fraction of the
+    answers produced for multivalue and variable tracking.
+    """
+
+    kind: str
+    prompt: str
+    answers: tuple[str, ...]
+    answer: str
+    answer_token_ids: tuple[int, ...]
+    n_tokens: int
+    needle_positions: tuple[int, ...]
+    query: str = ""
+
+    @property
+    def all_required(self) -> bool:
+        return self.kind in ("multivalue", "variable_tracking")
+
+
+def score_text(sample, text: str) -> float:
+    """Score a greedy continuation ``text`` for ``sample`` (a PasskeySample or TaskSample).
+
+    Single answers: 1.0 when the stripped continuation starts with the stripped answer (exact match),
+    else 0.0. Multi-value and variable tracking: the fraction of ``answers`` that occur in the
+    continuation as whole words, in any order.
+    """
+    if not isinstance(text, str):
+        raise InputError(f"score_text: the continuation must be a string, got {type(text).__name__}.")
+    if isinstance(sample, TaskSample) and sample.all_required:
+        import re
+
+        found = [re.search(rf"(?<!\w){re.escape(a)}(?!\w)", text) is not None for a in sample.answers]
+        return sum(found) / len(found)
+    if isinstance(sample, (TaskSample, PasskeySample)):
+        return float(text.strip().startswith(sample.answer.strip()))
+    raise InputError(f"score_text: expected a PasskeySample or TaskSample, got {type(sample).__name__}.")
+
+
+def _check_common(fn: str, model_or_tokenizer, n, n_tokens, seed):
+    tok = _tokenizer(model_or_tokenizer)
+    for name, v in (("n", n), ("n_tokens", n_tokens), ("seed", seed)):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise InputError(f"{fn}: {name} must be an integer, got {v!r}.")
+    if n < 1:
+        raise InputError(f"{fn}: n must be at least 1, got {n}.")
+    n_ctx = getattr(getattr(model_or_tokenizer, "info", None), "n_ctx", None)
+    if n_ctx is not None and n_tokens > n_ctx:
+        raise InputError(f"{fn}: n_tokens={n_tokens} exceeds the model's context of {n_ctx}.")
+    return tok
+
+
+def _haystack(tok, fn: str, intro: str, needles: list[str], question: str, n_tokens: int,
+              rng: random.Random) -> tuple[str, tuple[int, ...]]:
+    """Intro, filler with ``needles`` inserted in order at random depths, question; about n_tokens tokens."""
+    minimal = len(_ids(tok, _join(intro, *needles, question)))
+    if n_tokens < minimal:
+        raise InputError(f"{fn}: n_tokens={n_tokens} is too short; the instruction, inserted sentences and question "
+                         f"alone take {minimal} tokens with this tokenizer.")
+    sent_len = [len(tok(" " + s, add_special_tokens=False)["input_ids"]) for s in FILLER]
+    filler, total, i = [], minimal, rng.randrange(len(FILLER))
+    while total + sent_len[i % len(FILLER)] <= n_tokens:
+        filler.append(FILLER[i % len(FILLER)])
+        total += sent_len[i % len(FILLER)]
+        i += 1
+    slots = sorted(rng.randint(0, len(filler)) for _ in needles)  # insertion points, needles keep their order
+    parts, befores, last = [intro], [], 0
+    for slot, needle in zip(slots, needles):
+        parts.extend(filler[last:slot])
+        befores.append(" ".join(p for p in parts if p))
+        parts.append(needle)
+        last = slot
+    parts.extend(filler[last:])
+    parts.append(question)
+    prompt = " ".join(p for p in parts if p)
+    return prompt, tuple(len(_ids(tok, b)) for b in befores)
+
+
+def needle_prompts(model_or_tokenizer, n: int, n_tokens: int = 256, kind: str = "single", seed: int = 0, *,
+                   n_keys: int = 4, n_values: int = 3, digits: int = 7) -> list[TaskSample]:
+    """``n`` RULER-style needle-in-a-haystack prompts of about ``n_tokens`` tokens.
+
+    kind="single": one needle "The magic number for KEY is VALUE." in the filler; the question asks
+    for it. "multikey": ``n_keys`` needles with different keys (distractors), one of them queried.
+    "multivalue": one key with ``n_values`` needles, every value must be answered (order of
+    appearance in the answer; any order scores). Keys come from a fixed word list, values are
+    ``digits``-digit numbers (no leading zero), all distinct; needles sit at random depths.
+    The prompt's real length is within one filler sentence of ``n_tokens`` (see ``n_tokens``).
+    """
+    fn = "needle_prompts"
+    tok = _check_common(fn, model_or_tokenizer, n, n_tokens, seed)
+    if kind not in NEEDLE_KINDS:
+        raise InputError(f"{fn}: kind must be one of {NEEDLE_KINDS}, got {kind!r}.")
+    for name, v, hi in (("n_keys", n_keys, len(NIAH_KEYS)), ("n_values", n_values, 20), ("digits", digits, 12)):
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
+            raise InputError(f"{fn}: {name} must be an integer in 1..{hi}, got {v!r}.")
+    if digits < 3:
+        raise InputError(f"{fn}: digits must be at least 3 so values stay distinct, got {digits}.")
+    rng = random.Random(f"{seed}-{kind}")
+    out = []
+    for _ in range(n):
+        n_k = n_keys if kind == "multikey" else 1
+        n_v = n_values if kind == "multivalue" else n_k
+        keys = rng.sample(NIAH_KEYS, n_k)
+        values = [str(v) for v in rng.sample(range(10 ** (digits - 1), 10 ** digits), n_v)]
+        query = keys[0] if kind != "multikey" else rng.choice(keys)
+        if kind == "multivalue":
+            needles = [NIAH_NEEDLE.format(key=query, value=v) for v in values]
+            answers = tuple(values)
+            question = NIAH_QUESTION_ALL.format(key=query)
+        else:
+            pairs = list(zip(keys, values))
+            rng.shuffle(pairs)
+            needles = [NIAH_NEEDLE.format(key=k, value=v) for k, v in pairs]
+            answers = (dict(pairs)[query],)
+            question = NIAH_QUESTION.format(key=query)
+        prompt, positions = _haystack(tok, fn, NIAH_INTRO, needles, question, n_tokens, rng)
+        answer = " " + ", ".join(answers)
+        out.append(TaskSample(kind, prompt, answers, answer, tuple(continuation_ids(tok, prompt, answer)),
+                              len(_ids(tok, prompt)), positions, query))
+    return out
+
+
+def variable_tracking_prompts(model_or_tokenizer, n: int, n_tokens: int = 256, seed: int = 0, *,
+                              n_hops: int = 4, n_chains: int = 1, digits: int = 5) -> list[TaskSample]:
+    """``n`` RULER variable-tracking prompts of about ``n_tokens`` tokens.
+
+    Each chain starts "VAR ABCDE = 12345." and continues with ``n_hops`` assignments
+    "VAR FGHIJ = VAR ABCDE." (each new variable copies the previous one), the statements spread
+    through the filler in order. With ``n_chains`` > 1 the other chains (different values) are
+    distractors, interleaved. The question asks which variables hold the first chain's value;
+    answers: its ``n_hops + 1`` variable names (5 random capital letters, all distinct), the reference
+    answer lists them in chain order; ``score_text`` gives the fraction named.
+    """
+    fn = "variable_tracking_prompts"
+    tok = _check_common(fn, model_or_tokenizer, n, n_tokens, seed)
+    for name, v, lo, hi in (("n_hops", n_hops, 1, 20), ("n_chains", n_chains, 1, 10), ("digits", digits, 3, 12)):
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise InputError(f"{fn}: {name} must be an integer in {lo}..{hi}, got {v!r}.")
+    rng = random.Random(f"{seed}-vt")
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    out = []
+    for _ in range(n):
+        names: set[str] = set()
+        while len(names) < n_chains * (n_hops + 1):
+            names.add("".join(rng.choice(letters) for _ in range(5)))
+        names_l = sorted(names)
+        rng.shuffle(names_l)
+        values = [str(v) for v in rng.sample(range(10 ** (digits - 1), 10 ** digits), n_chains)]
+        chains = []
+        for c in range(n_chains):
+            vs = names_l[c * (n_hops + 1):(c + 1) * (n_hops + 1)]
+            stmts = [f"VAR {vs[0]} = {values[c]}."] + [f"VAR {vs[i]} = VAR {vs[i - 1]}." for i in range(1, len(vs))]
+            chains.append((vs, stmts))
+        # interleave the chains' statements, keeping each chain's order
+        queues = [list(s) for _, s in chains]
+        needles = []
+        while any(queues):
+            q = rng.choice([q for q in queues if q])
+            needles.append(q.pop(0))
+        answers = tuple(chains[0][0])
+        question = VT_QUESTION.format(value=values[0], n=len(answers))
+        prompt, positions = _haystack(tok, fn, VT_INTRO, needles, question, n_tokens, rng)
+        answer = " " + " ".join(answers)
+        out.append(TaskSample("variable_tracking", prompt, answers, answer,
+                              tuple(continuation_ids(tok, prompt, answer)), len(_ids(tok, prompt)), positions,
+                              values[0]))
+    return out

@@ -1,0 +1,160 @@
+"""efficiency.kv.harness: policy × ratio sweeps with one prefill per sample, and compressed-prefix perplexity."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import workbench as wb
+from efficiency import H2O, SnapKV, get_policy, perplexity, sweep
+from probes.domains import load_domain
+from workbench.kv_cache import KVCache
+from workbench.tasks import needle_prompts, passkey_prompts
+
+N_TINY = 200
+
+
+@pytest.fixture(scope="module")
+def samples(tiny_llama):
+    return passkey_prompts(tiny_llama, 2, N_TINY, seed=0) + needle_prompts(tiny_llama, 1, 240, seed=1)
+
+
+def _count_forwards(model, monkeypatch):
+    calls = []
+    orig = model.bridge.forward
+
+    def counting(inp, *a, **kw):
+        calls.append(int(inp.shape[1]))
+        return orig(inp, *a, **kw)
+
+    monkeypatch.setattr(model.bridge, "forward", counting)
+    return calls
+
+
+def test_kvcache_copy_is_independent(tiny_llama):
+    cache = tiny_llama.prefill("The cat sat on the mat.")
+    keys0, pos0 = cache.keys(0).clone(), cache.positions[0].clone()
+    c = cache.copy()
+    assert c.next_position == cache.next_position and torch.equal(c.keys(1), cache.keys(1))
+    assert c.keys(0).data_ptr() != cache.keys(0).data_ptr()
+    c.keep(0, torch.tensor([0, 2]))
+    get_policy("streaming_llm", budget=3, sinks=1).apply(c, wb.kv_cache.StepContext(0, 1))
+    assert torch.equal(cache.keys(0), keys0) and torch.equal(cache.positions[0], pos0)
+    assert cache.stats().physical_bytes > c.stats().physical_bytes
+
+
+def test_sweep_prefills_once_per_sample(tiny_llama, samples, monkeypatch):
+    calls = _count_forwards(tiny_llama, monkeypatch)
+    res = sweep(tiny_llama, samples, ["streaming_llm", "snapkv", "h2o"], ratios=(0.25, 0.5), max_new_tokens=3)
+    assert sum(n > 1 for n in calls) == len(samples)  # one multi-token forward (the prefill) per sample
+    # decoding: 2 new-token forwards per (policy, ratio) and for the full cache, per sample
+    assert sum(n == 1 for n in calls) == len(samples) * (1 + 3 * 2) * 2
+    df = res.to_frame()
+    assert len(df) == len(samples) * (1 + 3 * 2)
+    assert {"policy", "ratio", "sample", "score", "correct", "kept_fraction", "logical_bytes",
+            "physical_bytes", "generated"} <= set(df.columns)
+    assert set(df.policy) == {"full cache", "streaming_llm", "snapkv", "h2o"}
+    ev = df[df.policy != "full cache"]
+    assert (ev.kept_fraction < 1).all() and (df[df.policy == "full cache"].kept_fraction == 1).all()
+    assert (ev[ev.ratio == 0.5].physical_bytes.values < ev[ev.ratio == 0.25].physical_bytes.values).all()
+    s = res.summary()
+    assert len(s) == 1 + 3 * 2
+    fig = res.figure()
+    assert len(fig.data) == 3 and "full cache" in str(fig.layout.annotations)
+    assert "SweepResult(3 sample(s) × 3 policies × 2 ratio(s)" in repr(res)
+    assert "<table" in res._repr_html_()
+
+
+def test_sweep_matches_generate(tiny_llama, samples):
+    """Each row equals model.generate with the same policy (attention replayed from the shared prefill)."""
+    sub = samples[1:]
+    res = sweep(tiny_llama, sub, ["snapkv", "h2o", "tova"], ratios=(0.5, 0.875), max_new_tokens=4).to_frame()
+    for _, row in res.iterrows():
+        policy = None if row.policy == "full cache" else get_policy(row.policy, ratio=row.ratio)
+        g = tiny_llama.generate(sub[row["sample"]].prompt, max_new_tokens=4, cache_policy=policy)
+        assert g.text == row.generated, (row.policy, row.ratio)
+        assert g.cache_stats[0].physical_bytes == row.physical_bytes
+
+
+def test_ratio_zero_reproduces_full_cache(tiny_llama, samples):
+    res = sweep(tiny_llama, samples, ["streaming_llm", "snapkv", SnapKV(ratio=0.5, window=4), H2O(ratio=0.3)],
+                ratios=(0.0,), max_new_tokens=3)
+    df = res.to_frame()
+    full = df[df.policy == "full cache"].set_index("sample")
+    for _, row in df.iterrows():
+        assert row.generated == full.loc[row["sample"], "generated"]
+        assert row.physical_bytes == full.loc[row["sample"], "physical_bytes"] and row.kept_fraction == 1.0
+
+
+def test_sweep_policy_objects_and_fixed_policies(tiny_llama, samples):
+    res = sweep(tiny_llama, samples[:1], [SnapKV(ratio=0.1, window=4), get_policy("kivi", bits=4)],
+                ratios=(0.5,), max_new_tokens=2).to_frame()
+    assert list(res.policy) == ["full cache", "snapkv", "KIVI 4-bit (g32, r32)"]
+    assert res.ratio.iloc[1] == 0.5 and math.isnan(res.ratio.iloc[2])
+
+
+def test_sweep_bad_input(tiny_llama, samples):
+    with pytest.raises(wb.InputError, match="Unknown cache policy"):
+        sweep(tiny_llama, samples, ["nope"])
+    with pytest.raises(wb.InputError, match="ratios"):
+        sweep(tiny_llama, samples, ["snapkv"], ratios=(1.0,))
+    with pytest.raises(wb.InputError, match="PasskeySample"):
+        sweep(tiny_llama, ["a prompt"], ["snapkv"])
+    with pytest.raises(wb.InputError, match="max_new_tokens"):
+        sweep(tiny_llama, samples, ["snapkv"], max_new_tokens=0)
+
+
+def _direct_ppl(model, texts, prefix=0.5):
+    nll, n_scored = 0.0, 0
+    for t in texts:
+        ids, _ = model.tokenize(t)
+        n = ids.shape[1]
+        p = min(max(1, math.floor(prefix * n)), n - 1)
+        logits = model.run(ids, logits="all").logits[0].double()
+        lp = torch.log_softmax(logits[p - 1: n - 1], -1)
+        nll -= float(lp[torch.arange(n - p), ids[0, p:]].sum())
+        n_scored += n - p
+    return math.exp(nll / n_scored)
+
+
+def test_perplexity_full_equals_direct(tiny_llama):
+    texts = [t[:200] for t in load_domain("prose")[:2]]  # tiny: byte tokens, 256 context
+    direct = _direct_ppl(tiny_llama, texts)
+    full = perplexity(tiny_llama, texts)
+    assert full.perplexity == pytest.approx(direct, rel=1e-5)
+    assert perplexity(tiny_llama, texts, chunk=7).perplexity == pytest.approx(direct, rel=1e-5)
+    assert float(perplexity(tiny_llama, texts, prefix=0.25)) == pytest.approx(_direct_ppl(tiny_llama, texts, 0.25),
+                                                                              rel=1e-5)
+    assert isinstance(full.to_frame(), pd.DataFrame) and "perplexity" in repr(full)
+    # streaming_llm at ratio 0 evicts nothing: the full-cache value
+    assert perplexity(tiny_llama, texts, get_policy("streaming_llm", ratio=0.0)).perplexity == pytest.approx(
+        direct, rel=1e-6)
+
+
+def test_perplexity_compressed(tiny_llama):
+    texts = [t[:200] for t in load_domain("code")[:2]]
+    direct = _direct_ppl(tiny_llama, texts)
+    for name in ("streaming_llm", "snapkv"):
+        r = perplexity(tiny_llama, texts, name)  # a name: ratio 0.5
+        assert (r.per_text.kept_fraction < 0.6).all()
+        assert r.perplexity != pytest.approx(direct, rel=1e-6) and math.isfinite(r.perplexity)
+    # compressing between chunks too (at="both") keeps the cache small during scoring
+    both = perplexity(tiny_llama, texts, get_policy("snapkv", ratio=0.5, at="both"), chunk=8)
+    assert math.isfinite(both.perplexity)
+    with pytest.raises(wb.InputError, match="prefix"):
+        perplexity(tiny_llama, texts, prefix=1.0)
+    with pytest.raises(wb.InputError, match="chunk"):
+        perplexity(tiny_llama, texts, chunk=0)
+    with pytest.raises(wb.InputError, match="non-empty"):
+        perplexity(tiny_llama, [])
+
+
+@pytest.mark.smollm2
+def test_sweep_on_smollm2(smollm2):
+    samples = passkey_prompts(smollm2, 2, 128, seed=0)
+    res = sweep(smollm2, samples, ["streaming_llm", "snapkv"], ratios=(0.5,))
+    df = res.to_frame()
+    print(res.summary().to_string())
+    assert len(df) == 2 * 3
+    assert res.full_score == 1.0  # SmolLM2 retrieves a 128-token passkey with the full cache
+    assert (df[df.policy != "full cache"].kept_fraction.between(0.45, 0.55)).all()
