@@ -228,7 +228,6 @@ def massive_activations_from_run(model, run, layers: list[int], texts: list[str]
     norms = torch.stack([x.detach().float().norm(dim=-1).cpu() for x in xs], 1)  # (B, S, T)
     pad = torch.arange(t)[None, :] >= torch.tensor(lengths)[:, None]
     norms = norms.masked_fill(pad[:, None, :], float("nan"))
-    S = norms.shape[1]
     peak_pos, ratios, meds, maxs, tdims, tvals, tshare, appears, removed, firsts = ([] for _ in range(10))
     for i, n in enumerate(lengths):
         nm = norms[i, :, :n]  # (S, n)

@@ -8,7 +8,6 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-import workbench as wb
 from workbench.errors import ExportError, InputError
 from workbench.figures import attention_pattern_figure, export_figures, find_browser, residual_norms_figure, save_figure
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from workbench.errors import InputError
-from workbench.kv_cache import CachePolicy, KVCache
+from workbench.kv_cache import CachePolicy
 
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 2
 

@@ -5,7 +5,7 @@ not fit, with a message saying how to narrow it, before any work is done.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch

@@ -130,8 +130,12 @@ def _observe_attention(model, session, cache_policy) -> None:
         session.add(f"blocks.{l}.attn.hook_pattern", (lambda l: lambda x, _n: observe(l, x.detach()))(l))
 
 
-def prefill(model, prompt, cache_policy: CachePolicy | None = None, interventions=()) -> KVCache:
-    """Run a prompt once and return its KVCache (after ``cache_policy`` if given)."""
+def prefill(model, prompt, cache_policy: CachePolicy | None = None, interventions=(), return_logits: bool = False):
+    """Run a prompt once and return its KVCache (after ``cache_policy`` if given).
+
+    With ``return_logits=True``, returns ``(cache, logits)`` where logits (V,) are the next-token
+    logits at the last prompt position (computed before the policy ran).
+    """
     _validate(model, 1, 1.0, None, None, True, cache_policy)
     ids, _ = model.tokenize(prompt)
     if ids.shape[0] != 1:
@@ -140,10 +144,10 @@ def prefill(model, prompt, cache_policy: CachePolicy | None = None, intervention
     with model._session(interventions) as session:
         _observe_attention(model, session, cache_policy)
         with session, torch.no_grad():
-            cached_forward(model, cache, ids)
+            logits = cached_forward(model, cache, ids)[0, -1]
     if cache_policy is not None:
         cache_policy.apply(cache, StepContext(0, ids.shape[1]))
-    return cache
+    return (cache, logits) if return_logits else cache
 
 
 def generate(model, prompt, max_new_tokens: int = 20, *, do_sample: bool = False, temperature: float = 1.0,

@@ -1,7 +1,6 @@
 """Interactive notebook widgets (ipywidgets 8 + plotly ``go.FigureWidget``, which needs anywidget)."""
 from __future__ import annotations
 
-import numpy as np
 
 from .errors import InputError
 from .figures import attention_pattern_figure

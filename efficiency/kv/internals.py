@@ -36,8 +36,8 @@ import plotly.graph_objects as go
 import torch
 
 from workbench.errors import InputError
-from workbench.generation import _observe_attention, _validate, cached_forward
-from workbench.kv_cache import CachePolicy, KVCache, StepContext
+from workbench.generation import _validate, cached_forward, prefill
+from workbench.kv_cache import CachePolicy, KVCache
 
 from .registry import get_policy
 
@@ -244,14 +244,8 @@ def _map_back(row: torch.Tensor, pos: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _prefill(model, ids: torch.Tensor, policy: CachePolicy | None) -> tuple[KVCache, torch.Tensor]:
-    cache = KVCache.empty(model)
-    with model._session() as session:
-        _observe_attention(model, session, policy)
-        with session, torch.no_grad():
-            logits = cached_forward(model, cache, ids)[0, -1].detach().float().cpu()
-    if policy is not None:
-        policy.apply(cache, StepContext(0, ids.shape[1]))
-    return cache, logits
+    cache, logits = prefill(model, ids, policy, return_logits=True)
+    return cache, logits.detach().float().cpu()
 
 
 def _probes(model, cache: KVCache, tokens: list[int], size: int):
