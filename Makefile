@@ -6,7 +6,7 @@
 #   make demo    execute notebooks/00_tour.py headless -> out/00_tour.ipynb, out/figures/
 #   make test    run the test suite
 #   make lab     JupyterLab on notebooks/ (the .py files open as notebooks via jupytext)
-#   make bench   core benchmark -> benchmarks/results/core.json
+#   make bench   benchmarks (core, sinks, KV cache) -> benchmarks/results/*.json; see BENCHMARKS.md
 
 PYTHON ?= python3
 VENV   := .venv
@@ -64,3 +64,5 @@ lab: venv
 
 bench: venv model
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_sinks.py
+	$(PY) benchmarks/bench_kv.py
