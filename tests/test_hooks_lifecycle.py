@@ -497,3 +497,12 @@ def test_smollm2_fault_injection(smollm2):
         assert _hook_count(smollm2) == n_hooks and torch.equal(_mlp_weight(smollm2).detach(), weight)
     assert torch.equal(smollm2.run(prompts, logits="last").logits, logits)
     assert smollm2.generate(prompts[0], 2, stop_at_eos=False).new_tokens.tolist() == tokens
+
+
+def test_intervene_checks_hook_names_on_entry(tiny_llama):
+    """A misspelt hook name fails at the ``with`` line, before the body runs, with a close match."""
+    entered = False
+    with pytest.raises(HookError, match="hook_resid_post"):
+        with tiny_llama.intervene(Affine(hook="blocks.0.hook_resid_pots")):
+            entered = True
+    assert not entered and tiny_llama._active == [] and tiny_llama.leftover_hooks() == []

@@ -34,6 +34,11 @@ class HookSession:
             raise unknown_name_error(name, self._points, self._dormant)
         self._pending.append((name, fn, required))
 
+    def add_all(self, hooks, required: bool = False) -> None:
+        """``add`` every (name, fn) pair; raises on the first unknown or dormant name."""
+        for name, fn in hooks:
+            self.add(name, fn, required)
+
     def __enter__(self) -> "HookSession":
         try:
             for name, fn, _ in self._pending:

@@ -218,6 +218,8 @@ class Model:
         """Apply interventions to every run and generation inside the ``with`` block."""
         iv = Compose(interventions)
         iv.validate(self)
+        # Check hook names now, at the ``with`` line, not at the first run inside the block.
+        HookSession(self._points, self._dormant).add_all(iv.hooks(self))
         with iv.applied(self):
             self._active.append(iv)
             try:
@@ -233,8 +235,7 @@ class Model:
         call = Compose(list(extra))
         call.validate(self)
         session = HookSession(self._points, self._dormant)
-        for name, fn in Compose(self._active + [call]).hooks(self):
-            session.add(name, fn, required=False)
+        session.add_all(Compose(self._active + [call]).hooks(self))
         with ExitStack() as stack:
             stack.enter_context(call.applied(self))
             yield session
