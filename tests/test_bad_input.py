@@ -586,3 +586,14 @@ def test_cache_write_failure_still_returns_the_model(monkeypatch, tmp_path):
     _, _, hit = fp32_cache.load_cached("tiny-entry", {"k": 1}, _counting_builder(calls))
     assert not hit and len(calls) == 2  # rebuilt and now cached
     assert fp32_cache.load_cached("tiny-entry", {"k": 1}, _counting_builder(calls))[2]
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    """Files and folders written atomically get umask permissions, not mkstemp/mkdtemp's 0600/0700."""
+    umask = os.umask(0)
+    os.umask(umask)
+    atomic_write_bytes(tmp_path / "f.bin", b"x")
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "a").write_text("a")
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from .errors import ExportError, InputError
-from .paths import atomic_write_bytes as _atomic_write_bytes
+from .paths import atomic_write_bytes
 
 STATIC_FORMATS = ("png", "svg", "pdf")
 HTML_FORMATS = ("html", "htm")
@@ -33,14 +33,6 @@ _HOVER_CELLS = 128 * 128  # per-cell token hover labels only up to this many cel
 
 
 # ---------------------------------------------------------------------------------------- browser
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """``workbench.paths.atomic_write_bytes``, then the usual umask permissions (mkstemp makes 0600)."""
-    _atomic_write_bytes(path, data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def find_browser() -> str | None:
     """Path of the Chromium-based browser kaleido will use, or None (honours ``BROWSER_PATH``)."""
     env = os.environ.get("BROWSER_PATH")

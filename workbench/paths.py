@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _usual_mode(path, base: int) -> None:
+    """Give ``path`` the permissions a plain open()/mkdir() would (mkstemp/mkdtemp make 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, base & ~umask)
+
+
 def cache_dir() -> Path:
     """The workbench's user cache directory (``$WORKBENCH_CACHE``, else ``$XDG_CACHE_HOME/workbench``)."""
     env = os.environ.get("WORKBENCH_CACHE")
@@ -31,6 +38,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        _usual_mode(tmp, 0o777)  # readable by others like any folder, e.g. a shared WORKBENCH_CACHE
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
@@ -57,6 +65,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        _usual_mode(tmp, 0o666)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
