@@ -6,7 +6,8 @@
 #   make demo    execute notebooks/00_tour.py headless -> out/00_tour.ipynb, out/figures/
 #   make test    run the test suite
 #   make lab     JupyterLab on notebooks/ (the .py files open as notebooks via jupytext)
-#   make bench   benchmarks (core, sinks, KV cache) -> benchmarks/results/*.json; see BENCHMARKS.md
+#   make bench   benchmarks (core, sinks, KV cache, factual recall, patching, transcoders, frames)
+#                -> benchmarks/results/*.json; see BENCHMARKS.md
 
 PYTHON ?= python3
 VENV   := .venv
@@ -66,3 +67,5 @@ bench: venv model
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_sinks.py
 	$(PY) benchmarks/bench_kv.py
+	$(PY) benchmarks/bench_factual.py
+	$(PY) benchmarks/bench_patching.py

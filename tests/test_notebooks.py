@@ -23,10 +23,15 @@ SINKS_FIGURES = ("sink_mass", "explorer_pattern", "explorer_mass", "explorer_val
 # Per-notebook overrides on top of out_dir (only names the parameters cell defines are passed).
 SMALL = {
     "00_tour": {"max_new_tokens": 4},
+    "frames": {"n_rank_words": 3000, "bank_pos": "n", "bank_max_synsets": 1500, "n_corr_concepts": 200, "guide_tokens": 6, "n_bias_prompts": 2, "bias_tokens": 6},
     "attention_sinks": {"n_domain_texts": 1, "n_random_heads": 2, "n_passkey": 2, "passkey_tokens": 80,
                         "n_factual": 3, "long_prompt_tokens": 512},
     "kv_compression": {"passkey_tokens": 96, "kivi_bits": [4], "sweep_policies": ["streaming_llm", "snapkv"],
                        "sweep_ratios": [0.5], "n_sweep": 1, "n_ppl_texts": 1},
+    "factual_recall": {"n_eval_per_relation": 2, "n_mech_per_relation": 3, "suppression_alphas": [0.0, 1.0],
+                       "n_patch_pairs": 1, "lens_pydoc_chunks": 6, "lens_max_tokens": 48, "lens_layer_step": 10,
+                       "lens_eval_tokens": 100, "lre_n_train": 1, "lre_n_test": 4, "sat_n_prompts": 40},
+    "transcoders": {"train_tokens": 2048, "train_steps": 5, "train_d_sae": 256, "eval_windows": 2, "eval_context": 64},
 }
 
 

@@ -1,0 +1,29 @@
+"""Factual recall: bundled prompts, exact DLA, mechanisms, causal checks, lenses and probes (methods.md §4, §7)."""
+from .data import (FactPrompt, FactSet, accuracy_table, answer_token, candidate_tokens, evaluate_facts, load_facts,
+                   make_fact, token_positions)
+from .dla import DLAResult, direct_logit_attribution, direct_logit_attribution_many, head_outputs
+from .attribution_patching import (AttributionComparison, AttributionPatchingResult, attribution_patching,
+                                   compare_attribution)
+from .explorer import fact_explorer
+from .ffn_updates import FFNLayerSummary, FFNSubUpdates, ffn_layer_summary, ffn_sub_updates
+from .lenses import (LensComparison, LensTrajectory, LinearLens, compare_lenses, default_corpus, fit_linear_lens,
+                     lens_trajectory, logits_from_resid)
+from .lre import LREResult, RelationSample, country_relation, fit_lre
+from .mechanisms import (HeadClassification, HeadScale, MotifTable, SuppressionResult, additive_motif,
+                         classify_heads, suppression_effect, suppressive_heads)
+from .patching import (ActivationPatch, HeadPatchingResult, PatchingPair, ResidualPatchingResult, corrupt_subject,
+                       patch_heads, patch_residual, patching_pair)
+from .sat_probe import SATProbeResult, fit_sat_probe, sat_probe
+
+__all__ = [
+    "FactPrompt", "FactSet", "load_facts", "make_fact", "token_positions", "answer_token", "candidate_tokens",
+    "evaluate_facts", "accuracy_table", "DLAResult", "direct_logit_attribution", "direct_logit_attribution_many",
+    "head_outputs", "fact_explorer", "HeadClassification", "classify_heads", "MotifTable", "additive_motif",
+    "HeadScale", "suppressive_heads", "suppression_effect", "SuppressionResult",
+    "ActivationPatch", "PatchingPair", "patching_pair", "corrupt_subject", "patch_residual", "patch_heads",
+    "ResidualPatchingResult", "HeadPatchingResult", "attribution_patching", "compare_attribution",
+    "AttributionPatchingResult", "AttributionComparison",
+    "compare_lenses", "fit_linear_lens", "lens_trajectory", "default_corpus", "logits_from_resid", "LinearLens",
+    "LensComparison", "LensTrajectory", "ffn_sub_updates", "ffn_layer_summary", "FFNSubUpdates", "FFNLayerSummary",
+    "fit_lre", "country_relation", "LREResult", "RelationSample", "sat_probe", "fit_sat_probe", "SATProbeResult",
+]

@@ -1,0 +1,467 @@
+"""Exact direct logit attribution (DLA) of an answer token, per component and per source token.
+
+At the final position END the residual is a sum of components (methods.md §4.1):
+
+    x = embed (+ pos_embed) + Σ_l [ Σ_h head_{l,h} + b_O^l ] + Σ_l mlp_l
+
+With the final norm's scale frozen at its clean-run value (``ln_final.hook_scale``, the divisor
+√(mean(x²)+ε) for RMSNorm, the standard deviation for LayerNorm), the logit of token a is linear:
+
+    logit_a = Σ_c c · w_a + [b_norm · W_U[:, a] + b_U[a]],   w_a = P(g ⊙ W_U[:, a]) / scale
+
+where g is the final norm's gain, P centres a vector (LayerNorm only, since (c − mean c)·v =
+c·(v − mean v)) and the bracket is the "norm bias" + "unembed bias" components (zero on Llama).
+So the components sum to the logit exactly, up to float32 rounding: products with the big weights
+(W_O) run in the model's float32, projections onto the target directions and all sums in float64;
+|Σ − logit| is about 1e-5 on SmolLM2, the rounding of the model's own float32 forward.
+
+**By source token.** head_{l,h}[END] = Σ_s A^{l,h}[END, s] · v_s^{kv(h)} W_O^h with kv(h) =
+h // group_size (GQA, HF ``repeat_kv`` order), so DLA_{l,h,s} = A[END, s] · (v_s W_O^h) · w.
+Sources are grouped into subject / relation / other (``probes.factual.data.token_positions``).
+
+**Metrics.** ``"logit"``: the answer's logit. ``"diff"``: answer minus the mean over the
+alternatives (for a FactPrompt the other candidates of its relation; for a string prompt given no
+alternatives, the model's top non-answer token).
+Component DLA (and head DLA per source group) is also kept for every target (answer and each
+alternative), for ranking candidates under subsets of components (``probes.factual.mechanisms``).
+
+**Cost.** One forward pass capturing embed, v, pattern and mlp_out (plus z for the GQA-independent
+head path); the rest is matrix algebra at END only, against the K target columns of W_U.
+
+**Answer tokens.** A string answer must be exactly one token (else ``InputError``); a FactPrompt
+uses the first-token rule of ``probes.factual.data``.
+"""
+from __future__ import annotations
+
+import html
+import weakref
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workbench.errors import InputError
+
+from .data import candidate_tokens, token_positions
+
+SOURCE_GROUPS = ("subject", "relation", "other")
+METRICS = ("logit", "diff")
+
+
+@dataclass
+class DLAResult:
+    """DLA of one prompt at its last position (L layers, H heads, T tokens, K target tokens).
+
+    targets: (K,) token ids, the answer first, then the alternatives. logits: (K,) the run's logits.
+    embed: (K,) token (+ position) embedding. heads: (L, H, K) (from z W_O). groups: (L, H, 3, K)
+    head DLA from subject / relation / other tokens (from the pattern and v). attn_bias: (L, K) output bias
+    b_O (zeros if none). mlps: (L, K). norm_bias: (K,) final-norm bias. unembed_bias: (K,).
+    sources: (2, L, H, T) per-source DLA of the two metrics ("logit", "diff").
+    attn_rows: (L, H, T) attention of END to every token. scale: the frozen final-norm scale.
+    """
+
+    model_name: str
+    prompt: str
+    str_tokens: list[str]
+    targets: list[int]
+    target_strs: list[str]
+    logits: np.ndarray
+    embed: np.ndarray
+    heads: np.ndarray
+    groups: np.ndarray
+    attn_bias: np.ndarray
+    mlps: np.ndarray
+    norm_bias: np.ndarray
+    unembed_bias: np.ndarray
+    sources: np.ndarray
+    attn_rows: np.ndarray
+    subject_positions: list[int]
+    relation_positions: list[int]
+    scale: float
+    fact_id: str | None = None
+    relation: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ sums
+    @property
+    def n_layers(self) -> int:
+        return self.heads.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.heads.shape[1]
+
+    @property
+    def total(self) -> np.ndarray:
+        """(K,) the sum of every component: equals ``logits`` up to float rounding."""
+        return (self.embed + self.heads.sum((0, 1)) + self.attn_bias.sum(0) + self.mlps.sum(0)
+                + self.norm_bias + self.unembed_bias)
+
+    @property
+    def error(self) -> float:
+        """max |Σ components − logit| over the targets."""
+        return float(np.abs(self.total - self.logits).max())
+
+    def metric(self, x: np.ndarray, metric: str = "logit") -> np.ndarray:
+        """Reduce the last (K) axis of a per-target array to one metric."""
+        if metric == "logit":
+            return x[..., 0]
+        if metric == "diff":
+            return x[..., 0] - x[..., 1:].mean(-1)
+        raise InputError(f"metric must be one of {METRICS}, got {metric!r}.")
+
+    def _mi(self, metric: str) -> int:
+        if metric not in METRICS:
+            raise InputError(f"metric must be one of {METRICS}, got {metric!r}.")
+        return METRICS.index(metric)
+
+    def source_groups(self, metric: str = "logit") -> np.ndarray:
+        """(L, H, 3) per-head DLA from subject / relation / other tokens (sums to the head's DLA)."""
+        s = self.sources[self._mi(metric)]
+        subj = s[:, :, self.subject_positions].sum(-1)
+        rel = s[:, :, self.relation_positions].sum(-1)
+        return np.stack([subj, rel, s.sum(-1) - subj - rel], -1)
+
+    def group_totals(self, metric: str = "logit") -> dict[str, float]:
+        """DLA summed by kind: embed, attention (heads + output bias), MLPs, biases."""
+        m = lambda x: self.metric(x, metric)  # noqa: E731
+        return {"embed": float(m(self.embed)), "attention": float(m(self.heads).sum() + m(self.attn_bias).sum()),
+                "mlp": float(m(self.mlps).sum()), "biases": float(m(self.norm_bias) + m(self.unembed_bias))}
+
+    def top_heads(self, n: int = 10, metric: str = "logit", by_abs: bool = True) -> list[tuple[int, int]]:
+        """The n heads with the largest (absolute) DLA, as (layer, head)."""
+        v = self.metric(self.heads, metric)
+        order = np.argsort(-(np.abs(v) if by_abs else v), axis=None)[:n]
+        return [tuple(int(i) for i in np.unravel_index(o, v.shape)) for o in order]
+
+    # ------------------------------------------------------------------ tables
+    def to_frame(self) -> pd.DataFrame:
+        """One row per component: kind, layer, head, DLA of the answer logit and of the diff, and
+        (heads only) their subject / relation / other split."""
+        rows = []
+        L, H = self.n_layers, self.n_heads
+        g = {m: self.source_groups(m) for m in METRICS}
+
+        def row(name, kind, layer, head, x, src=None):
+            r = {"component": name, "kind": kind, "layer": layer, "head": head,
+                 "logit": float(self.metric(x, "logit")), "diff": float(self.metric(x, "diff"))}
+            for m in METRICS:
+                for i, gname in enumerate(SOURCE_GROUPS):
+                    r[f"{m}_{gname}"] = float(src[m][i]) if src is not None else np.nan
+            rows.append(r)
+
+        row("embed", "embed", -1, -1, self.embed)
+        for l in range(L):
+            for h in range(H):
+                row(f"L{l}H{h}", "head", l, h, self.heads[l, h], {m: g[m][l, h] for m in METRICS})
+            if np.any(self.attn_bias[l]):
+                row(f"L{l} attn bias", "attn_bias", l, -1, self.attn_bias[l])
+            row(f"L{l} MLP", "mlp", l, -1, self.mlps[l])
+        row("final norm bias", "norm_bias", L, -1, self.norm_bias)
+        row("unembed bias", "unembed_bias", L, -1, self.unembed_bias)
+        return pd.DataFrame(rows)
+
+    # ------------------------------------------------------------------ figures
+    def figure(self, metric: str = "logit", title: str | None = None):
+        """Stacked bars per layer: attention (heads + bias) and MLP DLA; embedding and biases at the ends."""
+        import plotly.graph_objects as go
+
+        m = lambda x: self.metric(x, metric)  # noqa: E731
+        L = self.n_layers
+        x = ["embed"] + [str(l) for l in range(L)] + ["biases"]
+        attn = [0.0] + (m(self.heads).sum(1) + m(self.attn_bias)).tolist() + [0.0]
+        mlp = [0.0] + m(self.mlps).tolist() + [0.0]
+        other = [float(m(self.embed))] + [0.0] * L + [float(m(self.norm_bias) + m(self.unembed_bias))]
+        top = {l: [] for l in range(L)}
+        for (l, h) in self.top_heads(3 * L, metric):
+            if len(top[l]) < 3:
+                top[l].append(f"H{h} {m(self.heads[l, h]):+.2f}")
+        hover = [""] + ["<br>".join(top[l]) for l in range(L)] + [""]
+        fig = go.Figure([
+            go.Bar(x=x, y=other, name="embed / biases", marker_color="#7f7f7f"),
+            go.Bar(x=x, y=attn, name="attention", marker_color="#4c78a8", customdata=hover,
+                   hovertemplate="layer %{x}<br>attention %{y:+.3f}<br>%{customdata}<extra></extra>"),
+            go.Bar(x=x, y=mlp, name="MLP", marker_color="#f58518",
+                   hovertemplate="layer %{x}<br>MLP %{y:+.3f}<extra></extra>"),
+        ])
+        what = f"logit of {self.target_strs[0]!r}" if metric == "logit" else \
+            f"{self.target_strs[0]!r} − mean of {len(self.targets) - 1} alternative(s)"
+        total = float(self.metric(self.total, metric))
+        fig.update_layout(barmode="relative", template="plotly_white", width=900, height=420,
+                          title=title or f"DLA of the {what} (sum {total:.2f}); {self.model_name}",
+                          xaxis_title="layer", yaxis_title="direct logit attribution", legend=dict(x=0.01, y=0.99))
+        return fig
+
+    def source_figure(self, metric: str = "logit", title: str | None = None):
+        """Three layer × head heatmaps: head DLA from subject, relation and other tokens."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        g = self.source_groups(metric)
+        lim = float(np.abs(g).max()) or 1.0
+        fig = make_subplots(rows=1, cols=3, subplot_titles=[f"from {s} tokens" for s in SOURCE_GROUPS],
+                            horizontal_spacing=0.05)
+        for i, s in enumerate(SOURCE_GROUPS):
+            fig.add_trace(go.Heatmap(z=g[:, :, i], colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
+                                     showscale=i == 2, hovertemplate=f"L%{{y}}H%{{x}}<br>{s}: %{{z:+.3f}}<extra></extra>"),
+                          1, i + 1)
+            fig.update_xaxes(title="head", row=1, col=i + 1)
+        fig.update_yaxes(title="layer", autorange="reversed", row=1, col=1)
+        for c in (2, 3):
+            fig.update_yaxes(autorange="reversed", row=1, col=c)
+        subj = "".join(self.str_tokens[p] for p in self.subject_positions[:8])
+        fig.update_layout(template="plotly_white", width=1000, height=max(380, 120 + 14 * self.n_layers),
+                          title=title or f"Head DLA ({metric}) by source token; subject {subj.strip()!r}")
+        return fig
+
+    def token_figure(self, n_heads: int = 12, metric: str = "logit", title: str | None = None):
+        """Top heads × source tokens heatmap of per-source DLA."""
+        import plotly.graph_objects as go
+
+        from workbench.figures import token_label
+
+        top = self.top_heads(n_heads, metric)
+        s = self.sources[self._mi(metric)]
+        z = np.stack([s[l, h] for l, h in top])
+        lim = float(np.abs(z).max()) or 1.0
+        mark = {p: "S" for p in self.subject_positions} | {p: "R" for p in self.relation_positions}
+        labels = [f"{i}{mark.get(i, '')} {token_label(t)}" for i, t in enumerate(self.str_tokens)]
+        fig = go.Figure(go.Heatmap(z=z, x=labels, y=[f"L{l}H{h}" for l, h in top], colorscale="RdBu", zmid=0,
+                                   zmin=-lim, zmax=lim, hovertemplate="%{y} ← %{x}<br>%{z:+.3f}<extra></extra>"))
+        fig.update_layout(template="plotly_white", width=1000, height=160 + 22 * len(top),
+                          title=title or f"Per-source DLA ({metric}) of the top heads (S subject, R relation)")
+        fig.update_yaxes(autorange="reversed")
+        fig.update_xaxes(tickangle=-60)
+        return fig
+
+    def __repr__(self) -> str:
+        gt = self.group_totals()
+        return (f"DLAResult({self.fact_id or self.prompt[-40:]!r} → {self.target_strs[0]!r}: logit "
+                f"{self.logits[0]:.3f} = embed {gt['embed']:.2f} + attention {gt['attention']:.2f} + MLP "
+                f"{gt['mlp']:.2f} + biases {gt['biases']:.2f}; |error| {self.error:.1e})")
+
+    def _repr_html_(self) -> str:
+        df = self.to_frame()
+        top = df.reindex(df["logit"].abs().sort_values(ascending=False).index).head(10)
+        cols = ["component", "logit", "diff", "logit_subject", "logit_relation", "logit_other"]
+        return (f"<pre>{html.escape(repr(self))}</pre>"
+                + top[cols].to_html(index=False, float_format=lambda v: f"{v:+.3f}", na_rep=""))
+
+
+# ---------------------------------------------------------------------- pure algebra
+def head_outputs(pattern_row: torch.Tensor, v: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
+    """Per-head outputs at one query: (H, T) attention row, (T, G, e) values, (H, e, d) W_O -> (H, d).
+
+    head_h = Σ_s A[h, s] · v_s^{h // (H/G)} W_O^h (query head h reads KV head h // group_size).
+    """
+    h, g = w_o.shape[0], v.shape[1]
+    if h % g:
+        raise InputError(f"{h} query heads cannot share {g} KV heads evenly.")
+    v_h = v.repeat_interleave(h // g, dim=1)  # (T, H, e): KV head h // group_size for query head h
+    return torch.einsum("hs,she,hed->hd", pattern_row, v_h, w_o)
+
+
+# ---------------------------------------------------------------------- model access
+@dataclass
+class _Unembed:
+    gain: torch.Tensor        # (d,) final norm gain g (float64)
+    bias: torch.Tensor | None  # (d,) final norm bias (LayerNorm) or None
+    W_U: torch.Tensor         # (d, V)
+    b_U: torch.Tensor | None  # (V,)
+    centre: bool              # LayerNorm: centre the directions
+
+
+def _unembed(model) -> _Unembed:
+    b = model.bridge
+    ln = b.ln_final
+    comp = getattr(ln, "_original_component", ln)
+    gain = getattr(comp, "weight", None)
+    if gain is None:
+        gain = torch.ones(model.info.d_model, device=b.W_U.device)
+    bias = getattr(comp, "bias", None)
+    b_u = getattr(b, "b_U", None)
+    return _Unembed(gain.detach().double(), None if bias is None else bias.detach().double(), b.W_U.detach(),
+                    None if b_u is None else b_u.detach().double(), model.info.normalization == "LN")
+
+
+def _attn_bias(model, layer: int) -> torch.Tensor | None:
+    try:
+        bo = model.bridge.blocks[layer].attn.b_O
+    except AttributeError:
+        return None
+    return None if bo is None else bo.detach().double()
+
+
+_W_O_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _stacked_w_o(model) -> torch.Tensor:
+    """(L, H, e, d) float32 W_O of every layer, cached per model until a weight changes.
+
+    ``model.W_O(l)`` is a view of the output-projection weight, so (data_ptr, _version) changes
+    whenever the weight is replaced or edited in place (weight-editing interventions included).
+    """
+    views = [model.W_O(l).detach() for l in range(model.info.n_layers)]
+    key = tuple((v.data_ptr(), v._version) for v in views)
+    hit = _W_O_CACHE.get(model)
+    if hit is None or hit[0] != key:
+        hit = (key, torch.stack(views).float())
+        _W_O_CACHE[model] = hit
+    return hit[1]
+
+
+def capture_names(model) -> list[str]:
+    names = ["embed", "v", "pattern", "z", "mlp_out", "final_norm_scale"]
+    if "hook_pos_embed" in model.hook_names():
+        names.insert(1, "pos_embed")
+    return names
+
+
+def _single_token(model, t, what: str) -> int:
+    if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+        if not 0 <= int(t) < model.info.d_vocab:
+            raise InputError(f"{what} token id {t} is outside the vocabulary (0..{model.info.d_vocab - 1}).")
+        return int(t)
+    if isinstance(t, str):
+        ids = model.tokenizer(t, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise InputError(f"{what} {t!r} is {len(ids)} tokens ({model.str_tokens(ids)}), not one. Pass a token id, "
+                             "a single-token string (mind the leading space), or a FactPrompt (first-token rule).")
+        return int(ids[0])
+    raise InputError(f"{what} must be a token id or a single-token string, got {type(t).__name__}.")
+
+
+def _resolve(model, item, answer, alternatives, subject_positions, relation_positions):
+    """-> (prompt, answer id, alternative ids or None, subject pos, relation pos, fact id, relation)."""
+    if hasattr(item, "prompt") and hasattr(item, "answer"):
+        if answer is None:
+            ans, alts = candidate_tokens(model, item)
+        else:  # an explicit answer token; the candidates still give the alternatives when they can
+            ans = _single_token(model, answer, "answer")
+            try:
+                alts = [a for a in candidate_tokens(model, item)[1] if a != ans] or None
+            except InputError:
+                alts = None
+        if alternatives is not None:
+            alts = [_single_token(model, a, "alternative") for a in alternatives]
+        subj, rel = token_positions(model, item)
+        subj = list(subject_positions) if subject_positions is not None else subj
+        rel = list(relation_positions) if relation_positions is not None else rel
+        return item.prompt, ans, alts, subj, rel, getattr(item, "id", None), getattr(item, "relation", None)
+    if not isinstance(item, str) or not item:
+        raise InputError("Pass a non-empty prompt string or a FactPrompt.")
+    if answer is None:
+        raise InputError("With a prompt string, pass answer= (a token id or a single-token string).")
+    ans = _single_token(model, answer, "answer")
+    alts = None if alternatives is None else [_single_token(model, a, "alternative") for a in alternatives]
+    return item, ans, alts, list(subject_positions or []), list(relation_positions or []), None, None
+
+
+def _check_positions(pos: list[int], n: int, what: str) -> list[int]:
+    for p in pos:
+        if not isinstance(p, (int, np.integer)) or not 0 <= int(p) < n:
+            raise InputError(f"{what} position {p!r} is out of range for a prompt of {n} tokens.")
+    return sorted({int(p) for p in pos})
+
+
+def direct_logit_attribution(model, prompt, answer=None, alternatives: Sequence | None = None,
+                             subject_positions: Sequence[int] | None = None,
+                             relation_positions: Sequence[int] | None = None) -> DLAResult:
+    """Exact DLA of one prompt (a string or a FactPrompt) at its last position; see the module docstring.
+
+    answer: token id or single-token string (FactPrompt: default its first-token answer).
+    alternatives: token ids/strings for the "diff" metric (FactPrompt: default the other
+    candidates; string prompt: default the model's top non-answer token).
+    subject_positions / relation_positions: token positions of the source groups (FactPrompt:
+    default ``token_positions``); the rest is "other".
+    """
+    return direct_logit_attribution_many(model, [prompt], answer=answer, alternatives=alternatives,
+                                         subject_positions=subject_positions,
+                                         relation_positions=relation_positions)[0]
+
+
+def direct_logit_attribution_many(model, prompts, batch_size: int = 16, answer=None, alternatives=None,
+                                  subject_positions=None, relation_positions=None) -> list[DLAResult]:
+    """DLA of several prompts / FactPrompts, ``batch_size`` per forward pass (right padding)."""
+    items = list(prompts)
+    if not items:
+        raise InputError("No prompts given to direct_logit_attribution.")
+    resolved = [_resolve(model, it, answer, alternatives, subject_positions, relation_positions) for it in items]
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    out: list[DLAResult] = []
+    for i in range(0, len(resolved), batch_size):
+        out += _dla_batch(model, resolved[i:i + batch_size])
+    return out
+
+
+def _dla_batch(model, resolved) -> list[DLAResult]:
+    """One forward over a batch, then per prompt a handful of einsums over all layers at once.
+
+    Products with the big weights (W_O: L × H × e × d) stay in the model's float32; everything
+    projected onto the K target directions (and the sums) is float64.
+    """
+    texts = [r[0] for r in resolved]
+    with torch.no_grad():
+        run = model.run(texts, capture=capture_names(model), logits="last")
+    un = _unembed(model)
+    L, H = model.info.n_layers, model.info.n_heads
+    w_o = _stacked_w_o(model)  # (L, H, e, d)
+    biases = [_attn_bias(model, l) for l in range(L)]
+    dev = w_o.device
+    b_o = torch.stack([torch.zeros(model.info.d_model, dtype=torch.float64, device=dev) if x is None else x
+                       for x in biases])
+    has_pos = "hook_pos_embed" in run.captures
+    stacked = {n: torch.stack([run[n, l] for l in range(L)], 1) for n in ("pattern", "v", "z", "mlp_out")}
+    group = H // model.info.n_kv_heads
+    results = []
+    for b, (text, ans, alts, subj, rel, fid, relation) in enumerate(resolved):
+        t = run.lengths[b]
+        end = t - 1
+        logits_all = run.last_logits[b].double()
+        if alts is None:  # the model's top non-answer token
+            order = torch.argsort(logits_all, descending=True)
+            alts = [int(order[0]) if int(order[0]) != ans else int(order[1])]
+        targets = [ans] + [a for a in alts if a != ans]
+        if len(targets) < 2:
+            raise InputError("The alternatives must contain at least one token other than the answer.")
+        subj = _check_positions(subj, t, "subject")
+        rel = [p for p in _check_positions(rel, t, "relation") if p not in set(subj)]
+        tgt = torch.tensor(targets, device=un.W_U.device)
+        scale = float(run["final_norm_scale"][b, end, 0].double())
+        w = un.gain[:, None] * un.W_U[:, tgt].double()  # (d, K)
+        if un.centre:
+            w = w - w.mean(0, keepdim=True)
+        w = w / scale
+        # metric directions for the per-source split: answer, answer − mean(alternatives)
+        wm = torch.stack([w[:, 0], w[:, 0] - w[:, 1:].mean(1)], 1)  # (d, 2)
+        emb = run["embed"][b, end].double()
+        if has_pos:
+            emb = emb + run["pos_embed"][b, end].double()
+        rows = stacked["pattern"][b, :, :, end, :t].float()  # (L, H, T) attention of END
+        v_h = stacked["v"][b, :, :t].float().repeat_interleave(group, dim=2)  # (L, T, H, e): KV head h // group
+        z = stacked["z"][b, :, end].float()  # (L, H, e)
+        member = torch.zeros(3, t, device=dev)  # (3, T) one-hot source groups: subject, relation, other
+        member[0, subj] = 1
+        member[1, rel] = 1
+        member[2] = 1 - member[0] - member[1]
+        heads = torch.einsum("lhe,lhed->lhd", z, w_o).double() @ w  # (L, H, K), from z
+        zg = torch.einsum("lhs,gs,lshe->lhge", rows, member, v_h)  # (L, H, 3, e) grouped before W_O
+        groups = torch.einsum("lhge,lhed->lhgd", zg, w_o).double() @ w  # (L, H, 3, K)
+        ov = torch.einsum("lhed,dm->lhem", w_o, wm.float()).double()  # (L, H, e, 2): W_O projected first
+        sources = rows.double()[..., None] * torch.einsum("lshe,lhem->lhsm", v_h.double(), ov)  # (L, H, T, 2)
+        mlps = stacked["mlp_out"][b, :, end].double() @ w  # (L, K)
+        attn_bias = b_o @ w  # (L, K)
+        wu = un.W_U[:, tgt].double()
+        norm_bias = (un.bias @ wu).cpu().numpy() if un.bias is not None else np.zeros(len(targets))
+        unembed_bias = un.b_U[tgt].cpu().numpy() if un.b_U is not None else np.zeros(len(targets))
+        np_ = lambda x: x.cpu().numpy()  # noqa: E731
+        results.append(DLAResult(
+            model_name=model.info.name, prompt=text, str_tokens=list(run.str_tokens[b]), targets=targets,
+            target_strs=model.str_tokens(targets), logits=np_(logits_all[tgt]), embed=np_(emb @ w),
+            heads=np_(heads), groups=np_(groups), attn_bias=np_(attn_bias), mlps=np_(mlps), norm_bias=norm_bias,
+            unembed_bias=unembed_bias, sources=np_(sources.permute(3, 0, 1, 2)), attn_rows=np_(rows.double()),
+            subject_positions=subj, relation_positions=rel, scale=scale, fact_id=fid, relation=relation))
+    return results
