@@ -1,7 +1,7 @@
 # Developer entry points. `make test` is what CI runs (.ci/run).
 #
 #   make venv    create/update .venv from constraints.txt (instant when nothing changed)
-#   make system  install chromium for static figure export when possible (never fails)
+#   make system  install WordNet (wordnet-base) and chromium when possible (never fails)
 #   make model   warm the fp32 SmolLM2 cache (dequantizing the GGUF once takes 10-40 s)
 #   make demo    execute notebooks/00_tour.py headless -> out/00_tour.ipynb, out/figures/
 #   make test    run the test suite
@@ -69,3 +69,4 @@ bench: venv model
 	$(PY) benchmarks/bench_kv.py
 	$(PY) benchmarks/bench_factual.py
 	$(PY) benchmarks/bench_patching.py
+	$(PY) benchmarks/bench_frames.py

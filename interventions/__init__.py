@@ -1,9 +1,12 @@
 """Interventions on ``workbench.Model``: ablation, patching, steering, splicing, guided decoding."""
 from .ablation import HeadAblation, MLPAblation
-from .comparison import AblationComparison, compare
-
-__all__ = ["HeadAblation", "MLPAblation", "AblationComparison", "compare"]
 from .attention_edits import AttentionToSink, ZeroAttention
+from .comparison import AblationComparison, compare
+from .concept_guidance import GuidedDecoding, guided_generate
 from .qk_dims import DisruptQKDims
+from .transcoder_splice import FeatureAblate, FeatureClamp, SpliceTranscoder
 
-__all__ += ["AttentionToSink", "ZeroAttention", "DisruptQKDims"]
+__all__ = [
+    "HeadAblation", "MLPAblation", "AblationComparison", "compare", "AttentionToSink", "ZeroAttention",
+    "DisruptQKDims", "GuidedDecoding", "guided_generate", "SpliceTranscoder", "FeatureClamp", "FeatureAblate",
+]

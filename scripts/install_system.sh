@@ -1,9 +1,35 @@
 #!/usr/bin/env bash
-# System packages for the workbench. Today: a Chromium-based browser, which kaleido drives to
-# export figures as PNG/SVG/PDF. Everything else works without it (figures fall back to HTML),
-# so this script never fails the build: it installs chromium when it can (root + apt-get) and
-# otherwise says how to get it.
+# System packages for the workbench:
+#   - WordNet 3.0 (Debian `wordnet-base`, /usr/share/wordnet) for the frames module (probes/frames);
+#   - a Chromium-based browser, which kaleido drives to export figures as PNG/SVG/PDF.
+# Everything else works without them (figures fall back to HTML; WordNet tests skip), so this
+# script never fails the build: it installs what it can (root + apt-get) and otherwise says how.
 set -uo pipefail
+
+# ---------------------------------------------------------------- WordNet (frames)
+wordnet_dir="${WORKBENCH_WORDNET_DIR:-/usr/share/wordnet}"
+if [ -f "$wordnet_dir/data.noun" ] && [ -f "$wordnet_dir/index.noun" ]; then
+    echo "system: WordNet 3.0 found at $wordnet_dir"
+else
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "system: WordNet not found; installing wordnet-base with apt-get (28 MB) ..."
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q --no-install-recommends wordnet-base >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends wordnet-base; }
+    fi
+    if [ -f "$wordnet_dir/data.noun" ]; then
+        echo "system: WordNet 3.0 installed at $wordnet_dir"
+    else
+        cat <<'MSG'
+system: NOTE: WordNet 3.0 not found, so the frames module (probes/frames) cannot build word or
+        concept frames and its tests are skipped. To enable it, either
+          - Debian/Ubuntu:  sudo apt-get install -y wordnet-base   (then re-run `make system`), or
+          - point the workbench at a WordNet 3.0 dict folder:  export WORKBENCH_WORDNET_DIR=/path/to/dict
+MSG
+    fi
+fi
+
+# ---------------------------------------------------------------- browser (static figure export)
 
 find_browser() {
     if [ -n "${BROWSER_PATH:-}" ] && [ -x "${BROWSER_PATH}" ]; then echo "${BROWSER_PATH}"; return 0; fi
