@@ -6,6 +6,7 @@
 #   make demo    execute notebooks/00_tour.py headless -> out/00_tour.ipynb, out/figures/
 #   make test    run the test suite
 #   make lab     JupyterLab on notebooks/ (the .py files open as notebooks via jupytext)
+#   make transcoders  retrain the shipped SmolLM2 transcoders (layers 8, 15) and the layer-8 SAE
 #   make bench   benchmarks (core, sinks, KV cache, factual recall, patching, transcoders, frames)
 #                -> benchmarks/results/*.json; see BENCHMARKS.md
 
@@ -25,7 +26,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 export TQDM_DISABLE ?= 1
 
-.PHONY: venv system model demo test lab bench
+.PHONY: venv system model demo test lab bench transcoders
 
 venv: $(STAMP)
 
@@ -70,3 +71,8 @@ bench: venv model
 	$(PY) benchmarks/bench_factual.py
 	$(PY) benchmarks/bench_patching.py
 	$(PY) benchmarks/bench_frames.py
+	$(PY) benchmarks/bench_transcoders.py
+
+transcoders: venv model
+	OMP_NUM_THREADS=1 $(PY) scripts/train_transcoders.py --threads 1
+	OMP_NUM_THREADS=1 $(PY) scripts/train_transcoders.py --threads 1 --sae --layers 8

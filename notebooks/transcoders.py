@@ -1,0 +1,318 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Transcoders on SmolLM2
+#
+# A **transcoder** (Dunefsky, Chlenski & Nanda, 2024) replaces an MLP by a wide, sparse
+# map: MLP input → sparse features → MLP output. Unlike an SAE on the MLP output, its features
+# read the MLP's *input* and write its *output*, so they can be chained into input-invariant
+# circuits. Here a transcoder at layer l maps `mlp_in` (`blocks.{l}.ln2.hook_normalized`, the
+# normalised MLP input) to `mlp_out` (`blocks.{l}.hook_mlp_out`), and every transcoder is an
+# SAELens `Transcoder` object (loadable with `Transcoder.load_from_disk`).
+#
+# 1. the bundled corpus and the streaming harvest of (mlp_in, mlp_out) pairs;
+# 2. training a TopK transcoder (tiny here; the shipped ones come from `scripts/train_transcoders.py`);
+# 3. saving and reloading it with SAELens;
+# 4. evaluating a shipped transcoder: L0, FVU, next-token loss with the MLP replaced, dead and
+#    dense features, next to an SAE on the MLP output trained the same way;
+# 5. features and circuits;
+# 6. export of every figure.
+#
+# Methods and the numbers to expect are in the project notes (`methods.md` §1–2).
+
+# %% tags=["parameters"]
+out_dir = "out/figures"  # where the figures go (relative to the kernel's working directory)
+export = True  # write the figures to out_dir at the end
+train_layer = 8  # layer of the demo transcoder
+train_tokens = 16384  # tokens harvested once for the demo training
+train_steps = 100  # Adam steps of the demo training (the shipped transcoders use 500)
+train_d_sae = 768  # features of the demo transcoder
+train_k = 32  # TopK of the demo transcoder
+eval_windows = 16  # held-out windows for the evaluation
+eval_context = 128  # tokens per evaluation window
+feature_texts = 40  # held-out corpus texts streamed for top contexts
+feature_context = 64  # tokens per window (position 0 of each window is skipped)
+circuit_prompt = "The capital of France is Paris. The capital of Italy is"
+circuit_depth = 3  # hops from the target that are expanded
+circuit_top_k = 5  # children kept per expanded node
+
+# %%
+import os
+
+for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}.items():
+    os.environ.setdefault(_k, _v)
+
+import tempfile
+import time
+
+import pandas as pd
+import torch
+from IPython.display import display
+from sae_lens.saes.transcoder import Transcoder
+
+import workbench as wb
+from probes import transcoders as T
+
+torch.manual_seed(0)
+t_start = time.perf_counter()
+timings = {}
+figs = {}
+model = wb.load()
+model
+
+# %% [markdown]
+# ## 1. Corpus and harvest
+#
+# The corpus is bundled (`probes/data/corpus/corpus.jsonl`, about 2.5 MB: Python 3.11
+# documentation prose and WordNet 3.0 glosses; `scripts/build_corpus.py` rebuilds it from
+# Debian packages). One document in twenty is held out for evaluation. The harvester cuts it into
+# 128-token windows, runs a forward pass truncated after the last needed layer, drops position 0
+# (the attention sink, whose residual is about 100× larger than the rest and would dominate the
+# loss) and yields (mlp_in, mlp_out) rows.
+
+# %%
+t0 = time.perf_counter()
+train_docs, eval_docs = T.load_corpus("train"), T.load_corpus("eval")
+speed = T.measure_harvest(model, train_layer, n_windows=8)
+print(f"{len(train_docs)} training and {len(eval_docs)} held-out documents; harvest at layer {train_layer}: "
+      f"{speed.tokens} tokens in {speed.forward_s:.2f} s = {speed.tokens_per_s:.0f} tokens/s")
+cache = T.harvest_cache(model, [train_layer], train_tokens)
+x_all, y_all = cache[train_layer]
+print("cached", tuple(x_all.shape), "inputs and", tuple(y_all.shape), "targets;",
+      f"mean ‖mlp_in‖ {x_all.norm(dim=-1).mean():.1f}, mean ‖mlp_out‖ {y_all.norm(dim=-1).mean():.2f}")
+timings["harvest"] = time.perf_counter() - t0
+
+# %% [markdown]
+# ## 2. Training
+#
+# `train_transcoder` takes any iterator of (input, target) batches. Here the cached rows are
+# reshuffled every epoch. The TopK variant keeps the `k` largest pre-activations, with an auxiliary
+# loss that lets dead features learn the residual error; decoder rows stay at unit norm.
+# ReLU + L1 (the paper's recipe) and JumpReLU are the other `activation`s, and `skip=True` adds a
+# linear skip connection.
+
+# %%
+t0 = time.perf_counter()
+cfg = T.TranscoderTrainingConfig(d_in=model.info.d_model, d_out=model.info.d_model, d_sae=train_d_sae,
+                                 activation="topk", k=train_k, total_steps=train_steps, batch_size=512,
+                                 lr=2e-3, log_every=max(1, train_steps // 20), dead_window=max(10, train_steps // 2))
+ckpt_dir = tempfile.mkdtemp(prefix="transcoder-demo-")
+batches = (b[train_layer] for b in T.cached_batches(cache, batch_size=512))  # {layer: (x, y)} -> (x, y)
+demo = T.train_transcoder(batches, cfg, checkpoint_dir=ckpt_dir,
+                          metadata=T.model_metadata(model, train_layer))
+timings["train"] = time.perf_counter() - t0
+figs["demo_training"] = demo.figure()
+display(demo)
+figs["demo_training"]
+
+# %% [markdown]
+# ## 3. Save and reload with SAELens
+#
+# The checkpoint folder is SAELens's format (`cfg.json`, `sae_weights.safetensors`) plus the
+# training state for resuming. The metadata records the model fingerprint, the layer and the
+# hook names; loading through the workbench checks them against the model.
+
+# %%
+reloaded = Transcoder.load_from_disk(ckpt_dir)
+checked = T.load_transcoder(ckpt_dir, model=model, layer=train_layer)
+probe = x_all[:4]
+print(type(reloaded).__name__, "| same outputs:", torch.allclose(reloaded(probe), demo.transcoder(probe), atol=1e-6),
+      "| metadata:", {k: checked.cfg.metadata.get(k) for k in ("hook_name", "hook_name_out", "hook_layer",
+                                                                "model_fingerprint", "training_step")})
+try:
+    T.load_transcoder(ckpt_dir, model=model, layer=train_layer + 1)
+except wb.InputError as e:
+    print("wrong layer ->", e)
+
+# %% [markdown]
+# ## 4. Evaluating a shipped transcoder
+#
+# The repo ships TopK transcoders for two mid layers (`probes/data/transcoders/`, float16, a few
+# MB each) and an SAE on the MLP output of the first one, trained by the same trainer on the
+# same activations at the same L0. The evaluation runs held-out windows three ways: clean,
+# with the MLP output replaced (by the transcoder of `mlp_in`, or the SAE reconstruction of
+# `mlp_out`), and with the MLP zero-ablated. *Fraction of loss recovered* =
+# (CE_zero − CE_replaced) / (CE_zero − CE_clean). Position 0 is left clean in every replaced run.
+
+# %%
+t0 = time.perf_counter()
+shipped = T.load_pretrained(model)
+print("shipped transcoders:", {l: f"{type(tc).__name__} d_sae={tc.cfg.d_sae} k={tc.cfg.k}" for l, tc in shipped.items()})
+eval_layer = min(shipped)
+candidates = {f"transcoder L{eval_layer} (shipped)": shipped[eval_layer]}
+if eval_layer in T.shipped_layers("sae"):
+    candidates[f"SAE on mlp_out L{eval_layer} (shipped)"] = T.load_pretrained_sae(model, eval_layer)
+if train_layer == eval_layer:
+    candidates[f"demo transcoder ({train_steps} steps)"] = demo.transcoder
+report = T.evaluate(model, candidates, layer=eval_layer, n_windows=eval_windows, context=eval_context)
+timings["evaluate"] = time.perf_counter() - t0
+figs["evaluation"] = report.figure()
+display(report)
+figs["evaluation"]
+
+# %% [markdown]
+# The clean, transcoder and zero-ablated losses are measured on the same held-out tokens. The
+# frequency histogram shows how often each feature fires: dead features (never active) are not
+# drawn on the log scale; dense ones (active on more than 10% of tokens) sit at the right edge.
+#
+# ## 5. Features and circuits
+#
+# Each transcoder feature has an encoder column (what it reads from the normalised MLP input) and
+# a unit-norm decoder row (what it writes into the residual stream). That split makes features
+# inspectable without running the model: a feature's decoder row dotted with a later layer's
+# encoder columns is an input-invariant connection strength, and its encoder column pulled back
+# through the embedding (or a head's OV circuit) gives the tokens that turn it on. The cells
+# below use the shipped transcoders loaded above (`shipped`, a dict layer → SAELens transcoder).
+
+# %% [markdown]
+# ### Top activating contexts
+#
+# For the upper shipped transcoder we stream held-out corpus texts through a forward pass
+# truncated after its layer and keep, per feature, the top activating contexts (a running top-k:
+# memory does not grow with the corpus), the activation frequency and a histogram of its non-zero
+# activations.
+
+# %%
+from IPython.display import HTML
+
+from interventions import FeatureAblate, FeatureClamp, SpliceTranscoder
+from probes.transcoders import (attribution_graph, capture_prompt, circuit_explorer, connection_strengths,
+                                de_embeddings, feature_browser, feature_contexts, logit_effects, top_features)
+
+t0 = time.perf_counter()
+tcs = shipped  # {layer: SAELens transcoder}, checked against the model's fingerprint when loaded
+lo, hi = min(tcs), max(tcs)
+ctx = feature_contexts(model, tcs[hi], hi, T.load_corpus("eval")[:feature_texts], k=8, context=feature_context)
+timings["feature contexts"] = time.perf_counter() - t0
+print(ctx)
+figs["tc_feature_frequency"] = ctx.figure()
+figs["tc_feature_frequency"]
+
+# %% [markdown]
+# Pick a feature that is selective (active on under 5% of tokens) and fires strongly; its top
+# contexts are shaded by the activation on each token (the activating token is underlined).
+
+# %%
+table = ctx.to_frame()
+selective = table[(table.frequency > 0) & (table.frequency < 0.05)]
+feat = int((selective if len(selective) else table).sort_values("max_activation", ascending=False).feature.iloc[0])
+display(HTML(ctx.contexts_html(feat, max_rows=6)))
+figs["tc_feature_histogram"] = ctx.histogram_figure(feat)
+figs["tc_feature_histogram"]
+
+# %% [markdown]
+# What the feature does and what turns it on, without any data: its **logit effects** (decoder row
+# through the final norm's gain and the unembedding; later layers ignored) and its
+# **de-embeddings** (the token embeddings that activate it directly, and the norm of its pull-back
+# through each earlier head's OV circuit: which heads could feed it).
+
+# %%
+le = logit_effects(model, tcs[hi], hi, feat)
+de = de_embeddings(model, tcs[hi], hi, feat)
+figs["tc_logit_effects"] = le.figure(k=8)
+figs["tc_ov_deembedding"] = de.figure()
+display(pd.concat([le.top(8).add_prefix("promoted "), le.top(8, bottom=True).add_prefix("suppressed "),
+                   de.top(8).add_prefix("direct de-embedding ")], axis=1).round(3))
+figs["tc_logit_effects"]
+
+# %% [markdown]
+# The feature browser: every tracked feature, its contexts, histogram, logit effects and OV norms.
+
+# %%
+feature_browser(model, tcs[hi], hi, ctx)
+
+# %% [markdown]
+# ### Circuits
+#
+# **Input-invariant**: the connection strength from feature i of layer `lo` to feature j of
+# layer `hi` through the residual stream is W_dec[i] · W_enc[:, j] (per unit of activation, before
+# the destination's norm scale).
+
+# %%
+conn = connection_strengths(model, tcs, lo, hi)
+conn.top(8).round(3)
+
+# %% [markdown]
+# **Input-dependent**: for one prompt, the greedy attribution graph of the top predicted token's
+# logit. Every norm scale is frozen at its clean value, so each node's value is exactly the sum of
+# its kept children and its error nodes (transcoder error, MLPs without a transcoder, biases,
+# pruned contributors). Heads are drawn at their source token.
+
+# %%
+t0 = time.perf_counter()
+pcache = capture_prompt(model, tcs, circuit_prompt)
+last = pcache.n_tokens - 1
+target_tok = int(pcache.logits[last].argmax())
+graph = attribution_graph(model, tcs, circuit_prompt, logit=target_tok, max_depth=circuit_depth,
+                          top_k=circuit_top_k, cache=pcache)
+timings["attribution graph"] = time.perf_counter() - t0
+print(graph, f"- predicted {model.tokenizer.decode([target_tok])!r}, conservation gap {graph.conservation_gap():.1e}")
+figs["tc_circuit_logit"] = graph.figure()
+figs["tc_circuit_logit"]
+
+# %%
+top = top_features(pcache, last, 5)
+display(top.round(3))
+f_layer, f_idx = int(top.layer[0]), int(top.feature[0])
+fgraph = attribution_graph(model, tcs, circuit_prompt, feature=(f_layer, last, f_idx), max_depth=circuit_depth,
+                           top_k=circuit_top_k, cache=pcache)
+figs["tc_circuit_feature"] = fgraph.figure()
+display(fgraph.to_frame().head(12).round(3))
+figs["tc_circuit_feature"]
+
+# %% [markdown]
+# The explorer: pick a position and a target (the top logit or an active feature), then any node.
+
+# %%
+circuit_explorer(model, tcs, circuit_prompt, max_depth=circuit_depth, top_k=circuit_top_k)
+
+# %% [markdown]
+# ### Splicing and clamping
+#
+# Replace the MLPs by their transcoders (with and without the error term), then ablate the most
+# active feature at the last token or clamp it to twice its value, and compare the next-token
+# distribution.
+
+# %%
+z_top = float(pcache.z[f_layer][last, f_idx])
+variants = {
+    "clean": [],
+    "spliced": [SpliceTranscoder(tcs)],
+    "spliced + error term": [SpliceTranscoder(tcs, with_error=True)],
+    f"ablate L{f_layer}F{f_idx}": [FeatureAblate(f_layer, tcs[f_layer], f_idx, positions=[last])],
+    f"clamp L{f_layer}F{f_idx} to {2 * z_top:.2f}": [FeatureClamp(f_layer, tcs[f_layer], f_idx, 2 * z_top,
+                                                                 positions=[last])],
+}
+rows = []
+for name, ivs in variants.items():
+    lp = torch.log_softmax(model.run(circuit_prompt, logits="last", interventions=ivs).last_logits[0].float(), -1)
+    best = lp.topk(3)
+    rows.append({"run": name, f"p({model.tokenizer.decode([target_tok])!r})": float(lp[target_tok].exp()),
+                 "top 3": ", ".join(repr(model.tokenizer.decode([int(i)])) for i in best.indices)})
+pd.DataFrame(rows).round(4)
+
+# %% [markdown]
+# ## 6. Export the figures
+#
+# As in the tour: PNG and HTML when a Chromium is available (`make system`), else HTML only.
+
+# %%
+if export:
+    paths = wb.export_figures(figs, out_dir, formats="auto", include_plotlyjs="directory")
+    display(pd.DataFrame({"file": [str(p) for p in paths],
+                          "KiB": [round(p.stat().st_size / 1024, 1) for p in paths]}))
+print("section timings (s):", {k: round(v, 1) for k, v in timings.items()})
+print(f"transcoders notebook finished in {time.perf_counter() - t_start:.1f} s (after imports)")

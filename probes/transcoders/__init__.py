@@ -1,0 +1,58 @@
+"""Transcoders for the workbench: corpus, activation harvest, training, checkpoints, evaluation,
+shipped SmolLM2 transcoders, features, circuits.
+
+Convention: a transcoder at layer l maps ``mlp_in`` = ``blocks.{l}.ln2.hook_normalized`` (the
+normalised MLP input) to ``mlp_out`` = ``blocks.{l}.hook_mlp_out``. Every transcoder is an SAELens
+``Transcoder`` (``SkipTranscoder``, ``JumpReLUTranscoder``, or the ``TopKTranscoder`` registered
+here), so it loads with ``Transcoder.load_from_disk``.
+"""
+from .architectures import (
+    TopKSkipTranscoder,
+    TopKSkipTranscoderConfig,
+    TopKTranscoder,
+    TopKTranscoderConfig,
+    build_transcoder,
+    from_relu_mlp,
+)
+from .circuit_explorer import circuit_explorer
+from .circuits import (AttributionGraph, ConnectionReport, Contributions, PromptCache, attribution_graph, build_graph,
+                       capture_prompt, connection_strengths, feature_contributions, graph_figure, logit_contributions,
+                       one_step, top_features)
+from .checkpoint import load_transcoder, save_transcoder
+from .config import TranscoderTrainingConfig
+from .corpus import load_corpus, token_windows
+from .evaluate import EvalReport, ReplacementEval, as_sae, evaluate
+from .feature_browser import feature_browser
+from .features import DeEmbedding, FeatureContexts, LogitEffects, de_embeddings, feature_contexts, logit_effects
+from .harvest import (
+    HarvestStats,
+    ShuffleBuffer,
+    cached_batches,
+    harvest_cache,
+    hook_names,
+    layer_pairs,
+    measure_harvest,
+    pair_batches,
+)
+from .pretrained import load_pretrained, load_pretrained_sae, shipped_layers
+from .train import (
+    TrainingDivergedError,
+    TrainResult,
+    TranscoderTrainer,
+    fit_many,
+    model_metadata,
+    train_transcoder,
+)
+
+__all__ = [
+    "TopKTranscoder", "TopKTranscoderConfig", "TopKSkipTranscoder", "TopKSkipTranscoderConfig", "build_transcoder",
+    "from_relu_mlp", "load_transcoder", "save_transcoder", "TranscoderTrainingConfig", "load_corpus", "token_windows",
+    "EvalReport", "ReplacementEval", "as_sae", "evaluate", "HarvestStats", "ShuffleBuffer", "cached_batches",
+    "harvest_cache", "hook_names", "layer_pairs", "measure_harvest", "pair_batches", "load_pretrained",
+    "load_pretrained_sae", "shipped_layers", "TrainingDivergedError", "TrainResult", "TranscoderTrainer", "fit_many",
+    "model_metadata", "train_transcoder",
+    "feature_contexts", "FeatureContexts", "de_embeddings", "DeEmbedding", "logit_effects", "LogitEffects",
+    "feature_browser", "circuit_explorer", "AttributionGraph", "ConnectionReport", "Contributions", "PromptCache",
+    "attribution_graph", "build_graph", "capture_prompt", "connection_strengths", "feature_contributions",
+    "graph_figure", "logit_contributions", "one_step", "top_features",
+]

@@ -1,0 +1,98 @@
+"""Feature browser widget: pick a transcoder feature, see its top contexts with highlighted tokens,
+its activation histogram, its logit effects, its direct de-embedding and its OV de-embedding
+norms per head.
+
+``feature_browser(model, transcoder, layer, contexts)`` takes a ``FeatureContexts`` (from
+``feature_contexts``, computed once over a corpus); moving the controls only recomputes the
+input-invariant pieces (logit effects, de-embedding: a few matmuls) and swaps figure data inside
+``FigureWidget.batch_update``.
+"""
+from __future__ import annotations
+
+import html
+
+from workbench.errors import InputError
+from workbench.figures import token_label
+
+from .features import FeatureContexts, LOG_BINS, de_embeddings, logit_effects
+
+
+def _feature_options(ctx: FeatureContexts, order: str) -> list[tuple[str, int]]:
+    df = ctx.to_frame()
+    if order == "max activation":
+        df = df.sort_values("max_activation", ascending=False)
+    elif order == "frequency":
+        df = df.sort_values("frequency", ascending=False)
+    return [(f"F{int(r.feature)}  max {r.max_activation:.3g}  freq {r.frequency:.2%}  {token_label(r.top_token)}",
+             int(r.feature)) for r in df.itertuples()]
+
+
+def feature_browser(model, transcoder, layer: int, contexts: FeatureContexts, k_tokens: int = 10,
+                    order: str = "max activation"):
+    """A feature dropdown over ``contexts.features``. Returns an ``ipywidgets.VBox`` with
+    ``.show(feature)``, ``.feature_dropdown``, ``.contexts_html`` (``widgets.HTML``),
+    ``.histogram_figure``, ``.logit_figure``, ``.ov_figure`` (``go.FigureWidget``), ``.deembed_html`` and
+    ``.current()`` (the feature shown)."""
+    import ipywidgets as widgets
+    import plotly.graph_objects as go
+
+    if not isinstance(contexts, FeatureContexts):
+        raise InputError("feature_browser needs the FeatureContexts from feature_contexts(model, transcoder, layer, texts).")
+    if contexts.layer != model.check_layer(layer):
+        raise InputError(f"These contexts were collected at layer {contexts.layer}, not layer {layer}.")
+    if order not in ("max activation", "frequency", "index"):
+        raise InputError(f"order must be 'max activation', 'frequency' or 'index', got {order!r}.")
+    options = _feature_options(contexts, order)
+    first = options[0][1]
+    dd = widgets.Dropdown(options=options, value=first, description="feature", layout=widgets.Layout(width="520px"))
+    ctx_html, de_html, stats = widgets.HTML(), widgets.HTML(), widgets.HTML()
+    centers = (10 ** ((LOG_BINS[:-1] + LOG_BINS[1:]) / 2)).numpy()
+    hist_fig = go.FigureWidget(go.Bar(x=centers, y=contexts.hist[0].numpy(), marker_color="#ff7f0e"))
+    hist_fig.update_layout(template="plotly_white", width=520, height=280, xaxis=dict(type="log", title="activation"),
+                           yaxis_title="tokens", margin=dict(l=10, r=10, t=40, b=10), bargap=0.05)
+    logit_fig = go.FigureWidget(go.Bar(orientation="h"))
+    logit_fig.update_layout(template="plotly_white", width=520, height=60 + 36 * k_tokens,
+                            margin=dict(l=10, r=10, t=40, b=10), xaxis_title="direct logit effect")
+    ov_fig = go.FigureWidget(go.Heatmap(colorscale="Viridis", hovertemplate="L%{y}H%{x}: %{z:.3g}<extra></extra>"))
+    ov_fig.update_layout(template="plotly_white", width=420, height=320, xaxis_title="head", yaxis_title="layer",
+                         margin=dict(l=10, r=10, t=40, b=10))
+    state = {"feature": None}
+
+    def show(feature: int) -> None:
+        r = contexts._row(feature)
+        le = logit_effects(model, transcoder, layer, feature)
+        de = de_embeddings(model, transcoder, layer, feature, heads=False)
+        df = le.to_frame(k_tokens).sort_values("effect")
+        with hist_fig.batch_update(), logit_fig.batch_update(), ov_fig.batch_update():
+            ov_fig.data[0].z = de.ov_norms.numpy()
+            ov_fig.layout.title.text = f"F{feature}: ‖OV pull-back‖ per head (which heads can feed it)"
+            hist_fig.data[0].y = contexts.hist[r].numpy()
+            hist_fig.layout.title.text = (f"F{feature}: active on {float(contexts.frequency[r]):.2%} of "
+                                          f"{contexts.n_tokens} tokens")
+            logit_fig.data[0].x = df["effect"].tolist()
+            logit_fig.data[0].y = [f"{token_label(t)} ({i})" for t, i in zip(df["token"], df["id"])]
+            logit_fig.data[0].marker.color = ["#d62728" if e > 0 else "#1f77b4" for e in df["effect"]]
+            logit_fig.layout.title.text = f"F{feature}: logit effects (top and bottom {k_tokens})"
+        ctx_html.value = f"<b>Top contexts of L{layer} F{feature}</b>" + contexts.contexts_html(feature)
+        toks = ", ".join(f"<code>{html.escape(token_label(t))}</code> {v:.2f}"
+                         for t, v in zip(de.top(k_tokens)["token"], de.top(k_tokens)["score"]))
+        de_html.value = f"<b>Direct de-embedding</b> (tokens that turn it on as the current token): {toks}"
+        stats.value = (f"max activation {float(contexts.max_act[r]):.3g}; "
+                       f"frequency {float(contexts.frequency[r]):.3%}")
+        state["feature"] = int(feature)
+        if dd.value != feature:
+            dd.value = feature
+
+    dd.observe(lambda ch: show(ch["new"]) if ch["new"] != state["feature"] else None, names="value")
+    show(first)
+    box = widgets.VBox([widgets.HBox([dd, stats]), ctx_html, widgets.HBox([hist_fig, logit_fig]),
+                        widgets.HBox([ov_fig, de_html])])
+    box.show = show
+    box.feature_dropdown = dd
+    box.contexts_html, box.deembed_html = ctx_html, de_html
+    box.histogram_figure, box.logit_figure, box.ov_figure = hist_fig, logit_fig, ov_fig
+    box.current = lambda: state["feature"]
+    return box
+
+
+__all__ = ["feature_browser"]
