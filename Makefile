@@ -67,7 +67,7 @@ lab: venv
 bench: venv model
 	$(PY) benchmarks/bench_core.py
 	$(PY) benchmarks/bench_sinks.py
-	$(PY) benchmarks/bench_kv.py
+	$(PY) benchmarks/bench_kv.py --sections latency quality long
 	$(PY) benchmarks/bench_factual.py
 	$(PY) benchmarks/bench_patching.py
 	$(PY) benchmarks/bench_frames.py

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_kv.py [--contexts 1024 2048 4096] [--steps 16] [--repeats 5]
                                   [--passkey-n 10] [--out benchmarks/results/kv.json]
+                                  [--sections latency quality long]
 
 SmolLM2-135M-Instruct (``workbench.load()``), fp32, eager attention, CPU, ``torch.no_grad``,
 ``torch.set_num_threads(--threads)`` (default 2).
@@ -17,6 +18,8 @@ SmolLM2-135M-Instruct (``workbench.load()``), fp32, eager attention, CPU, ``torc
                    ``m.bridge(..., past_key_values=..., cache_position=..., position_ids=...)``
      streaming_llm, snapkv, h2o  at ratio 0.75 (4x fewer entries), compressed once after prefill
                    (``policy.apply(full.copy(), step 0)``), then decoded with a growing cache
+     adakv         AdaKV at ratio 0.75: per-head budgets stored ragged (``RaggedLayer``): the
+                   attention runs over a transient padded view with per-head score masking
      kivi4         KIVI 4-bit (g32, r32) installed after prefill (``get_policy("kivi", bits=4)``)
 
    Each variant decodes ``--steps`` tokens greedily one at a time (``cached_forward``, no hooks,
@@ -26,12 +29,19 @@ SmolLM2-135M-Instruct (``workbench.load()``), fp32, eager attention, CPU, ``torc
    the mean step time), speedups vs the full and the static baseline, physical bytes vs full.
    The static baseline's first-step logits are checked against the full cache's.
 
-2. Quality. (a) ``efficiency.kv.harness.perplexity`` (prefix 0.5, the policy compresses the
-   prefix) of StreamingLLM at ratio 0.75 vs the full cache on the bundled corpus
-   (``probes.domains``: every text, and each domain's texts joined into one longer text).
-   (b) ``efficiency.kv.harness.sweep`` at ratio 0.75 for snapkv, h2o, tova, pyramidkv,
-   streaming_llm on ``--passkey-n`` passkey prompts of ``--passkey-tokens`` tokens, key depth
-   spread over 0.1..0.9.
+2. Quality. (a) ``efficiency.kv.harness.perplexity`` of StreamingLLM at ratio 0.75 vs the full
+   cache. Compressed prompt (prefix 0.5, the policy compresses the prefix once, the second half
+   is scored) on the bundled corpus (``probes.domains``: every text, and each domain's texts
+   joined into one longer text) and on ``--ppl-long-n`` long texts of ``--ppl-long-tokens`` tokens
+   (``harness.long_texts``: windows of ``pydoc_data.topics``); and streaming on the long texts
+   (``at="both"``, prefix 0.25, chunks of 16 tokens: after every chunk the cache is cut back to a
+   quarter of the tokens seen; the last 75% of each text is scored).
+   (b) ``efficiency.kv.harness.sweep`` at ratio 0.75 for ``QUALITY_POLICIES`` on ``--passkey-n``
+   passkey prompts of ``--passkey-tokens`` tokens, key depth spread over 0.1..0.9.
+
+3. Long task runs (``--sections long``): ``sweep`` on passkey and single-needle prompts of
+   ``--long-contexts`` tokens (``--long-n`` of each per length, depth spread), policies
+   ``LONG_POLICIES`` at ratios 0.25 and 0.75, recording prompt tokens, prefill and decode seconds.
 """
 from __future__ import annotations
 
@@ -56,9 +66,11 @@ import torch  # noqa: E402
 from transformers import StaticCache  # noqa: E402
 
 RATIO = 0.75  # 4x compression: a quarter of the entries kept
-EVICT = ("streaming_llm", "snapkv", "h2o")
-QUALITY_POLICIES = ("snapkv", "h2o", "tova", "pyramidkv", "streaming_llm")
-QUERY_AWARE = ("snapkv", "h2o", "tova", "pyramidkv")
+EVICT = ("streaming_llm", "snapkv", "h2o", "adakv")
+QUALITY_POLICIES = ("snapkv", "h2o", "tova", "pyramidkv", "adakv", "zigzagkv", "streaming_llm")
+QUERY_AWARE = ("snapkv", "h2o", "tova", "pyramidkv", "adakv", "zigzagkv")
+LONG_POLICIES = ("streaming_llm", "snapkv", "tova", "adakv", "zigzagkv")
+LONG_RATIOS = (0.25, 0.75)
 TARGET_SPEEDUP, TARGET_BYTES_TOL, TARGET_PPL, TARGET_PASSKEY = 1.4, 0.05, 0.10, 0.90
 
 
@@ -186,36 +198,80 @@ def bench_latency(m, contexts, steps, repeats) -> list[dict]:
     return rows
 
 
-def bench_quality(m, passkey_n, passkey_tokens) -> dict:
+def bench_quality(m, passkey_n, passkey_tokens, ppl_long_n=3, ppl_long_tokens=2048, do_ppl=True,
+                  policies=None) -> dict:
     from efficiency.kv import get_policy
-    from efficiency.kv.harness import perplexity, sweep
+    from efficiency.kv.harness import long_texts, perplexity, sweep
     from probes.domains import load_domains
     from workbench.tasks import passkey_prompts
 
+    out = {}
     doms = load_domains()
     texts = [t for v in doms.values() for t in v]
     joined = ["\n\n".join(v) for v in doms.values()]
+    long = long_texts(m, ppl_long_n, ppl_long_tokens) if ppl_long_n and do_ppl else []
     ppl = {}
-    for label, tx in (("corpus_texts", texts), ("corpus_joined_per_domain", joined)):
-        full = perplexity(m, tx, None)
-        sl = perplexity(m, tx, get_policy("streaming_llm", ratio=RATIO))
-        ppl[label] = {"n_texts": len(tx), "n_scored": full.n_scored, "full": full.perplexity,
+    runs = [("corpus_texts", texts, "prompt"), ("corpus_joined_per_domain", joined, "prompt")] if do_ppl else []
+    if long:
+        runs += [(f"pydoc_{ppl_long_tokens}", long, "prompt"), (f"pydoc_{ppl_long_tokens}_streaming", long, "stream")]
+    for label, tx, mode in runs:
+        t0 = time.perf_counter()
+        if mode == "prompt":
+            full = perplexity(m, tx, None)
+            sl = perplexity(m, tx, get_policy("streaming_llm", ratio=RATIO))
+        else:
+            full = perplexity(m, tx, None, prefix=0.25)
+            sl = perplexity(m, tx, get_policy("streaming_llm", ratio=RATIO, at="both"), prefix=0.25, chunk=16)
+        ppl[label] = {"mode": {"prompt": "compressed prefix (0.5), at=prefill",
+                               "stream": "streaming: prefix 0.25, chunk 16, at=both"}[mode],
+                      "n_texts": len(tx), "n_scored": full.n_scored, "full": full.perplexity,
                       "streaming_llm": sl.perplexity, "rel_increase": sl.perplexity / full.perplexity - 1,
                       "kept_fraction": float(sl.per_text.kept_fraction.mean()),
-                      "mean_tokens": float(full.per_text.n_tokens.mean())}
+                      "mean_tokens": float(full.per_text.n_tokens.mean()),
+                      "seconds": time.perf_counter() - t0}
         print(f"  ppl {label}: full {full.perplexity:.3f}  streaming_llm@0.75 {sl.perplexity:.3f} "
               f"({ppl[label]['rel_increase']:+.1%}), kept {ppl[label]['kept_fraction']:.2f}", flush=True)
+    out["perplexity"] = ppl
+    if not passkey_n:
+        return out
     depths = [0.1 + 0.8 * i / max(passkey_n - 1, 1) for i in range(passkey_n)]
     samples = [passkey_prompts(m, 1, n_tokens=passkey_tokens, depth=d, seed=100 + i)[0] for i, d in enumerate(depths)]
     t0 = time.perf_counter()
-    res = sweep(m, samples, policies=QUALITY_POLICIES, ratios=(RATIO,))
+    res = sweep(m, samples, policies=policies or QUALITY_POLICIES, ratios=(RATIO,))
     summ = res.summary()
     print(summ.to_string(index=False), flush=True)
     scores = {r.policy: float(r.score) for r in summ.itertuples()}
-    return {"perplexity": ppl, "passkey": {"n": passkey_n, "n_tokens": [s.n_tokens for s in samples],
+    return {**out, "passkey": {"n": passkey_n, "n_tokens": [s.n_tokens for s in samples],
                                            "depths": depths, "scores": scores,
                                            "kept_fraction": {r.policy: float(r.kept_fraction) for r in summ.itertuples()},
                                            "seconds": time.perf_counter() - t0, "rows": res.rows}}
+
+
+def bench_long(m, contexts, n_each, save=None) -> dict:
+    """Passkey and single-needle sweeps at each context length (see the module docstring, 3.)."""
+    from efficiency.kv.harness import sweep
+    from workbench.tasks import needle_prompts, passkey_prompts
+
+    out = {"policies": list(LONG_POLICIES), "ratios": list(LONG_RATIOS), "n_each": n_each, "runs": []}
+    for L in contexts:
+        depths = [0.2 + 0.6 * i / max(n_each - 1, 1) for i in range(n_each)]
+        samples = [passkey_prompts(m, 1, n_tokens=L, depth=d, seed=200 + i)[0] for i, d in enumerate(depths)]
+        samples += needle_prompts(m, n_each, n_tokens=L, kind="single", seed=300)
+        t0 = time.perf_counter()
+        res = sweep(m, samples, policies=LONG_POLICIES, ratios=LONG_RATIOS)
+        df = res.to_frame()
+        summ = (df.groupby(["kind", "policy", "ratio"], sort=False)
+                .agg(score=("score", "mean"), kept=("kept_fraction", "mean"), n=("score", "size")).reset_index())
+        print(f"  L={L}: {sorted(set(df.n_tokens))} tokens, prefill {res.prefill_seconds:.0f}s, "
+              f"decode {res.decode_seconds:.0f}s", flush=True)
+        print(summ.to_string(index=False), flush=True)
+        out["runs"].append({"context": L, "n_tokens": sorted(int(x) for x in set(df.n_tokens)),
+                            "prefill_s": res.prefill_seconds, "decode_s": res.decode_seconds,
+                            "wall_s": time.perf_counter() - t0, "summary": summ.to_dict("records"),
+                            "rows": res.rows})
+        if save is not None:
+            save(out)  # partial results survive an interrupted run
+    return out
 
 
 def main():
@@ -226,6 +282,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--passkey-n", type=int, default=10)
     ap.add_argument("--passkey-tokens", type=int, default=1024)
+    ap.add_argument("--ppl-long-n", type=int, default=3)
+    ap.add_argument("--ppl-long-tokens", type=int, default=2048)
+    ap.add_argument("--long-contexts", type=int, nargs="+", default=[1024, 2048, 4096])
+    ap.add_argument("--long-n", type=int, default=2)
+    ap.add_argument("--sections", nargs="+", default=["latency", "quality"], choices=["latency", "quality", "long"])
+    ap.add_argument("--skip-ppl", action="store_true", help="quality: passkey only")
+    ap.add_argument("--passkey-policies", nargs="+", default=None, help=f"default: {' '.join(QUALITY_POLICIES)}")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kv.json"))
@@ -239,12 +302,21 @@ def main():
            "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg(), "threads": a.threads,
            "torch": torch.__version__, "model": m.info.name, "ratio": RATIO, "steps": a.steps,
            "repeats": a.repeats}
-    if not a.skip_latency:
+    if "latency" in a.sections and not a.skip_latency:
         print("decode latency:", flush=True)
         out["latency"] = bench_latency(m, a.contexts, a.steps, a.repeats)
-    if not a.skip_quality:
+    if "quality" in a.sections and not a.skip_quality:
         print("quality:", flush=True)
-        out["quality"] = bench_quality(m, a.passkey_n, a.passkey_tokens)
+        out["quality"] = bench_quality(m, a.passkey_n, a.passkey_tokens, a.ppl_long_n, a.ppl_long_tokens,
+                                       do_ppl=not a.skip_ppl, policies=a.passkey_policies)
+    if "long" in a.sections:
+        print("long task runs:", flush=True)
+
+        def save(partial):
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).write_text(json.dumps({**out, "long": partial, "partial": True}, indent=1, default=str))
+
+        out["long"] = bench_long(m, a.long_contexts, a.long_n, save)
     out["loadavg_end"] = os.getloadavg()
     out["seconds"] = time.perf_counter() - t_start
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -265,13 +337,20 @@ def _markdown(out) -> str:
                          f"{r['bytes_vs_full']:.3f} | {r['kept_fraction']:.3f} |")
     if "quality" in out:
         q = out["quality"]
-        lines += ["", "| text set | texts | full ppl | streaming_llm@0.75 ppl | change |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "| text set | measure | texts | mean tokens | full ppl | streaming_llm@0.75 ppl | change |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
         for k, v in q["perplexity"].items():
-            lines.append(f"| {k} | {v['n_texts']} | {v['full']:.3f} | {v['streaming_llm']:.3f} | "
-                         f"{v['rel_increase']:+.1%} |")
+            lines.append(f"| {k} | {v.get('mode', '')} | {v['n_texts']} | {v['mean_tokens']:.0f} | {v['full']:.3f} | "
+                         f"{v['streaming_llm']:.3f} | {v['rel_increase']:+.1%} |")
         lines += ["", "| policy | passkey accuracy | kept |", "|---|---:|---:|"]
-        for k, v in q["passkey"]["scores"].items():
+        for k, v in q.get("passkey", {}).get("scores", {}).items():
             lines.append(f"| {k} | {v:.2f} | {q['passkey']['kept_fraction'][k]:.3f} |")
+    if "long" in out:
+        lines += ["", "| context | kind | policy | ratio | score | kept | n |", "|---:|---|---|---:|---:|---:|---:|"]
+        for run in out["long"]["runs"]:
+            for r in run["summary"]:
+                lines.append(f"| {run['context']} | {r['kind']} | {r['policy']} | {r['ratio']} | {r['score']:.2f} | "
+                             f"{r['kept']:.3f} | {r['n']} |")
     return "\n".join(lines)
 
 

@@ -1,15 +1,17 @@
 """Efficiency interventions built on ``workbench.Model`` (KV-cache policies, quantization, sparsity, pruning).
 
 KV cache (``efficiency.kv``): eviction policies and a registry by name, evict-then-merge, KIVI
-quantization with packed storage, the measurement harness (sweeps, compressed-prefix
+quantization with packed storage, per-head budgets stored ragged (AdaKV), per-layer budgets from
+layer uncertainty (ZigZagKV), the measurement harness (sweeps, compressed-prefix
 perplexity), and the internals view (retention, sink survival, attention divergence).
 """
 from .kv import (
-    A2SF, H2O, POLICIES, TOVA, AttentionScorePolicy, KeyNorm, PyramidBudgets, PyramidKV, RandomPolicy, ScorePolicy,
-    Sequential, SnapKV, StreamingLLM, get_policy, register,
+    A2SF, H2O, POLICIES, TOVA, AdaKV, AdaptiveHeadBudgets, AttentionScorePolicy, KeyNorm, PyramidBudgets, PyramidKV,
+    RaggedLayer, RandomPolicy, ScorePolicy, Sequential, SnapKV, StreamingLLM, UncertaintyBudgets, ZigZagKV,
+    get_policy, ragged_attention, ragged_bytes_formula, register,
 )
 from .kv.compare_widget import kv_compare_explorer
-from .kv.harness import PerplexityResult, SweepResult, perplexity, sweep
+from .kv.harness import PerplexityResult, SweepResult, long_texts, perplexity, sweep
 from .kv.internals import CacheComparison, compare_cache
 from .kv.merge import MergeEvicted, merge_layer
 from .kv.packing import dequantize_groups, pack, quantize_groups, unpack
@@ -21,5 +23,6 @@ __all__ = [
     "H2O", "A2SF", "SnapKV", "KeyNorm", "TOVA", "RandomPolicy", "PyramidKV", "PyramidBudgets",
     "MergeEvicted", "merge_layer", "KIVIQuantization", "KIVILayer", "kivi_bytes_formula", "pack", "unpack",
     "quantize_groups", "dequantize_groups", "sweep", "SweepResult", "perplexity", "PerplexityResult",
-    "compare_cache", "CacheComparison", "kv_compare_explorer",
+    "compare_cache", "CacheComparison", "kv_compare_explorer", "AdaKV", "AdaptiveHeadBudgets", "ZigZagKV",
+    "UncertaintyBudgets", "RaggedLayer", "ragged_attention", "ragged_bytes_formula", "long_texts",
 ]

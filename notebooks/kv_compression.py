@@ -18,8 +18,8 @@
 #
 # The KV cache grows by one key and one value per layer, KV head and token. The policies in
 # `efficiency.kv` shrink it between steps: **eviction** (StreamingLLM, H2O, A2SF, SnapKV,
-# PyramidKV, key-norm, TOVA, random), **evict-then-merge**, and **KIVI quantization** (packed
-# 8/4/2-bit codes). Every saving below is *physical*: `CacheStats.physical_bytes` counts the bytes
+# PyramidKV, ZigZagKV, AdaKV, key-norm, TOVA, random), **evict-then-merge**, and **KIVI
+# quantization** (packed 8/4/2-bit codes). Every saving below is *physical*: `CacheStats.physical_bytes` counts the bytes
 # of the tensors the cache really holds after the policy ran, next to the logical size of the
 # entries it represents.
 #
@@ -118,7 +118,7 @@ def retention_map(positions: list[torch.Tensor], n_tokens: int) -> torch.Tensor:
     out = torch.zeros(len(positions), n_tokens)
     for l, p in enumerate(positions):
         for g in range(p.shape[0]):
-            out[l, p[g][p[g] < n_tokens]] += 1 / p.shape[0]
+            out[l, p[g][(p[g] >= 0) & (p[g] < n_tokens)]] += 1 / p.shape[0]  # -1: padding of a ragged layer
     return out
 
 
@@ -163,6 +163,52 @@ fig.add_hline(y=full_stats.physical_bytes / 2**20, line_dash="dash", annotation_
 fig.update_layout(title="Physical KV-cache bytes per policy (green: passkey retrieved, red: missed)",
                   yaxis_title="MiB", template="plotly_white", showlegend=False)
 figs["cache_bytes"] = fig
+fig
+
+# %% [markdown]
+# ## 4b. Per-head budgets stored ragged (AdaKV), per-layer budgets from uncertainty (ZigZagKV)
+#
+# **AdaKV** gives each KV head of a layer its own budget: the layer keeps the same total as a
+# uniform policy, but the best SnapKV scores across *all* its heads win (each head keeps at least
+# `alpha` of the average). kvpress does this by masking, so nothing is freed; here the layer is
+# stored **ragged** (`RaggedLayer`: each head's entries packed, no padding at rest), so the physical
+# bytes equal the entries kept. The attention reads a transient padded view with the padding
+# masked per head.
+#
+# **ZigZagKV** gives each *layer* a budget proportional to how many keys it needs to hold 90% of
+# its attention on the prompt (`UncertaintyBudgets`), instead of PyramidKV's fixed linear schedule.
+
+# %%
+from efficiency.kv import AdaKV, SnapKV, ZigZagKV, ragged_bytes_formula
+
+ada_cache = model.prefill(sample.prompt, cache_policy=AdaKV(ratio=ratio))
+uni_cache = model.prefill(sample.prompt, cache_policy=SnapKV(ratio=ratio))
+ada_st, uni_st = ada_cache.stats(), uni_cache.stats()
+print(f"ragged layers: {sum(ada_cache.is_ragged(l) for l in range(ada_cache.n_layers))} of {ada_cache.n_layers}")
+print(f"AdaKV physical {ada_st.physical_bytes / 2**20:.3f} MiB = formula {ragged_bytes_formula(ada_cache) / 2**20:.3f} MiB; "
+      f"uniform SnapKV {uni_st.physical_bytes / 2**20:.3f} MiB; full {full_stats.physical_bytes / 2**20:.3f} MiB")
+fig = go.Figure(go.Heatmap(z=ada_st.tokens.numpy(), colorscale="Viridis", colorbar=dict(title="entries")))
+fig.update_layout(title=f"AdaKV at ratio {ratio}: entries kept per layer and KV head (uniform: "
+                        f"{int(uni_st.tokens[0, 0])} each)", xaxis_title="KV head", yaxis_title="layer", height=420,
+                  template="plotly_white")
+figs["adakv_head_budgets"] = fig
+display(fig)
+
+zz = ZigZagKV(ratio=ratio)
+zz_cache = model.prefill(sample.prompt, cache_policy=zz)
+need = [zz.layer_budgets.need[l] for l in range(model.info.n_layers)]
+pyr_cache = model.prefill(sample.prompt, cache_policy=get_policy("pyramidkv", ratio=ratio))
+fig = go.Figure()
+fig.add_bar(x=list(range(model.info.n_layers)), y=[zz_cache.seq_len(l) for l in range(model.info.n_layers)],
+            name="ZigZagKV budget")
+fig.add_scatter(x=list(range(model.info.n_layers)), y=[pyr_cache.seq_len(l) for l in range(model.info.n_layers)],
+                name="PyramidKV budget", mode="lines")
+fig.add_scatter(x=list(range(model.info.n_layers)), y=need, name="keys for 90% attention (measured)",
+                mode="lines+markers", yaxis="y2")
+fig.update_layout(title=f"Per-layer budgets at ratio {ratio} (same total)", xaxis_title="layer",
+                  yaxis_title="entries kept", yaxis2=dict(overlaying="y", side="right", title="keys for 90%"),
+                  template="plotly_white")
+figs["zigzag_layer_budgets"] = fig
 fig
 
 # %% [markdown]

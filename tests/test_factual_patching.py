@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from probes.factual import attribution_patching as ap
 from probes.factual.attribution_patching import activation_grads, attribution_patching, compare_attribution
 from probes.factual.patching import (ActivationPatch, _Cell, corrupt_subject, patch_heads, patch_residual,
                                      patched_logit_diffs, patching_pair)
@@ -196,7 +195,7 @@ def test_attribution_patching_passes_and_results(tiny_llama, lpair, monkeypatch)
     n_fwd, n_grad = [], []
     handle = m.bridge.embed.register_forward_hook(lambda *a: n_fwd.append(1))
     real_grad = torch.autograd.grad
-    monkeypatch.setattr(ap.torch.autograd, "grad", lambda *a, **k: n_grad.append(1) or real_grad(*a, **k))
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: n_grad.append(1) or real_grad(*a, **k))
     try:
         est = attribution_patching(m, pair)
     finally:

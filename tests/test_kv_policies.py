@@ -25,12 +25,17 @@ def _group(x, g, how):
 
 
 def _assert_well_formed(cache, n_seen):
+    """Positions strictly increasing per head; a ragged layer's padding (-1) only before its entries."""
     assert cache.next_position == n_seen
     for l in range(cache.n_layers):
         pos = cache.positions[l]
         assert pos.shape == cache.keys(l).shape[:3] == cache.values(l).shape[:3]
-        assert (pos[..., 1:] > pos[..., :-1]).all(), f"positions not strictly increasing in layer {l}"
-        assert 0 <= int(pos.min()) and int(pos.max()) < n_seen
+        valid = pos >= 0
+        assert (valid[..., 1:] >= valid[..., :-1]).all(), f"padding after entries in layer {l}"
+        assert bool((pos[valid] >= -1).all()) and cache.is_ragged(l) == bool((~valid).any())
+        inc = (pos[..., 1:] > pos[..., :-1]) | ~valid[..., :-1]
+        assert inc.all(), f"positions not strictly increasing in layer {l}"
+        assert 0 <= int(pos[valid].min()) and int(pos.max()) < n_seen
 
 
 # ---------------------------------------------------------------- ratio 0 reproduces the full cache
@@ -87,7 +92,7 @@ def test_h2o_and_a2sf_scores_equal_captured_accumulated_attention(tiny_llama):
 @pytest.mark.parametrize("pooling", ["max", "avg"])
 def test_snapkv_and_tova_scores_equal_captured_attention(tiny_llama, pooling):
     m, w = tiny_llama, 8
-    snap, tova = SnapKV(ratio=0.0, window=w, pooling=pooling), TOVA(ratio=0.0)
+    snap, tova = SnapKV(ratio=0.0, window=w, pooling=pooling, kernel=5), TOVA(ratio=0.0)
     cache = m.prefill(PROMPT, cache_policy=Sequential(snap, tova))
     run = m.run(PROMPT, capture=["pattern"])
     ctx, gk = StepContext(0, cache.next_position), m.info.n_kv_heads
@@ -112,15 +117,22 @@ def test_key_norm_keeps_the_lowest_norm_keys(tiny_llama):
 
 
 # ---------------------------------------------------------------- budgets and bytes
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "pyramidkv"])
+PER_LAYER = ("pyramidkv", "zigzagkv")  # budgets differ across layers (same total)
+PER_HEAD = ("adakv",)  # budgets differ across the KV heads of a layer (same layer total), stored ragged
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in PER_LAYER])
 @pytest.mark.parametrize("ratio", [0.5, 0.75])
 def test_kept_counts_and_physical_bytes(tiny_llama, name, ratio):
-    pol = get_policy(name, ratio=ratio, **({"window": 4} if name in ("snapkv", "h2o", "a2sf") else {}))
+    pol = get_policy(name, ratio=ratio, **({"window": 4} if name in ("snapkv", "h2o", "a2sf", "adakv") else {}))
     cache = tiny_llama.prefill(PROMPT, cache_policy=pol)
     n, i = cache.next_position, tiny_llama.info
     kept = n - int(ratio * n)
     st = cache.stats()
-    assert (st.tokens == kept).all()
+    if name in PER_HEAD:
+        assert (st.tokens.sum(1) == kept * i.n_kv_heads).all()
+    else:
+        assert (st.tokens == kept).all()
     assert st.physical_bytes == st.logical_bytes == kept * i.n_layers * 1 * i.n_kv_heads * i.d_head * 2 * 4
     _assert_well_formed(cache, n)
 
@@ -145,20 +157,21 @@ def test_pyramid_budgets_shrink_upwards_with_the_same_total(tiny_llama):
 @pytest.mark.parametrize("at", ["prefill", "decode"])
 def test_generation_after_eviction_is_well_formed(tiny_llama, name, at):
     budget = 24
-    kw = {"window": 4} if name in ("snapkv", "pyramidkv", "h2o", "a2sf") else {}
-    steps = []
+    kw = {"window": 4} if name in ("snapkv", "pyramidkv", "h2o", "a2sf", "adakv", "zigzagkv") else {}
+    steps = []  # per step, per layer: entries held over all KV heads
     g = tiny_llama.generate(PROMPT, 6, stop_at_eos=False, cache_policy=get_policy(name, budget=budget, at=at, **kw),
-                            on_step=lambda c, ctx: steps.append([c.seq_len(l) for l in range(c.n_layers)]))
-    t0 = len(g.prompt_tokens)
+                            on_step=lambda c, ctx: steps.append([int(c.head_counts(l).sum())
+                                                                 for l in range(c.n_layers)]))
+    t0, G = len(g.prompt_tokens), tiny_llama.info.n_kv_heads
     assert len(g.new_tokens) == 6 and torch.isfinite(g.logits).all()
     _assert_well_formed(g.cache, t0 + 5)
     if at == "prefill":
-        assert steps == [[min(budget, t0) if name != "pyramidkv" else s for s in steps[0]]] + \
-            [[s + k for s in steps[0]] for k in range(1, 6)]
-        assert sum(steps[0]) == budget * tiny_llama.info.n_layers
+        assert steps == [[G * min(budget, t0) if name not in PER_LAYER else s for s in steps[0]]] + \
+            [[s + G * k for s in steps[0]] for k in range(1, 6)]
+        assert sum(steps[0]) == G * budget * tiny_llama.info.n_layers
     else:
-        assert steps[0] == [t0] * tiny_llama.info.n_layers  # no compression right after prefill
-        assert all(sum(s) == budget * tiny_llama.info.n_layers for s in steps[1:])
+        assert steps[0] == [G * t0] * tiny_llama.info.n_layers  # no compression right after prefill
+        assert all(sum(s) == G * budget * tiny_llama.info.n_layers for s in steps[1:])
 
 
 def test_sequential_composes_and_realigns_state(tiny_llama):

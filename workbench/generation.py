@@ -109,16 +109,50 @@ def cached_forward(model, cache: KVCache, inp: torch.Tensor) -> torch.Tensor:
     """Run (1, n_new) tokens against ``cache`` at their true positions; returns logits (1, n_new, vocab).
 
     The mask spans the longest layer (layers may hold different counts after eviction); RoPE
-    uses ``cache.next_position`` onwards, never the (possibly shrunken) cache length.
+    uses ``cache.next_position`` onwards, never the (possibly shrunken) cache length. Where that
+    shared mask is not right for a layer (padding slots of a ragged per-head layer, or several new
+    tokens fed into a layer shorter than the longest) the layer's scores are masked exactly
+    (``KVCache.blocked_slots``) through a temporary hook on ``hook_attn_scores``.
     """
     n_new = inp.shape[1]
     longest = max((cache.seq_len(l) for l in range(cache.n_layers)), default=0)
     pos = torch.arange(cache.next_position, cache.next_position + n_new, device=inp.device)
     cpos = torch.arange(longest, longest + n_new, device=inp.device)
-    logits = model.bridge(inp, return_type="logits", past_key_values=cache.hf, use_cache=True,
-                          position_ids=pos[None], cache_position=cpos)
+    blocked = {l: b for l in range(cache.n_layers)
+               if (b := cache.blocked_slots(l, n_new, longest)) is not None}
+    if blocked:
+        with _score_masks(model, blocked):
+            logits = model.bridge(inp, return_type="logits", past_key_values=cache.hf, use_cache=True,
+                                  position_ids=pos[None], cache_position=cpos)
+    else:
+        logits = model.bridge(inp, return_type="logits", past_key_values=cache.hf, use_cache=True,
+                              position_ids=pos[None], cache_position=cpos)
     cache._record_new(n_new)
     return logits
+
+
+def _score_masks(model, blocked: dict):
+    """A hook session masking, per layer, the (G, Tq, Tk) ``blocked`` slots in the pre-softmax scores
+    (query head h reads KV head h // (H // G)), so they get exactly zero attention. Runs after any
+    intervention on the scores (its hooks are registered later)."""
+    from .hooks import HookSession
+
+    session = HookSession(model._points, model._dormant)
+    for l, b in blocked.items():
+        name = f"blocks.{l}.attn.hook_attn_scores"
+        if name not in model._points:
+            raise InputError(f"This model exposes no {name!r}: it cannot attend over per-head (ragged) caches or "
+                             f"feed several tokens into layers of different lengths.")
+
+        def fn(x, _name, b=b):
+            if x.shape[-2:] != b.shape[-2:]:
+                raise InputError(f"cached_forward: attention scores {tuple(x.shape)} do not match the cache's "
+                                 f"layout {tuple(b.shape)}; was the cache edited outside KVCache?")
+            m = b.to(x.device).repeat_interleave(x.shape[1] // b.shape[0], dim=0)
+            return x.masked_fill(m, torch.finfo(x.dtype).min)
+
+        session.add(name, fn)
+    return session
 
 
 def _observe_attention(model, session, cache_policy) -> None:

@@ -9,6 +9,12 @@ and a policy may install its own layer object (e.g. packed quantized storage) wi
 Positions: evicting entries never renumbers anything. Retained keys keep the rotation of their
 original position, and the next token is always fed at its true position (``next_position``),
 so a compressed cache behaves like attention over a subset of the real context.
+
+Ragged layers (per-head budgets): when KV heads of a layer keep different numbers of entries,
+the layer is stored as a ``RaggedLayer`` (packed per-head storage, batch 1), so the evicted
+bytes really go. Readers see it through a transient right-aligned padded view (B, G, N_max, d)
+whose padding slots have position ``-1`` in ``positions``; ``generation.cached_forward`` masks
+those slots per head in the attention scores, so they get exactly zero attention.
 """
 from __future__ import annotations
 
@@ -19,16 +25,130 @@ from typing import Protocol, runtime_checkable
 import pandas as pd
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from .errors import InputError
 
 
 class WorkbenchDynamicCache(DynamicCache):
-    """DynamicCache whose mask covers the longest layer, so per-layer budgets may differ."""
+    """DynamicCache whose mask covers the longest layer, so per-layer budgets may differ.
+
+    ``get_seq_length`` also reports the longest layer (not layer 0's length): the model derives the
+    new tokens' mask rows from it, and with layer 0 shorter than another layer the mask would
+    otherwise hide that layer's newest entries."""
 
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
-        longest = max((lay.get_seq_length() for lay in self.layers), default=0)
-        return longest + query_length, 0
+        return self.get_seq_length() + query_length, 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return max((lay.get_seq_length() for lay in self.layers), default=0)
+
+
+class RaggedLayer(DynamicLayer):
+    """A cache layer whose KV heads hold different numbers of entries (batch 1), packed flat.
+
+    Storage: ``packed_keys`` and ``packed_values`` (sum_g N_g, d_head), head 0's entries first,
+    then head 1's, ...; ``lengths`` = (N_0, ..., N_{G-1}) (Python ints). Nothing else is stored,
+    so the physical bytes are exactly 2 * d_head * dtype_bytes * sum_g N_g.
+
+    ``keys`` / ``values`` (and what ``update`` returns to the attention) are a transient
+    right-aligned padded view (1, G, N_max, d): head g's entries fill its last N_g slots, the
+    first N_max - N_g slots are zeros (masked per head by ``cached_forward``). ``update`` appends
+    the new tokens to every head, so after it the new tokens occupy the last slots of every head.
+    """
+
+    is_compileable = False
+
+    def __init__(self, packed_keys: torch.Tensor, packed_values: torch.Tensor, lengths):
+        self.packed_keys, self.packed_values = packed_keys, packed_values
+        self.lengths = tuple(int(n) for n in lengths)
+        self.dtype, self.device = packed_keys.dtype, packed_keys.device
+        self.is_initialized = True
+        if packed_keys.shape != packed_values.shape or packed_keys.shape[0] != sum(self.lengths):
+            raise InputError("RaggedLayer: packed keys/values must be (sum of lengths, d_head).")
+
+    @classmethod
+    def from_padded(cls, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> "RaggedLayer":
+        """keys/values (1, G, N, d) and positions (1, G, N); slots with position < 0 are dropped."""
+        if keys.shape[0] != 1:
+            raise InputError("Ragged (per-head) KV storage supports batch size 1 only.")
+        valid = positions[0] >= 0  # (G, N); boolean indexing keeps head-major, slot-ascending order
+        return cls(keys[0][valid].contiguous(), values[0][valid].contiguous(), valid.sum(-1).tolist())
+
+    # ------------------------------------------------------------------ the padded view
+    @property
+    def n_max(self) -> int:
+        return max(self.lengths, default=0)
+
+    def slot_mask(self) -> torch.Tensor:
+        """(G, N_max) bool: True where a head holds an entry (right-aligned)."""
+        n = self.n_max
+        ln = torch.tensor(self.lengths, device=self.device)
+        return torch.arange(n, device=self.device)[None, :] >= (n - ln)[:, None]
+
+    def _padded(self, packed: torch.Tensor) -> torch.Tensor:
+        g, d = len(self.lengths), packed.shape[-1]
+        out = packed.new_zeros(g, self.n_max, d)
+        out[self.slot_mask()] = packed
+        return out[None]
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._padded(self.packed_keys)
+
+    @keys.setter
+    def keys(self, t) -> None:
+        if t is not None:
+            raise InputError("RaggedLayer: replace its entries with KVCache.set_entries or keep/keep_heads.")
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._padded(self.packed_values)
+
+    @values.setter
+    def values(self, t) -> None:
+        if t is not None:
+            raise InputError("RaggedLayer: replace its entries with KVCache.set_entries or keep/keep_heads.")
+
+    def padded_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """Per-head positions (the valid ones of ``positions`` (1, G, N), in order) in the padded layout."""
+        out = torch.full((1, len(self.lengths), self.n_max), -1, dtype=torch.long, device=positions.device)
+        out[0][self.slot_mask().to(positions.device)] = positions[0][positions[0] >= 0]
+        return out
+
+    # ------------------------------------------------------------------ transformers' layer API
+    def lazy_initialization(self, key_states, value_states) -> None:
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        """Append (1, G, T, d) new entries to every head; returns the padded (1, G, N_max + T, d) views."""
+        t = key_states.shape[-2]
+        ks, vs, off = [], [], 0
+        for g, n in enumerate(self.lengths):
+            ks += [self.packed_keys[off:off + n], key_states[0, g]]
+            vs += [self.packed_values[off:off + n], value_states[0, g]]
+            off += n
+        self.packed_keys, self.packed_values = torch.cat(ks), torch.cat(vs)
+        self.lengths = tuple(n + t for n in self.lengths)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.n_max
+
+    def reset(self) -> None:
+        self.packed_keys = self.packed_keys[:0]
+        self.packed_values = self.packed_values[:0]
+        self.lengths = tuple(0 for _ in self.lengths)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise InputError("RaggedLayer cannot be cropped; evict entries with a cache policy instead.")
+
+    def stored_tensors(self) -> list[torch.Tensor]:
+        """Exactly the tensors this layer holds: the packed keys and values."""
+        return [self.packed_keys, self.packed_values]
+
+    def __repr__(self) -> str:
+        return f"RaggedLayer(lengths={list(self.lengths)})"
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
@@ -157,7 +277,9 @@ class KVCache:
 
         index: (N',) for the same entries in every head, or (B, n_kv_heads, N') per head
         (equal counts across heads). Order is preserved as given; pass sorted indices to keep
-        the cache in position order.
+        the cache in position order. Indices refer to the layer's slots (for a ragged layer, its
+        padded view; kept padding slots stay padding). For different counts per head use
+        ``keep_heads``.
         """
         self._check_layer(layer)
         k, v, pos = self.keys(layer), self.values(layer), self.positions[layer]
@@ -176,14 +298,90 @@ class KVCache:
             raise InputError(f"keep(): index must be (N,) or (B, {self.n_kv_heads}, N), got {tuple(index.shape)}.")
         self.set_entries(layer, new_k, new_v, new_p)
 
+    def keep_heads(self, layer: int, indices) -> None:
+        """Keep different entries in each KV head (batch 1): ``indices`` is a list of G 1-D index
+        tensors into the layer's slots, one per KV head (sorted keeps position order). With unequal
+        counts the layer becomes a ``RaggedLayer`` (packed; the evicted bytes are freed)."""
+        self._check_layer(layer)
+        k, v, pos = self.keys(layer), self.values(layer), self.positions[layer]
+        b, g, n = pos.shape
+        if b != 1:
+            raise InputError("keep_heads(): per-head budgets support batch size 1 only.")
+        if len(indices) != g:
+            raise InputError(f"keep_heads(): give one index tensor per KV head ({g}), got {len(indices)}.")
+        idx = [torch.as_tensor(i, device=k.device, dtype=torch.long).reshape(-1) for i in indices]
+        if any(i.numel() and (int(i.min()) < 0 or int(i.max()) >= n) for i in idx):
+            raise InputError(f"keep_heads(): indices must lie in [0, {n}) for layer {layer}.")
+        lengths = [int(i.numel()) for i in idx]
+        if len(set(lengths)) == 1:  # equal counts: an ordinary dense per-head gather
+            self.keep(layer, torch.stack(idx)[None])
+            return
+        ks = torch.cat([k[0, h, i] for h, i in enumerate(idx)])
+        vs = torch.cat([v[0, h, i] for h, i in enumerate(idx)])
+        ps = torch.cat([pos[0, h, i] for h, i in enumerate(idx)])
+        # drop kept padding slots, then store packed
+        valid = ps >= 0
+        lens, off = [], 0
+        for ln in lengths:
+            lens.append(int(valid[off:off + ln].sum()))
+            off += ln
+        lay = RaggedLayer(ks[valid].contiguous(), vs[valid].contiguous(), lens)
+        self.hf.layers[layer] = lay
+        self.positions[layer] = lay.padded_positions(ps[valid].reshape(1, 1, -1))
+
     def set_entries(self, layer: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
-        """Replace a layer's entries (for merging): keys/values (B, G, N, d_head), positions (B, G, N)."""
+        """Replace a layer's entries (for merging): keys/values (B, G, N, d_head), positions (B, G, N).
+
+        Slots with position -1 are padding: if there are any the layer is stored ragged
+        (``RaggedLayer``, batch 1); a ragged layer given no padding becomes dense again."""
         self._check_layer(layer)
         if keys.shape != values.shape or keys.shape[:3] != positions.shape:
             raise InputError("set_entries(): keys, values and positions must agree in (B, G, N).")
         lay = self.hf.layers[layer]
+        if positions.numel() and bool((positions < 0).any()):
+            new = RaggedLayer.from_padded(keys, values, positions)
+            self.hf.layers[layer] = new
+            self.positions[layer] = new.padded_positions(positions)
+            return
+        if isinstance(lay, RaggedLayer):
+            lay = DynamicLayer()
+            lay.lazy_initialization(keys, values)
+            self.hf.layers[layer] = lay
         lay.keys, lay.values = keys, values
         self.positions[layer] = positions
+
+    def is_ragged(self, layer: int) -> bool:
+        """Whether ``layer`` is stored per head (``RaggedLayer``)."""
+        self._check_layer(layer)
+        return isinstance(self.hf.layers[layer], RaggedLayer)
+
+    def head_counts(self, layer: int) -> torch.Tensor:
+        """(B, G) entries each KV head of ``layer`` really holds (padding slots excluded)."""
+        if layer >= len(self.positions):
+            return torch.zeros(1, self.n_kv_heads, dtype=torch.long)
+        return (self.positions[layer] >= 0).sum(-1)
+
+    def blocked_slots(self, layer: int, n_new: int, longest: int) -> torch.Tensor | None:
+        """(G, n_new, N_l + n_new) bool: slots the next forward's n_new queries must not see in ``layer``,
+        or None when the model's own causal mask is already right.
+
+        Two cases: padding slots of a ragged layer (per KV head), and, when several tokens are fed
+        at once into a layer shorter than the longest one, the new tokens after each query (the
+        model's mask is built for the longest layer, so in a shorter layer it would let query i see
+        new tokens up to i + longest - N_l)."""
+        pos = self.positions[layer] if layer < len(self.positions) else None
+        n = 0 if pos is None else pos.shape[-1]
+        pad = pos is not None and bool((pos < 0).any())
+        if not pad and (n_new == 1 or n >= longest):
+            return None
+        g = self.n_kv_heads
+        dev = pos.device if pos is not None else None
+        out = torch.zeros(g, n_new, n + n_new, dtype=torch.bool, device=dev)
+        if pad:
+            out[:, :, :n] = (pos[0] < 0)[:, None, :]
+        if n_new > 1:
+            out[:, :, n:] = torch.ones(n_new, n_new, dtype=torch.bool, device=dev).triu(1)
+        return out
 
     def set_layer(self, layer: int, layer_obj) -> None:
         """Install a custom cache-layer object (a transformers ``CacheLayerMixin``), e.g. quantized."""
@@ -192,7 +390,7 @@ class KVCache:
 
     # ---------------------------------------------------------------- measuring
     def stats(self) -> CacheStats:
-        tokens = torch.tensor([[self.seq_len(l)] * self.n_kv_heads for l in range(self.n_layers)])
+        tokens = torch.stack([self.head_counts(l)[0].cpu() for l in range(self.n_layers)])
         dtype_bytes = self.keys(0).element_size() if self.n_layers and self.seq_len(0) else 4
         b = self.keys(0).shape[0] if self.positions else 1
         logical = int(tokens.sum()) * b * self.d_head * 2 * dtype_bytes

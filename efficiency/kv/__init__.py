@@ -2,6 +2,7 @@
 from .registry import BUILTIN_MODULES, POLICIES, get_policy, load_builtins, register  # noqa: I001
 from .base import AttentionScorePolicy, ScorePolicy, group_reduce
 from .a2sf import A2SF
+from .adakv import AdaKV, AdaptiveHeadBudgets
 from .compose import Sequential
 from .h2o import H2O
 from .key_norm import KeyNorm
@@ -10,11 +11,14 @@ from .random_policy import RandomPolicy
 from .snapkv import SnapKV
 from .streaming_llm import StreamingLLM
 from .tova import TOVA
+from .ragged import RaggedLayer, ragged_attention, ragged_bytes_formula
+from .zigzag import UncertaintyBudgets, ZigZagKV
 
 load_builtins()
 
 __all__ = [
     "POLICIES", "BUILTIN_MODULES", "get_policy", "register", "load_builtins", "ScorePolicy",
     "AttentionScorePolicy", "group_reduce", "Sequential", "StreamingLLM", "H2O", "A2SF", "SnapKV", "KeyNorm",
-    "TOVA", "RandomPolicy", "PyramidKV", "PyramidBudgets",
+    "TOVA", "RandomPolicy", "PyramidKV", "PyramidBudgets", "AdaKV", "AdaptiveHeadBudgets", "RaggedLayer",
+    "ragged_attention", "ragged_bytes_formula", "ZigZagKV", "UncertaintyBudgets",
 ]

@@ -20,7 +20,19 @@ the tokens seen so far); "both" does both.
 Per-layer budgets: ``layer_budgets(free, n_layers) -> n_layers ints`` receives the average
 *free* budget of a layer (its budget minus sinks + window) and returns each layer's free budget;
 to keep the total, the returned values should sum to ``free * n_layers`` (see ``PyramidBudgets``).
-A layer can never keep more than it holds, so a schedule asking for more is capped there.
+A layer can never keep more than it holds: what a schedule asks beyond that is handed to the
+layers that still have entries to keep (water-filling), so the total stays that of a uniform budget.
+
+Per-head budgets: ``head_budgets(scores (G, N), k) -> G index tensors`` (see ``AdaptiveHeadBudgets``
+in ``adakv.py``) receives one layer's scores (+inf on protected entries, -inf on padding slots)
+and the layer's per-head budget k, and returns which slots each KV head keeps, with any counts
+(the layer total should stay G * k); the layer is then stored ragged (``KVCache.keep_heads``,
+batch 1), so the bytes of the evicted entries are freed. Ragged layers (from this or any
+policy) are handled by every policy: padding slots (position -1) are never counted or kept.
+
+Observing attention: ``observe_attention`` is a property giving the callable the generator feeds
+with each layer's attention rows, or None when the policy needs none; a ``layer_budgets`` object
+with its own ``observe_attention`` (e.g. ``UncertaintyBudgets``) is fed too.
 
 Attention-based policies (``AttentionScorePolicy``) receive every layer's attention rows through
 ``observe_attention`` during each forward pass, reduce them at once to a small per-query-head
@@ -79,6 +91,24 @@ def lookup(values: torch.Tensor, at: torch.Tensor, want: torch.Tensor) -> torch.
     return out * found[:, :, None].to(out.dtype)
 
 
+def _water_fill(targets: list[int], caps: list[int]) -> list[int]:
+    """Cap each layer's budget at ``caps`` and give the surplus to the layers below their cap."""
+    out = [min(t, c) for t, c in zip(targets, caps)]
+    surplus = sum(targets) - sum(out)
+    while surplus > 0:
+        room = [l for l in range(len(out)) if out[l] < caps[l]]
+        if not room:
+            break
+        share = max(1, surplus // len(room))
+        for l in room:
+            add = min(share, caps[l] - out[l], surplus)
+            out[l] += add
+            surplus -= add
+            if not surplus:
+                break
+    return out
+
+
 @dataclass
 class ScorePolicy:
     """Base of every score-based eviction policy (see the module docstring for the shared fields).
@@ -93,6 +123,7 @@ class ScorePolicy:
     at: str = "prefill"
     layer_budgets: Callable[[int, int], Sequence[int]] | None = None
     head_reduce: str = "mean"
+    head_budgets: Callable | None = None
 
     registry_name: ClassVar[str] = ""
 
@@ -129,6 +160,8 @@ class ScorePolicy:
             raise InputError(f"{cls}: head_reduce must be one of {REDUCE_CHOICES}, got {self.head_reduce!r}.")
         if self.layer_budgets is not None and not callable(self.layer_budgets):
             raise InputError(f"{cls}: layer_budgets must be a callable (free_budget, n_layers) -> list of ints.")
+        if self.head_budgets is not None and not callable(self.head_budgets):
+            raise InputError(f"{cls}: head_budgets must be a callable (scores (G, N), k) -> G index tensors.")
 
     # ------------------------------------------------------------------ naming
     @property
@@ -143,6 +176,11 @@ class ScorePolicy:
 
     def prepare(self, cache: KVCache, ctx: StepContext) -> None:
         """Called at the start of every ``apply`` (before any eviction): update running state."""
+
+    @property
+    def observe_attention(self):
+        """Callable (layer, pattern) fed by the generator, or None (only the layer budgets may need it)."""
+        return getattr(self.layer_budgets, "observe_attention", None)
 
     # ------------------------------------------------------------------ budgets
     @property
@@ -166,7 +204,8 @@ class ScorePolicy:
         if len(out) != n_layers or not all(_is_int(int(v)) and int(v) >= 0 and int(v) == v for v in out):
             raise InputError(f"{type(self).__name__}: layer_budgets must return {n_layers} non-negative integers, "
                              f"got {out!r}.")
-        return [int(v) + self.protected for v in out]
+        return _water_fill([int(v) + self.protected for v in out],
+                           [int(cache.head_counts(l).max()) for l in range(n_layers)])
 
     def _due(self, ctx: StepContext) -> bool:
         return self.at == "both" or (self.at == "prefill") == (ctx.step == 0)
@@ -177,20 +216,34 @@ class ScorePolicy:
         if not self._due(ctx) or self.ratio == 0:
             return
         for layer, k in enumerate(self.targets(cache)):
-            if cache.seq_len(layer) > k:
+            counts = cache.head_counts(layer)
+            over = int(counts.sum(-1).max()) > k * cache.n_kv_heads if self.head_budgets is not None \
+                else int(counts.max()) > k
+            if over:
                 self.evict(cache, layer, k, ctx)
 
     def evict(self, cache: KVCache, layer: int, k: int, ctx: StepContext) -> None:
-        """Keep the protected entries plus the best-scored others, ``k`` per head, in position order."""
+        """Keep the protected entries plus the best-scored others, ``k`` per head, in position order
+        (with ``head_budgets``: ``k`` per head on average, split among the heads by it)."""
         pos = cache.positions[layer]
         scores = self.score(cache, layer, ctx)
         if tuple(scores.shape) != tuple(pos.shape):
             raise InputError(f"{type(self).__name__}.score returned shape {tuple(scores.shape)} for layer {layer}; "
                              f"expected (B, G, N) = {tuple(pos.shape)}.")
-        protected = (pos < self.sinks) | (pos >= cache.next_position - self.window)
-        s = scores.float().masked_fill(protected, float("inf"))
+        valid = pos >= 0  # padding slots of a ragged layer have position -1
+        protected = valid & ((pos < self.sinks) | (pos >= cache.next_position - self.window))
+        s = scores.float().masked_fill(protected, float("inf")).masked_fill(~valid, float("-inf"))
+        if self.head_budgets is not None:
+            if pos.shape[0] != 1:
+                raise InputError(f"{type(self).__name__}: per-head budgets (head_budgets) support batch size 1 only.")
+            cache.keep_heads(layer, self.head_budgets(s[0], k))
+            return
         k = min(max(k, int(protected.sum(-1).max())), pos.shape[-1])
+        counts = valid.sum(-1)
         index = s.topk(k, dim=-1).indices.sort(dim=-1).values
+        if bool((counts < k).any()):  # a ragged layer: heads holding fewer than k keep all theirs
+            cache.keep_heads(layer, [index[0, g][valid[0, g, index[0, g]]] for g in range(pos.shape[1])])
+            return
         cache.keep(layer, index)
 
 
@@ -221,9 +274,20 @@ class AttentionScorePolicy(ScorePolicy):
         self._state_pos.clear()
         self._seen.clear()
 
-    def observe_attention(self, layer: int, pattern: torch.Tensor) -> None:
-        """pattern (B, H, Tq, Tk): rows of the tokens being processed; only a summary is kept."""
-        self._pending[layer] = (self.summarize(pattern.float()), pattern.shape[-2])
+    @property
+    def observe_attention(self):
+        """Callable (layer, pattern (B, H, Tq, Tk)): rows of the tokens being processed; only a summary
+        is kept (and the layer budgets see the pattern too when they observe attention)."""
+        budgets = getattr(self.layer_budgets, "observe_attention", None)
+
+        def observe(layer: int, pattern: torch.Tensor) -> None:
+            # contiguous copy: a summary that is a view (last rows) would keep the layer's whole
+            # (B, H, T, T) pattern alive until apply(), i.e. every layer's at once (18 GB at 4k tokens)
+            self._pending[layer] = (self.summarize(pattern.float()).contiguous().clone(), pattern.shape[-2])
+            if budgets is not None:
+                budgets(layer, pattern)
+
+        return observe
 
     def prepare(self, cache: KVCache, ctx: StepContext) -> None:
         """Fold the attention observed during the last forward into the state, aligned to the cache.

@@ -26,6 +26,17 @@ perplexity with a compressed prefix.
     predicted by the prefill's last logits, i.e. from the full prefix. Perplexity =
     exp(total NLL / total scored tokens) over all texts. With ``policy=None`` this equals the
     perplexity of one full forward over each text restricted to the same targets.
+
+    Two readings of "a 25% budget" (see BENCHMARKS.md): *compressed prompt* (``at="prefill"``,
+    ratio 0.75: the prefix keeps a quarter, the continuation is scored against it and itself), and
+    *streaming* (``at="both"`` with a ``chunk``: after every chunk the cache is cut back to a quarter
+    of the tokens seen so far, so each scored token sees at most ~25% + chunk entries). The prefix
+    must be long for either to mean anything: 25% of a 49-token prefix is 12 entries.
+
+``long_texts(model, n, n_tokens)``
+    ``n`` windows of ``n_tokens`` tokens from ``pydoc_data.topics`` (the Python reference topics that
+    ship with CPython, 465k characters, offline), spread evenly over the corpus: long enough
+    texts for perplexity with a compressed cache (the bundled ``probes.domains`` texts are ~100 tokens).
 """
 from __future__ import annotations
 
@@ -222,6 +233,28 @@ def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snap
 
 
 # ---------------------------------------------------------------------------------------------- perplexity
+def long_texts(model, n: int = 4, n_tokens: int = 2048) -> list[str]:
+    """``n`` texts of about ``n_tokens`` tokens cut from ``pydoc_data.topics`` (see the module docstring).
+
+    The topics are joined in key order with blank lines, tokenized once, and cut into ``n`` windows
+    starting at evenly spaced token offsets; each window is decoded back to text (re-tokenizing it
+    gives ``n_tokens`` tokens up to a few at the edges).
+    """
+    for name, v in (("n", n), ("n_tokens", n_tokens)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InputError(f"long_texts(): {name} must be a positive integer, got {v!r}.")
+    if n_tokens > model.info.n_ctx:
+        raise InputError(f"long_texts(): n_tokens={n_tokens} exceeds the model's context of {model.info.n_ctx}.")
+    from pydoc_data.topics import topics
+
+    corpus = "\n\n".join(topics[k].strip() for k in sorted(topics))
+    ids = model.tokenizer(corpus, add_special_tokens=False)["input_ids"]
+    if n * n_tokens > len(ids):
+        raise InputError(f"long_texts(): the corpus has {len(ids)} tokens, fewer than n * n_tokens.")
+    step = (len(ids) - n_tokens) // max(n - 1, 1)
+    return [model.tokenizer.decode(ids[i * step:i * step + n_tokens]) for i in range(n)]
+
+
 @dataclass
 class PerplexityResult:
     """Perplexity of the scored part of each text (see the module docstring for what is scored).

@@ -240,7 +240,8 @@ def _map_back(row: torch.Tensor, pos: torch.Tensor, size: int) -> torch.Tensor:
     """row (H, N) over entries at positions pos (G, N) -> (H, size) over original positions."""
     h, g = row.shape[0], pos.shape[0]
     idx = pos.repeat_interleave(h // g, dim=0)
-    return torch.zeros(h, size).scatter_add_(1, idx, row)
+    pad = idx < 0  # padding slots of a ragged (per-head) layer: zero attention, no position
+    return torch.zeros(h, size).scatter_add_(1, idx.clamp(min=0), row.masked_fill(pad, 0.0))
 
 
 def _prefill(model, ids: torch.Tensor, policy: CachePolicy | None) -> tuple[KVCache, torch.Tensor]:
@@ -320,7 +321,7 @@ def compare_cache(model, prompt: str, policy, n_probe: int = 1, *, ratio: float 
     for l in range(L):
         p = cache.positions[l][0].cpu()
         for g in range(G):
-            retention[l, g, p[g][p[g] < t]] = True
+            retention[l, g, p[g][(p[g] >= 0) & (p[g] < t)]] = True
     comp_pat, comp_logits = _probes(model, cache, reference.probe_tokens, size)
     full_pat = reference.patterns
     H = full_pat.shape[2]

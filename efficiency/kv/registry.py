@@ -13,7 +13,11 @@ How to add a policy
 5. The shared tests (``tests/test_kv_policies.py``) run over every registered policy: with
    ratio=0 (or its no-op setting) it must reproduce the full cache exactly. Add its own
    correctness test there (or in its own test file).
-6. Export it from ``efficiency/__init__.py``.
+6. Export it from ``efficiency/kv/__init__.py`` (and ``efficiency/__init__.py``).
+
+Budgets compose: ``layer_budgets=`` (per layer: ``PyramidBudgets``, ``UncertaintyBudgets``) and
+``head_budgets=`` (per KV head inside a layer, stored ragged: ``AdaptiveHeadBudgets``) work with
+every ``ScorePolicy``.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ from workbench.hook_names import suggest
 
 # Modules under efficiency.kv that register policies; imported on first use of the registry.
 BUILTIN_MODULES = ("streaming_llm", "h2o", "a2sf", "snapkv", "key_norm", "tova", "random_policy", "pyramid",
-                   "merge", "quantized")  # evict-then-merge; KIVI quantization
+                   "merge", "quantized",  # evict-then-merge; KIVI quantization
+                   "adakv", "zigzag")  # per-head budgets stored ragged; per-layer budgets from uncertainty
 
 POLICIES: dict[str, type] = {}
 
