@@ -265,6 +265,14 @@ def test_long_texts_are_long_distinct_windows(tiny_llama):
         assert abs(tiny_llama.tokenize(t)[0].shape[1] - 120) <= 4
     with pytest.raises(InputError, match="exceeds the model's context"):
         long_texts(tiny_llama, 1, 10_000)
+    # a given corpus is cut instead of the pydoc topics: the windows are its own text
+    from probes.transcoders import load_corpus
+
+    corpus = "\n\n".join(load_corpus("eval")[:40])
+    own = long_texts(tiny_llama, 2, 120, corpus=corpus)
+    assert own != texts and all(t.split()[3] in corpus for t in own)
+    with pytest.raises(InputError, match="fewer than n"):
+        long_texts(tiny_llama, 3, 120, corpus="too short")
 
 
 def test_capped_layer_budgets_are_handed_to_other_layers(tiny_llama):

@@ -233,8 +233,9 @@ def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snap
 
 
 # ---------------------------------------------------------------------------------------------- perplexity
-def long_texts(model, n: int = 4, n_tokens: int = 2048) -> list[str]:
-    """``n`` texts of about ``n_tokens`` tokens cut from ``pydoc_data.topics`` (see the module docstring).
+def long_texts(model, n: int = 4, n_tokens: int = 2048, corpus: str | None = None) -> list[str]:
+    """``n`` texts of about ``n_tokens`` tokens cut from ``pydoc_data.topics`` (see the module docstring),
+    or from ``corpus`` when given (e.g. the bundled corpus joined: ``probes.transcoders.load_corpus``).
 
     The topics are joined in key order with blank lines, tokenized once, and cut into ``n`` windows
     starting at evenly spaced token offsets; each window is decoded back to text (re-tokenizing it
@@ -245,9 +246,10 @@ def long_texts(model, n: int = 4, n_tokens: int = 2048) -> list[str]:
             raise InputError(f"long_texts(): {name} must be a positive integer, got {v!r}.")
     if n_tokens > model.info.n_ctx:
         raise InputError(f"long_texts(): n_tokens={n_tokens} exceeds the model's context of {model.info.n_ctx}.")
-    from pydoc_data.topics import topics
+    if corpus is None:
+        from pydoc_data.topics import topics
 
-    corpus = "\n\n".join(topics[k].strip() for k in sorted(topics))
+        corpus = "\n\n".join(topics[k].strip() for k in sorted(topics))
     ids = model.tokenizer(corpus, add_special_tokens=False)["input_ids"]
     if n * n_tokens > len(ids):
         raise InputError(f"long_texts(): the corpus has {len(ids)} tokens, fewer than n * n_tokens.")
