@@ -11,30 +11,16 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
-from sae_lens.saes.transcoder import SkipTranscoder, SkipTranscoderConfig, Transcoder, TranscoderConfig
 
 from interventions.transcoder_splice import SpliceTranscoder
 from probes.transcoders.attribution_graph import (attribution_graph, build_graph, capture_prompt, feature_contributions,
                                                   feature_vector, logit_contributions, one_step)
 from probes.transcoders.circuit_explorer import circuit_explorer
 from probes.transcoders.connections import connection_strengths
+from transcoder_helpers import random_tc
 from workbench.errors import InputError
 
 PROMPT = "the cat sat on the mat and the dog sat too"
-
-
-def random_tc(d, n_features=32, seed=0, skip=False):
-    g = torch.Generator().manual_seed(seed)
-    cls, cfg_cls = (SkipTranscoder, SkipTranscoderConfig) if skip else (Transcoder, TranscoderConfig)
-    tc = cls(cfg_cls(d_in=d, d_sae=n_features, d_out=d, apply_b_dec_to_input=False))
-    with torch.no_grad():
-        tc.W_enc.copy_(torch.randn(d, n_features, generator=g) / d ** 0.5)
-        tc.b_enc.copy_(torch.randn(n_features, generator=g) * 0.1)
-        tc.W_dec.copy_(torch.randn(n_features, d, generator=g) / n_features ** 0.5)
-        tc.b_dec.copy_(torch.randn(d, generator=g) * 0.1)
-        if skip:
-            tc.W_skip.copy_(torch.randn(d, d, generator=g) * 0.05)
-    return tc
 
 
 def tcs_for(model):
