@@ -74,15 +74,6 @@ LONG_RATIOS = (0.25, 0.75)
 TARGET_SPEEDUP, TARGET_BYTES_TOL, TARGET_PPL, TARGET_PASSKEY = 1.4, 0.05, 0.10, 0.90
 
 
-class _Fanout:
-    def __init__(self, policies):
-        self.policies = policies
-
-    def observe_attention(self, layer, pattern):
-        for p in self.policies:
-            p.observe_attention(layer, pattern)
-
-
 def _static_from(m, full, max_len: int) -> tuple[StaticCache, int]:
     """A StaticCache of ``max_len`` slots holding the prefilled keys/values of ``full``."""
     sc = StaticCache(config=m.hf.config, max_cache_len=max_len)
@@ -128,8 +119,8 @@ def _decode_static(m, sc, n: int, first_tok: int, steps: int) -> tuple[float, to
 
 def bench_latency(m, contexts, steps, repeats) -> list[dict]:
     from efficiency.kv import get_policy
-    from workbench.generation import _observe_attention, cached_forward
     from workbench.kv_cache import KVCache, StepContext
+    from workbench.session import AttentionFanout
     from workbench.tasks import passkey_prompts
 
     rows = []
@@ -138,13 +129,11 @@ def bench_latency(m, contexts, steps, repeats) -> list[dict]:
         ids, _ = m.tokenize(s.prompt)
         T = int(ids.shape[1])
         policies = {name: get_policy(name, ratio=RATIO) for name in EVICT}
-        observers = [p for p in policies.values() if getattr(p, "observe_attention", None)]
+        fanout = AttentionFanout([p.observe_attention for p in policies.values()])
         full = KVCache.empty(m)
         t0 = time.perf_counter()
-        with m._session(()) as session:
-            _observe_attention(m, session, _Fanout(observers))
-            with session, torch.no_grad():
-                first_tok = int(cached_forward(m, full, ids)[0, -1].argmax())
+        with m.session(observe_attention=fanout if fanout else None) as session:
+            first_tok = int(session.forward_cached(full, ids)[0, -1].argmax())
         prefill_s = time.perf_counter() - t0
         caches = {"full": full}
         for name, p in policies.items():

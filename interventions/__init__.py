@@ -2,11 +2,10 @@
 from .ablation import HeadAblation, MLPAblation
 from .attention_edits import AttentionToSink, ZeroAttention
 from .comparison import AblationComparison, compare
-from .concept_guidance import GuidedDecoding, guided_generate
 from .qk_dims import DisruptQKDims
 from .transcoder_splice import FeatureAblate, FeatureClamp, SpliceTranscoder
 
 __all__ = [
     "HeadAblation", "MLPAblation", "AblationComparison", "compare", "AttentionToSink", "ZeroAttention",
-    "DisruptQKDims", "GuidedDecoding", "guided_generate", "SpliceTranscoder", "FeatureClamp", "FeatureAblate",
+    "DisruptQKDims", "SpliceTranscoder", "FeatureClamp", "FeatureAblate",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
+from workbench.hook_names import hook_name
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
 
@@ -61,7 +62,7 @@ def extreme_token_report(model, prompts, skip_queries: int = 4, threshold: float
     texts, _ = check_prompt_lengths(model, prompts, max(skip_queries, 1), f"extreme_token_report(skip_queries="
                                     f"{skip_queries})", "Use longer prompts or a smaller skip_queries.")
     qn, kn = qk_names(model)
-    capture = ["pattern", "v", qn, kn, "blocks.0.hook_resid_pre", "resid_post"]
+    capture = ["pattern", "v", qn, kn, hook_name("resid_pre", 0), "resid_post"]
     run = model.run(prompts, capture=capture, layers=layer_list, attention="summary", skip_queries=skip_queries,
                     last_rows=1, logits=None, stop_at_layer=max(layer_list) + 1, max_bytes=max_bytes)
     return ExtremeTokenReport(

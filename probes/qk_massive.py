@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.hook_names import hook_name
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
 
@@ -68,10 +69,10 @@ def rope_inv_freq(model) -> tuple[torch.Tensor | None, str]:
     rope_theta^(-2p/d_head) from the config; (None, "no rotary embeddings") for other models."""
     if model.info.positional != "rotary":
         return None, "no rotary embeddings"
-    for name, mod in model.hf.named_modules():
-        f = getattr(mod, "inv_freq", None)
-        if isinstance(f, torch.Tensor) and f.ndim == 1 and f.numel() > 0:
-            return f.detach().float().cpu().clone(), f"hf:{name}.inv_freq"
+    found = model.rope_inv_freq()
+    if found is not None:
+        f, where = found
+        return f.detach().float().cpu().clone(), where
     theta, e = model.info.rope_theta, model.info.d_head
     if theta is None:
         return None, "rotary model without inv_freq or rope_theta"
@@ -262,7 +263,7 @@ def qk_concentration(model, prompts, exclude_first: bool = True, layers=None,
 
 def qk_names(model) -> tuple[str, str]:
     """("q_rot", "k_rot") on a rotary model whose bridge exposes them, else ("q", "k")."""
-    rotary = model.info.positional == "rotary" and "blocks.0.attn.hook_rot_q" in model.hook_names()
+    rotary = model.info.positional == "rotary" and hook_name("q_rot", 0) in model.hook_names()
     return ("q_rot", "k_rot") if rotary else ("q", "k")
 
 

@@ -52,25 +52,14 @@ import plotly.graph_objects as go
 import torch
 
 from workbench.errors import InputError
-from workbench.generation import _observe_attention, cached_forward
 from workbench.kv_cache import CachePolicy, KVCache, StepContext
+from workbench.session import AttentionFanout
 from workbench.tasks import PasskeySample, TaskSample, score_text
 
 from .registry import get_policy
 
 DEFAULT_RATIOS = (0.25, 0.5, 0.75, 0.875)
 FULL = "full cache"
-
-
-class _Fanout:
-    """Feeds one forward's attention to several policies."""
-
-    def __init__(self, observers):
-        self.observers = observers
-
-    def observe_attention(self, layer, pattern):
-        for o in self.observers:
-            o(layer, pattern)
 
 
 def _policy_label(p) -> str:
@@ -87,7 +76,7 @@ def _instances(policies, ratios) -> list[tuple[str, float | None, object]]:
             extra = {"budget": None} if any(f.name == "budget" for f in dataclasses.fields(p)) else {}
             out += [(_policy_label(p), r, dataclasses.replace(p, ratio=r, **extra)) for r in ratios]
         elif isinstance(p, CachePolicy):
-            out.append((getattr(p, "name", "") or type(p).__name__, None, p))  # settings matter: full name
+            out.append((p.name, None, p))  # settings matter: full name
         else:
             raise InputError(f"sweep(): a policy must be a registered name or a cache policy object, got {p!r}.")
     return out
@@ -109,16 +98,14 @@ def _decode(model, cache: KVCache, policy, first_logits: torch.Tensor, n_new: in
     if n_new == 1 or toks[-1] == eos:
         return toks
     device = first_logits.device
-    with model._session(()) as session:
-        _observe_attention(model, session, policy)
-        with session, torch.no_grad():
-            for step in range(1, n_new):
-                logits = cached_forward(model, cache, torch.tensor([[toks[-1]]], device=device))[0, -1]
-                if policy is not None:
-                    policy.apply(cache, StepContext(step, 1))
-                toks.append(int(logits.argmax()))
-                if toks[-1] == eos:
-                    break
+    with model.session(observe_attention=None if policy is None else policy.observe_attention) as session:
+        for step in range(1, n_new):
+            logits = session.forward_cached(cache, torch.tensor([[toks[-1]]], device=device))[0, -1]
+            if policy is not None:
+                policy.apply(cache, StepContext(step, 1))
+            toks.append(int(logits.argmax()))
+            if toks[-1] == eos:
+                break
     return toks
 
 
@@ -202,7 +189,7 @@ def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snap
     result = SweepResult()
     for i, s in enumerate(samples):
         runs = _instances(policies, ratios)
-        observers = [p.observe_attention for _, _, p in runs if getattr(p, "observe_attention", None)]
+        fanout = AttentionFanout([p.observe_attention for _, _, p in runs])
         ids, _ = model.tokenize(s.prompt)
         n_new = max_new_tokens or len(s.answer_token_ids)
         if ids.shape[1] + n_new > model.info.n_ctx:
@@ -210,10 +197,8 @@ def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snap
                              f"model's context of {model.info.n_ctx}.")
         t0 = time.perf_counter()
         full = KVCache.empty(model)
-        with model._session(()) as session:
-            _observe_attention(model, session, _Fanout(observers) if observers else None)
-            with session, torch.no_grad():
-                first = cached_forward(model, full, ids)[0, -1]
+        with model.session(observe_attention=fanout if fanout else None) as session:
+            first = session.forward_cached(full, ids)[0, -1]
         result.prefill_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         base = {"sample": i, "kind": getattr(s, "kind", "passkey"), "n_tokens": int(ids.shape[1]),
@@ -321,24 +306,22 @@ def perplexity(model, texts: Sequence[str], policy=None, *, prefix: float = 0.5,
         p = min(max(1, math.floor(prefix * n)), n - 1)
         cache = KVCache.empty(model)
         logits = []
-        with model._session(()) as session:
-            _observe_attention(model, session, policy)
-            with session, torch.no_grad():
-                logits.append(cached_forward(model, cache, ids[:, :p])[0, -1:])
+        with model.session(observe_attention=None if policy is None else policy.observe_attention) as session:
+            logits.append(session.forward_cached(cache, ids[:, :p])[0, -1:])
+            if policy is not None:
+                policy.apply(cache, StepContext(0, p))
+            st = cache.stats()
+            step, size = 1, chunk or (n - p)
+            for a in range(p, n - 1, size):
+                inp = ids[:, a: min(a + size, n - 1)]  # the last token's logits predict nothing scored
+                logits.append(session.forward_cached(cache, inp)[0])
                 if policy is not None:
-                    policy.apply(cache, StepContext(0, p))
-                st = cache.stats()
-                step, size = 1, chunk or (n - p)
-                for a in range(p, n - 1, size):
-                    inp = ids[:, a: min(a + size, n - 1)]  # the last token's logits predict nothing scored
-                    logits.append(cached_forward(model, cache, inp)[0])
-                    if policy is not None:
-                        policy.apply(cache, StepContext(step, inp.shape[1]))
-                    step += 1
+                    policy.apply(cache, StepContext(step, inp.shape[1]))
+                step += 1
         lp = torch.log_softmax(torch.cat(logits).double(), -1)  # (n - p, V) predicting ids[p:]
         target = ids[0, p:]
         nll = float(-lp[torch.arange(len(target)), target].sum())
         rows.append({"text": t[:40], "n_tokens": n, "n_prefix": p, "n_scored": n - p, "nll": nll,
                      "perplexity": math.exp(nll / (n - p)), "kept_fraction": st.compression,
                      "physical_bytes": st.physical_bytes})
-    return PerplexityResult(getattr(policy, "name", FULL) if policy is not None else FULL, pd.DataFrame(rows))
+    return PerplexityResult(policy.name if policy is not None else FULL, pd.DataFrame(rows))

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.hook_names import hook_name
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
 from workbench.intervention import Intervention
@@ -65,7 +66,7 @@ def activation_grads(model, ids: torch.Tensor, pair: PatchingPair, sites: dict[s
     sites: short name -> layers, e.g. {"z": [0, 1], "resid_pre": [0, 1]}.
     Returns (LD, acts, grads) with acts/grads: (site, layer) -> (T, ...) tensors (no grad).
     """
-    names = {(s, l): f"blocks.{l}.attn.hook_z" if s == "z" else f"blocks.{l}.hook_{s}"
+    names = {(s, l): hook_name(s, l)
              for s, ls in sites.items() for l in ls}
     probe = _GradProbe(list(names.values()))
     with torch.enable_grad():

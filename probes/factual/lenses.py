@@ -41,13 +41,7 @@ def logits_from_resid(model, resid: torch.Tensor) -> torch.Tensor:
 
     Differentiable (used by the LRE); at the last layer it equals the model's logits.
     """
-    b = model.bridge
-    w_u = b.W_U
-    x = b.ln_final(resid.to(w_u.dtype))
-    out = x @ w_u
-    if getattr(b, "b_U", None) is not None:
-        out = out + b.b_U
-    return out
+    return model.weights().unembed(resid)
 
 
 def token_id(model, answer) -> int:

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.hook_names import hook_name
 from workbench.errors import InputError
 from workbench.intervention import Intervention
 
@@ -297,7 +298,7 @@ class HeadScale(Intervention):
                 z[:, :, hs] = z[:, :, hs] * self.alpha
                 return z
 
-            out.append((f"blocks.{l}.attn.hook_z", fn))
+            out.append((hook_name("z", l), fn))
         return out
 
     def __repr__(self) -> str:

@@ -23,6 +23,8 @@ import pandas as pd
 
 from workbench.errors import InputError
 
+from .guidance import guided_generate
+
 # Gender-neutral openings about occupations, each leaving room for a pronoun.
 OCCUPATION_PROMPTS = (
     "The nurse finished the night shift and",
@@ -158,7 +160,6 @@ def bias_probe(model, prompts=None, concept="woman.n.01 - man.n.01", k: int = 3,
                n_prompts: int | None = None, chat: bool = False, n_boot: int = 2000, seed: int = 0,
                frame_k: int = 3) -> BiasProbeResult:
     """Continue each prompt greedily, guided toward ``concept`` and away from it; count gender words."""
-    from interventions.concept_guidance import guided_generate
 
     from .scores import resolve_concepts
 

@@ -17,6 +17,8 @@ import html
 
 from workbench.errors import InputError
 
+from .guidance import DIRECTIONS, guided_generate
+
 DEFAULT_CONCEPTS = ("woman.n.01 - man.n.01", "woman.n.01", "man.n.01", "dog.n.01", "food.n.01", "sadness.n.01",
                     "happiness.n.01", "france.n.01")
 DEFAULT_TEXT = "My grandmother and her sister baked bread while the king rode his horse to war."
@@ -28,7 +30,6 @@ def frames_explorer(model, concepts=DEFAULT_CONCEPTS, text: str = DEFAULT_TEXT, 
     import ipywidgets as widgets
     import plotly.graph_objects as go
 
-    from interventions.concept_guidance import DIRECTIONS, guided_generate
 
     from .concepts import concept as build_concept
     from .scores import concept_scores

@@ -89,10 +89,7 @@ class TokenSpace:
 
 def unembedding(model) -> torch.Tensor:
     """(V, d) unembedding rows (``lm_head.weight``; tied embeddings included)."""
-    head = model.hf.get_output_embeddings()
-    if head is None:
-        raise InputError(f"{model.info.name} has no output embedding (lm_head); frames need one.")
-    return head.weight.detach()
+    return model.weights().W_U.T
 
 
 def whiten(u: torch.Tensor, tol: float = DEFAULT_TOL):
@@ -123,7 +120,7 @@ def token_space(model, tol: float = DEFAULT_TOL, zero_pad: bool = True) -> Token
     zero_pad: set the PAD row (the tokenizer's pad token, if it has one distinct from every real
     word piece) to 0, as the reference does; padded frame slots are masked anyway.
     """
-    key = (model.fingerprint, id(model.hf), float(tol), bool(zero_pad))
+    key = (model.fingerprint, id(model), model.weights_version, float(tol), bool(zero_pad))
     if key in _CACHE:
         return _CACHE[key]
     g, w, mean, ev, qk = whiten(unembedding(model), tol)

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from interventions.transcoder_splice import check_transcoder
+from workbench.hook_names import hook_name
 from workbench.errors import InputError
 from workbench.figures import token_label
 
@@ -211,7 +212,7 @@ def feature_contexts(model, transcoder, layer: int, texts: Iterable[str], featur
     max_act = torch.zeros(F)
     n_tokens = 0
     W_enc = transcoder.W_enc.detach()
-    hook = f"blocks.{layer}.ln2.hook_normalized"
+    hook = hook_name("mlp_in", layer)
 
     def process(batch):
         nonlocal top_v, top_tok, top_act, top_where, n_tokens
@@ -278,27 +279,23 @@ def feature_contexts(model, transcoder, layer: int, texts: Iterable[str], featur
 
 # ---------------------------------------------------------------------------------------- de-embeddings
 def _norm_eps(model) -> float:
-    cfg = model.hf.config
-    for a in ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps"):
-        v = getattr(cfg, a, None)
-        if v is not None:
-            return float(v)
-    return 1e-5
+    return model.weights().layers[0].ln1.eps
 
 
-_NORMALIZED: dict[str, torch.Tensor] = {}
+_NORMALIZED: dict[tuple, torch.Tensor] = {}
 
 
 def normalized_embeddings(model) -> torch.Tensor:
     """(V, d) each token embedding through the norm with its own scale: P e / sqrt(mean((P e)²) + eps).
 
-    Cached per model fingerprint (one (V, d) float32 tensor, 113 MB for SmolLM2)."""
-    if model.fingerprint not in _NORMALIZED:
+    Cached per model and weight version (one (V, d) float32 tensor, 113 MB for SmolLM2)."""
+    key = (model.fingerprint, model.weights_version)
+    if key not in _NORMALIZED:
         W = model_weights(model)
         e = W.center(W.W_E)
         _NORMALIZED.clear()  # keep one model's table at most
-        _NORMALIZED[model.fingerprint] = e / torch.sqrt(e.pow(2).mean(-1, keepdim=True) + _norm_eps(model))
-    return _NORMALIZED[model.fingerprint]
+        _NORMALIZED[key] = e / torch.sqrt(e.pow(2).mean(-1, keepdim=True) + _norm_eps(model))
+    return _NORMALIZED[key]
 
 
 @dataclass

@@ -16,17 +16,16 @@ from typing import Iterator, Sequence
 
 import torch
 
+from workbench.hook_names import hook_name
 from workbench.errors import InputError
 
 from .corpus import load_corpus, token_windows
 
-IN_HOOK = "blocks.{l}.ln2.hook_normalized"
-OUT_HOOK = "blocks.{l}.hook_mlp_out"
 
 
 def hook_names(layer: int) -> tuple[str, str]:
     """(input hook, output hook) full TransformerLens names of the transcoder at ``layer``."""
-    return IN_HOOK.format(l=layer), OUT_HOOK.format(l=layer)
+    return hook_name("mlp_in", layer), hook_name("mlp_out", layer)
 
 
 @dataclass
