@@ -16,7 +16,7 @@ from .kv import (
 )
 from .kv.compare_widget import kv_compare_explorer
 from .kv.methods import KVEviction, KVQuantization
-from .kv.harness import PerplexityResult, SweepResult, long_texts, perplexity, sweep
+from .kv.harness import PerplexityResult, SweepResult, perplexity, sweep
 from .kv.internals import CacheComparison, compare_cache
 from .kv.merge import MergeEvicted, merge_layer
 from .kv.packing import dequantize_groups, pack, quantize_groups, unpack
@@ -31,7 +31,7 @@ __all__ = [
     "MergeEvicted", "merge_layer", "KIVIQuantization", "KIVILayer", "kivi_bytes_formula", "pack", "unpack",
     "quantize_groups", "dequantize_groups", "sweep", "SweepResult", "perplexity", "PerplexityResult",
     "compare_cache", "CacheComparison", "kv_compare_explorer", "AdaKV", "AdaptiveHeadBudgets", "ZigZagKV",
-    "UncertaintyBudgets", "RaggedLayer", "ragged_attention", "ragged_bytes_formula", "long_texts",
+    "UncertaintyBudgets", "RaggedLayer", "ragged_attention", "ragged_bytes_formula",
     "EfficiencyMethod", "Knob", "Cost", "Combined", "FAMILIES", "METHODS", "get_method", "list_methods",
     "register_method", "KVEviction", "KVQuantization", "kv_bytes_full",
 ]

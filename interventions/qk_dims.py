@@ -12,7 +12,7 @@ BOS token it is the attention sink, whose keys carry their own massive values.
 Prefill only, as in the reference code: a forward over a single new token (cached decoding) is
 left as it is; keys disrupted at prefill stay disrupted in the KV cache. Statistics use every
 position of the tensor: in a right-padded batch the padding counts, so run prompts of different
-lengths one at a time (``workbench.tasks.score_answers`` does).
+lengths one at a time (``workbench.texts.tasks.score_answers`` does).
 """
 from __future__ import annotations
 

@@ -257,7 +257,7 @@ def test_uncertainty_budgets_compose_with_any_policy(tiny_llama):
 
 # ---------------------------------------------------------------- long texts for perplexity
 def test_long_texts_are_long_distinct_windows(tiny_llama):
-    from efficiency.kv.harness import long_texts
+    from workbench.texts import long_texts
 
     texts = long_texts(tiny_llama, 2, 120)
     assert len(texts) == 2 and texts[0] != texts[1]

@@ -2,7 +2,7 @@
 perplexity with a compressed prefix.
 
 ``sweep(model, samples, policies, ratios)``
-    For every sample (a ``PasskeySample`` or ``TaskSample`` from ``workbench.tasks``) the prompt
+    For every sample (a ``PasskeySample`` or ``TaskSample`` from ``workbench.texts.tasks``) the prompt
     runs through the model **once**. During that one forward every layer's attention rows are fed
     to ``observe_attention`` of every policy instance that has it (one fresh instance per policy
     and ratio; each keeps only its own summary, so no full pattern is stored). Then, for each
@@ -12,7 +12,7 @@ perplexity with a compressed prefix.
     decoding steps' attention is observed for that policy only). As in ``generate``, the first
     answer token comes from the prefill's logits (the full context), so compression affects the
     answer from its second token on. The same decoding on an uncompressed copy gives the
-    full-cache reference. Scores: ``workbench.tasks.score_text`` (exact match, or fraction of the
+    full-cache reference. Scores: ``workbench.texts.tasks.score_text`` (exact match, or fraction of the
     values produced for multi-value tasks).
 
 ``perplexity(model, texts, policy, prefix=0.5, chunk=None)``
@@ -36,7 +36,7 @@ perplexity with a compressed prefix.
 ``long_texts(model, n, n_tokens)``
     ``n`` windows of ``n_tokens`` tokens from ``pydoc_data.topics`` (the Python reference topics that
     ship with CPython, 465k characters, offline), spread evenly over the corpus: long enough
-    texts for perplexity with a compressed cache (the bundled ``probes.domains`` texts are ~100 tokens).
+    texts for perplexity with a compressed cache (the bundled ``workbench.texts.domains`` texts are ~100 tokens).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ import torch
 from workbench.errors import InputError
 from workbench.kv_cache import CachePolicy, KVCache, StepContext
 from workbench.session import AttentionFanout
-from workbench.tasks import PasskeySample, TaskSample, score_text
+from workbench.texts.tasks import PasskeySample, TaskSample, score_text
 
 from .registry import get_policy
 
@@ -176,7 +176,7 @@ def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snap
     """
     samples = list(samples) if not isinstance(samples, (PasskeySample, TaskSample)) else [samples]
     if not samples or not all(isinstance(s, (PasskeySample, TaskSample)) for s in samples):
-        raise InputError("sweep() needs a non-empty list of PasskeySample/TaskSample (workbench.tasks).")
+        raise InputError("sweep() needs a non-empty list of PasskeySample/TaskSample (workbench.texts.tasks).")
     if isinstance(policies, str) or not isinstance(policies, Sequence):
         policies = [policies]
     if not policies:
@@ -218,30 +218,6 @@ def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snap
 
 
 # ---------------------------------------------------------------------------------------------- perplexity
-def long_texts(model, n: int = 4, n_tokens: int = 2048, corpus: str | None = None) -> list[str]:
-    """``n`` texts of about ``n_tokens`` tokens cut from ``pydoc_data.topics`` (see the module docstring),
-    or from ``corpus`` when given (e.g. the bundled corpus joined: ``probes.transcoders.load_corpus``).
-
-    The topics are joined in key order with blank lines, tokenized once, and cut into ``n`` windows
-    starting at evenly spaced token offsets; each window is decoded back to text (re-tokenizing it
-    gives ``n_tokens`` tokens up to a few at the edges).
-    """
-    for name, v in (("n", n), ("n_tokens", n_tokens)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise InputError(f"long_texts(): {name} must be a positive integer, got {v!r}.")
-    if n_tokens > model.info.n_ctx:
-        raise InputError(f"long_texts(): n_tokens={n_tokens} exceeds the model's context of {model.info.n_ctx}.")
-    if corpus is None:
-        from pydoc_data.topics import topics
-
-        corpus = "\n\n".join(topics[k].strip() for k in sorted(topics))
-    ids = model.tokenizer(corpus, add_special_tokens=False)["input_ids"]
-    if n * n_tokens > len(ids):
-        raise InputError(f"long_texts(): the corpus has {len(ids)} tokens, fewer than n * n_tokens.")
-    step = (len(ids) - n_tokens) // max(n - 1, 1)
-    return [model.tokenizer.decode(ids[i * step:i * step + n_tokens]) for i in range(n)]
-
-
 @dataclass
 class PerplexityResult:
     """Perplexity of the scored part of each text (see the module docstring for what is scored).

@@ -17,7 +17,7 @@ from workbench.errors import InputError
 
 from .massive_activations import MassiveActivationReport, massive_activations_from_run
 from .qk_massive import QKConcentrationReport, qk_concentration_from_run, qk_names
-from .sinks import COL_ENTROPY_MIN, ROW_ENTROPY_MAX, SinkReport, check_prompt_lengths, sink_report_from_run
+from .report import COL_ENTROPY_MIN, ROW_ENTROPY_MAX, SinkReport, check_prompt_lengths, sink_report_from_run
 from .value_drains import ValueDrainReport, value_drain_from_run
 
 

@@ -21,7 +21,7 @@ import torch
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
 
-from .sinks import check_prompt_lengths
+from .report import check_prompt_lengths
 
 
 def drain_norms(v: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ Panels, for prompt p, layer l, head h (A the (T, T) pattern, s = ``skip_queries`
   and of position 0), the value norm of position 0 against the rest, and the sink flags.
 
 Prompts longer than ``max_tokens`` are refused: the explorer holds L × H full T × T patterns per
-prompt. For long prompts use ``probes.sink_report`` (attention summaries, never full patterns).
+prompt. For long prompts use ``probes.sinks.sink_report`` (attention summaries, never full patterns).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from workbench.capture import summarize_pattern
 from workbench.errors import InputError
 from workbench.figures import attention_pattern_figure, token_label
 
-from .sinks import COL_ENTROPY_MIN, ROW_ENTROPY_MAX, SinkReport, check_prompt_lengths, sink_report_from_run
+from .report import COL_ENTROPY_MIN, ROW_ENTROPY_MAX, SinkReport, check_prompt_lengths, sink_report_from_run
 from .value_drains import ValueDrainReport, value_drain_from_run
 
 DEFAULT_MAX_TOKENS = 256
@@ -182,7 +182,7 @@ def sink_explorer(model, prompts, max_tokens: int = DEFAULT_MAX_TOKENS, skip_que
         raise InputError(
             f"{desc}: more than max_tokens={max_tokens} for the sink explorer (it holds all "
             f"{model.info.n_layers} layers x {model.info.n_heads} heads of full T x T patterns per prompt). "
-            "Shorten the prompt, raise max_tokens=, or use probes.sink_report(model, prompts) for long prompts "
+            "Shorten the prompt, raise max_tokens=, or use probes.sinks.sink_report(model, prompts) for long prompts "
             "(attention summaries, no full patterns).")
     n_layers, n_heads, group = model.info.n_layers, model.info.n_heads, model.info.group_size
     cache: dict[int, PromptCapture] = {}

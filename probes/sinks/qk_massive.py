@@ -31,7 +31,7 @@ from workbench.hook_names import hook_name
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
 
-from .sinks import check_prompt_lengths
+from .report import check_prompt_lengths
 
 KINDS = ("q", "k", "v")
 

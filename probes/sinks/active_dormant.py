@@ -34,7 +34,7 @@ import torch
 from interventions.ablation import HeadAblation
 from workbench.errors import InputError
 
-from .domains import load_domain
+from workbench.texts.domains import load_domain
 
 LABELS = ("dormant", "active", "mixed")
 
@@ -211,7 +211,7 @@ def active_dormant(model, domains=("prose", "code"), heads=None, skip_queries: i
                    dormant_mass: float = 0.7, dormant_dce: float = 0.005, seed: int = 0) -> ActiveDormantReport:
     """Sink mass and zero-ablation ΔCE for each head on each domain; see the module docstring.
 
-    domains: {name: [texts]} or bundled names (``probes.domains.DOMAINS``). heads: None (all),
+    domains: {name: [texts]} or bundled names (``workbench.texts.domains.DOMAINS``). heads: None (all),
     an int (that many random heads, drawn with ``seed``) or a list of (layer, head).
     Every text needs more than ``skip_queries`` tokens.
     """
