@@ -18,13 +18,13 @@ with ≥ 3 lemmas take seconds.
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
+from workbench.result import Result
 from workbench.errors import InputError
 
 from .token_space import TokenSpace, token_space
@@ -40,7 +40,7 @@ def procrustes(m: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class Concept:
+class Concept(Result):
     """An orthonormal concept frame (d, k) with where it came from."""
 
     name: str
@@ -76,9 +76,8 @@ class Concept:
         lem = ", ".join(self.lemmas[:6]) + (" …" if len(self.lemmas) > 6 else "")
         return f"Concept({self.name}: k={self.k}, {self.n_rows} word rows; lemmas {lem})"
 
-    def _repr_html_(self) -> str:
-        d = f"<br><i>{html.escape(self.definition)}</i>" if self.definition else ""
-        return f"<pre>{html.escape(repr(self))}</pre>{d}"
+    def html_table(self):
+        return pd.DataFrame([{"definition": self.definition}]) if self.definition else None
 
 
 def combine(a: Concept, b: Concept) -> Concept:
@@ -128,7 +127,7 @@ def concept(model, synset: str, k: int = DEFAULT_K, space: TokenSpace | None = N
 
 
 @dataclass
-class ConceptBank:
+class ConceptBank(Result):
     """Concept frames of many synsets.
 
     names: n synset names; frames: (n, d, k) float32 orthonormal; n_lemmas / n_rows: (n,) counts;
@@ -187,8 +186,8 @@ class ConceptBank:
         return (f"ConceptBank({self.model_name}: {len(self):,} synsets with ≥ {self.min_lemmas} lemmas fitting "
                 f"k={self.k} tokens; built in {self.seconds:.1f} s)")
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>"
+    def html_table(self):
+        return None
 
 
 def concept_bank(model, min_lemmas: int = 3, k: int = DEFAULT_K, pos: str | None = None,

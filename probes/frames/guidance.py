@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from workbench.result import Result
 from workbench.errors import InputError
 from workbench.hook_names import hook_name
 from workbench.kv_cache import KVCache
@@ -112,7 +113,7 @@ def _total_score(hidden: list[torch.Tensor], frame: torch.Tensor) -> float:
 
 
 @dataclass
-class GuidedDecoding:
+class GuidedDecoding(Result):
     """Guided and greedy continuations of one prompt, side by side.
 
     guided_tokens / greedy_tokens: new token ids; candidates: (steps, k) candidate ids per guided

@@ -17,19 +17,19 @@ against these whitened vectors; no Σ^{1/2} is applied on the hidden side.
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
+from workbench.result import Result
 from workbench.errors import InputError
 
 DEFAULT_TOL = 1e-6
 
 
 @dataclass
-class TokenSpace:
+class TokenSpace(Result):
     """Whitened, centred unembedding rows of one model.
 
     vectors: (V, d) float32 g(y); PAD row zero (when ``pad_id`` is not None).
@@ -83,8 +83,8 @@ class TokenSpace:
         return (f"TokenSpace({self.model_name}: {self.n_tokens} tokens × {self.d_model} dims, "
                 f"{self.kept} eigenvalues kept (tol {self.tol:g}), Σ eigenvalues {float(ev[0]):.2e}..{float(ev[-1]):.2e})")
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>"
+    def html_table(self):
+        return None
 
 
 def unembedding(model) -> torch.Tensor:

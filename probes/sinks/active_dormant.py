@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from interventions.ablation import HeadAblation
+from workbench.result import Result
 from workbench.errors import InputError
 
 from workbench.texts.domains import load_domain
@@ -77,7 +78,7 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 @dataclass
-class ActiveDormantReport:
+class ActiveDormantReport(Result):
     """Per-head, per-domain sink mass and loss change under zero-ablation.
 
     heads: the N analysed (layer, head) pairs; domains: the D domain names.
@@ -157,10 +158,6 @@ class ActiveDormantReport:
             lines.append(f"  {d}: clean CE {self.clean_ce[j]:.3f} over {int(self.n_tokens[j])} tokens; "
                          f"{counts}; Spearman(sink mass, |ΔCE|) = {self.spearman.get(d, float('nan')):+.3f}")
         return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        return (f"<pre>{html.escape(repr(self))}</pre>"
-                + self.to_frame().to_html(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
 def _resolve_domains(domains) -> dict[str, list[str]]:

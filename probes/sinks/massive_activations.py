@@ -19,13 +19,13 @@ block 27 (ratio > 100), dims 247 and 14 follow; the peak drops after block 28.
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from workbench.result import Result
 from workbench.hook_names import hook_name
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
@@ -34,7 +34,7 @@ from .report import check_prompt_lengths
 
 
 @dataclass
-class MassiveActivationReport:
+class MassiveActivationReport(Result):
     """Residual norms over S = L + 1 stages (embedding, then each block's output) for B prompts.
 
     norms: (B, S, T) L2 norm per token; NaN at padded positions.
@@ -174,8 +174,8 @@ class MassiveActivationReport:
                          f"({self.stage_labels[s]}, norm {float(self.norms[b, s, p]):.4g}; dims {dims}); {where}")
         return "\n".join(lines)
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>"
+    def html_table(self):
+        return None
 
 
 def _median_max_other(norms: torch.Tensor, p: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:

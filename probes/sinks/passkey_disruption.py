@@ -22,6 +22,7 @@ from typing import Sequence
 import pandas as pd
 
 from interventions.qk_dims import DisruptQKDims
+from workbench.result import Result
 from workbench.errors import InputError
 from workbench.texts.tasks import AnswerScore, PasskeySample, passkey_prompts, score_answers, score_passkey
 
@@ -43,7 +44,7 @@ TASKS = ("passkey", "factual")
 
 
 @dataclass
-class QKDisruptionReport:
+class QKDisruptionReport(Result):
     """Scores per condition ("clean", "disrupt", "control") and task ("passkey", "factual").
 
     scores[(condition, task)]: the AnswerScore (per-prompt correctness and answer log-probs).
@@ -98,9 +99,6 @@ class QKDisruptionReport:
             parts = [f"{t} acc {self.accuracy(c, t):.2f}, logp {self.logprob(c, t):+.3f}" for t in TASKS]
             lines.append(f"  {c:8s} " + " | ".join(parts))
         return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>" + self.to_frame().to_html(index=False)
 
 
 def qk_disruption_effect(model, passkey_samples: Sequence[PasskeySample] | None = None,

@@ -19,7 +19,6 @@ the arg-max dims sit near pair 22-24 (wavelengths of about 17k-35k tokens).
 """
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.result import Result
 from workbench.hook_names import hook_name
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
@@ -95,7 +95,7 @@ def dim_frequencies(inv_freq: torch.Tensor | None, d_head: int) -> tuple[torch.T
 
 
 @dataclass
-class QKConcentrationReport:
+class QKConcentrationReport(Result):
     """Concentration maps of Q, K (after RoPE when rotary) and V over L layers.
 
     q_maps: (L, H, e); k_maps, v_maps: (L, G, e). inv_freq: (r/2,) or None.
@@ -242,8 +242,8 @@ class QKConcentrationReport:
                          + " ".join(f"{l}:{v:.2f}" for l, v in zip(s.layer, s[f'{kind}_low_share'])))
         return "\n".join(lines)
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>" + self.layer_summary().round(3).to_html(index=False)
+    def html_table(self):
+        return self.layer_summary().round(3)
 
 
 def qk_concentration(model, prompts, exclude_first: bool = True, layers=None,

@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 
 from interventions.transcoder_splice import check_transcoders, transcoder_out
+from workbench.result import Result
 from workbench.hook_names import hook_name
 from workbench.errors import InputError
 
@@ -288,7 +289,7 @@ class Node:
 
 
 @dataclass
-class AttributionGraph:
+class AttributionGraph(Result):
     """Nodes and weighted edges (child -> parent, value = the child's contribution to the parent).
 
     target: the target node's key. Conservation per expanded node n:

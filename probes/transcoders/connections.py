@@ -21,7 +21,6 @@ that head's OV circuit with all attention on the source: (g₁ ⊙ P W_dec^l[i])
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +28,7 @@ import pandas as pd
 import torch
 
 from interventions.transcoder_splice import check_transcoder
+from workbench.result import Result
 from workbench.errors import InputError
 
 
@@ -144,7 +144,7 @@ def dec_rows(tc, features=None) -> torch.Tensor:
 
 
 @dataclass
-class ConnectionReport:
+class ConnectionReport(Result):
     """Input-invariant connections from features of ``up_layer`` to features of ``down_layer``.
 
     strengths: (F_up, F_down) W_dec^up[i] · P W_enc^down[:, j] through the residual stream.
@@ -205,8 +205,8 @@ class ConnectionReport:
         return (f"ConnectionReport(L{self.up_layer} ({len(self.up_features)} features) → L{self.down_layer} "
                 f"({len(self.down_features)} features), {len(self.heads)} head paths)")
 
-    def _repr_html_(self):
-        return f"<b>{html.escape(repr(self))}</b>" + self.top(10).to_html(index=False)
+    def html_table(self):
+        return self.top(10)
 
 
 def connection_strengths(model, transcoders: dict, up_layer: int, down_layer: int, up_features=None,

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from interventions.transcoder_splice import check_transcoder
+from workbench.result import Result
 from workbench.hook_names import hook_name
 from workbench.errors import InputError
 from workbench.figures import token_label
@@ -50,7 +51,7 @@ def _check_feature(tc, feature) -> int:
 
 # ---------------------------------------------------------------------------------------- contexts
 @dataclass
-class FeatureContexts:
+class FeatureContexts(Result):
     """Top activating contexts and activation statistics of transcoder features over a corpus.
 
     features: the feature indices tracked (F); top_values (F, k) descending (0 where fewer than k
@@ -161,9 +162,6 @@ class FeatureContexts:
     def __repr__(self):
         return (f"FeatureContexts(L{self.layer}, {len(self.features)} features, top {self.top_values.shape[1]}, "
                 f"{self.n_tokens} tokens)")
-
-    def _repr_html_(self):
-        return f"<b>{html.escape(repr(self))}</b>" + self.to_frame().head(20).to_html(index=False)
 
 
 def _windows(model, texts: Iterable[str], context: int):
@@ -299,7 +297,7 @@ def normalized_embeddings(model) -> torch.Tensor:
 
 
 @dataclass
-class DeEmbedding:
+class DeEmbedding(Result):
     """De-embeddings of one feature (see the module docstring).
 
     direct (V,): per-token score through the residual; heads {(layer, head): (V,)} through each
@@ -344,8 +342,8 @@ class DeEmbedding:
         toks = ", ".join(repr(t) for t in self.top(5)["token"])
         return f"DeEmbedding(L{self.layer} feature {self.feature}: direct top {toks})"
 
-    def _repr_html_(self):
-        return f"<b>{html.escape(repr(self))}</b>" + self.to_frame(8).to_html(index=False)
+    def html_table(self):
+        return self.to_frame(8)
 
 
 def _vocab_fn(model):
@@ -389,7 +387,7 @@ def de_embeddings(model, transcoder, layer: int, feature: int, normalize: bool =
 
 # ---------------------------------------------------------------------------------------- logit effects
 @dataclass
-class LogitEffects:
+class LogitEffects(Result):
     """Direct logit effect of one feature per unit of activation: effects (V,) = (g_f ⊙ P W_dec[i]) W_U."""
 
     layer: int
@@ -423,8 +421,8 @@ class LogitEffects:
         up = ", ".join(repr(t) for t in self.top(5)["token"])
         return f"LogitEffects(L{self.layer} feature {self.feature}: promotes {up})"
 
-    def _repr_html_(self):
-        return f"<b>{html.escape(repr(self))}</b>" + self.to_frame(8).to_html(index=False)
+    def html_table(self):
+        return self.to_frame(8)
 
 
 def logit_effects(model, transcoder, layer: int, feature: int) -> LogitEffects:
