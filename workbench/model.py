@@ -49,6 +49,19 @@ class ModelInfo:
     normalization: str  # "RMS" or "LN"
     positional: str  # "rotary" or "standard"
     rope_theta: float | None
+    # Architecture traits analyses must know about (all off for Llama-like models):
+    logit_softcap: float | None = None   # final logits = cap · tanh(logits / cap) (Gemma 2)
+    attn_softcap: float | None = None    # attention scores soft-capped before the softmax (Gemma 2)
+    parallel_attn_mlp: bool = False      # attention and MLP read the same residual (GPT-NeoX, GPT-J)
+    post_norms: bool = False             # norms after attention and after the MLP (Gemma)
+    qk_norm: bool = False                # per-head norms of queries and keys (Qwen 3, Gemma 3)
+    rotary_dim: int | None = None        # dims of each head that RoPE rotates (< d_head: partial rotary)
+    sliding_window: int | None = None    # window of the sliding-window layers
+    layer_types: tuple[str, ...] | None = None  # per layer "full_attention" / "sliding_attention"
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether ``layer`` attends over a sliding window only."""
+        return bool(self.layer_types) and self.layer_types[layer] == "sliding_attention"
 
     @property
     def group_size(self) -> int:
@@ -286,14 +299,22 @@ class Model:
             total += t.numel() * t.element_size() if t.is_quantized else t.untyped_storage().nbytes()
         return total
 
-    def rope_inv_freq(self) -> tuple[torch.Tensor, str] | None:
-        """(inv_freq (d_rot/2,), where it was read) of the model's rotary embedding (its ``inv_freq`` buffer,
-        RoPE scaling included), or None when the model has none."""
-        for name, mod in self.hf.named_modules():
-            f = getattr(mod, "inv_freq", None)
-            if isinstance(f, torch.Tensor) and f.ndim == 1 and f.numel() > 0:
-                return f.detach(), f"hf:{name}.inv_freq"
-        return None
+    def rope_inv_freq(self, layer: int | None = None) -> tuple[torch.Tensor, str] | None:
+        """(inv_freq (d_rot/2,), where it was read) of the rotary embedding that ``layer`` uses (its
+        ``inv_freq`` buffer, RoPE scaling included; models with several, e.g. Gemma 3's local and global
+        layers, keep one per layer type), or None when the model has no rotary embedding."""
+        kind = None
+        if layer is not None and self.info.layer_types:
+            kind = self.info.layer_types[self.check_layer(layer)]
+        found = None
+        for name, buf in self.hf.named_buffers():
+            leaf = name.rsplit(".", 1)[-1]
+            if not leaf.endswith("inv_freq") or "original" in leaf or buf.ndim != 1 or not buf.numel():
+                continue
+            if kind is not None and leaf == f"{kind}_inv_freq":
+                return buf.detach(), f"hf:{name}"
+            found = found or (buf.detach(), f"hf:{name}")
+        return found
 
     def check_layer(self, layer) -> int:
         n = self.info.n_layers

@@ -28,12 +28,22 @@ from .errors import InputError
 
 @dataclass(frozen=True)
 class NormWeights:
-    """One normalization layer: ``kind`` "RMS" or "LN", gain ``w`` (d,) or None, bias ``b`` (d,) or None."""
+    """One normalization layer: ``kind`` "RMS" or "LN", gain ``w`` (d,) or None, bias ``b`` (d,) or None.
+
+    offset: added to the stored gain before use (Gemma's RMSNorm multiplies by 1 + w, so 1.0 there);
+    ``gain`` is the effective multiplier ``w + offset``.
+    """
 
     kind: str
     w: torch.Tensor | None
     b: torch.Tensor | None
     eps: float
+    offset: float = 0.0
+
+    @property
+    def gain(self) -> torch.Tensor | None:
+        """(d,) the effective gain ``w + offset`` (None when the norm has no gain)."""
+        return None if self.w is None else (self.w + self.offset if self.offset else self.w)
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """(..., 1) the divisor the norm applies to ``x`` (..., d): RMS, or the standard deviation."""
@@ -43,19 +53,20 @@ class NormWeights:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize ``x`` (..., d) as the model does, in the same operation order (differentiable in ``x``)."""
+        g = self.gain
         if self.kind == "LN":
-            w = None if self.w is None else self.w.to(x.dtype)
+            w = None if g is None else g.to(x.dtype)
             b = None if self.b is None else self.b.to(x.dtype)
             return torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, self.eps)
         y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return y if self.w is None else self.w.to(y.dtype) * y
+        return y if g is None else g.to(y.dtype) * y
 
     def read_direction(self, direction: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
         """The residual direction(s) u with u · x = direction · norm(x) when the norm's divisor is frozen at
         ``scale``: u = g ⊙ direction / scale (centred over d for LayerNorm). direction (d,) or (d, k).
 
         The norm's bias adds a constant, not a direction; it is left out."""
-        g = self.w
+        g = self.gain
         u = direction
         if g is not None:
             g = g.to(direction.dtype)
@@ -84,6 +95,10 @@ class LayerWeights:
     b_out: torch.Tensor | None
     ln1: NormWeights
     ln2: NormWeights
+    ln1_post: NormWeights | None = None  # norm applied to the attention output before it joins the residual
+    ln2_post: NormWeights | None = None  # the same after the MLP (Gemma)
+    q_norm: NormWeights | None = None    # per-head norm of queries / keys (Qwen3, Gemma 3)
+    k_norm: NormWeights | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,8 @@ class Weights:
     b_U: torch.Tensor | None
     final_norm: NormWeights
     layers: tuple[LayerWeights, ...]
+    embed_scale: float = 1.0              # token embeddings are multiplied by this (√d in Gemma)
+    logit_softcap: float | None = None    # logits = cap · tanh(logits / cap) (Gemma 2)
     _stacks: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -121,7 +138,11 @@ class Weights:
         in ``resid``); at the last layer's output it equals the model's logits."""
         x = self.final_norm(resid.to(self.W_U.dtype))
         out = x @ self.W_U
-        return out if self.b_U is None else out + self.b_U
+        if self.b_U is not None:
+            out = out + self.b_U
+        if self.logit_softcap:
+            out = torch.tanh(out / self.logit_softcap) * self.logit_softcap
+        return out
 
 
 def _det(t) -> torch.Tensor | None:
@@ -129,11 +150,31 @@ def _det(t) -> torch.Tensor | None:
 
 
 def norm_weights(component, kind: str) -> NormWeights:
-    """NormWeights of a HF norm module (LayerNorm, LlamaRMSNorm and look-alikes)."""
+    """NormWeights of a HF norm module (LayerNorm, RMSNorm and look-alikes), checked against the module.
+
+    The gain convention (w or 1 + w) is found by running the module on a probe vector; a norm that
+    matches neither is refused rather than described wrongly."""
     w = getattr(component, "weight", None)
     b = getattr(component, "bias", None) if kind == "LN" else None
     eps = getattr(component, "variance_epsilon", None) or getattr(component, "eps", None) or 1e-5
-    return NormWeights(kind, _det(w), _det(b), float(eps))
+    found = None
+    d = w.shape[0] if isinstance(w, torch.Tensor) else None
+    if d is None:
+        return NormWeights(kind, None, _det(b), float(eps))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, d, generator=gen, dtype=torch.float32).to(device=w.device, dtype=w.dtype)
+    tol = max(1e-4, 16 * torch.finfo(w.dtype).eps)  # bf16/fp16 norms round their output
+    with torch.no_grad():
+        y = component(x).float()
+        for offset in (0.0, 1.0):
+            cand = NormWeights(kind, _det(w).float(), None if b is None else _det(b).float(), float(eps), offset)(x.float())
+            if torch.allclose(cand, y, rtol=tol, atol=tol * float(cand.abs().max())):
+                found = offset
+                break
+    if found is None:
+        raise InputError(f"workbench cannot describe the norm {type(component).__name__}: it is neither g·norm(x) nor "
+                         "(1 + g)·norm(x). Analyses that read weights do not support this architecture yet.")
+    return NormWeights(kind, _det(w), _det(b), float(eps), found)
 
 
 def read_weights(bridge, info, version: int) -> Weights:
@@ -158,12 +199,24 @@ def read_weights(bridge, info, version: int) -> Weights:
             W_in=_det(m.W_in), W_gate=_det(getattr(m, "W_gate", None)), W_out=_det(m.W_out),
             b_in=_det(getattr(m, "b_in", None)), b_out=_det(getattr(m, "b_out", None)),
             ln1=norm_weights(original(blk.ln1), kind), ln2=norm_weights(original(blk.ln2), kind),
+            ln1_post=_optional_norm(blk, "ln1_post", kind), ln2_post=_optional_norm(blk, "ln2_post", kind),
+            q_norm=_optional_norm(original(a), "q_norm", "RMS"), k_norm=_optional_norm(original(a), "k_norm", "RMS"),
         ))
     w_pos = None
     if info.positional != "rotary":
         pe = getattr(bridge, "pos_embed", None)
         w = getattr(original(pe), "weight", None) if pe is not None else None
         w_pos = _det(w)
+    emb = original(bridge.embed)
+    scale = getattr(emb, "scalar_embed_scale", None) or getattr(emb, "embed_scale", None) or 1.0
     return Weights(version=version, W_E=_det(bridge.W_E), W_pos=w_pos, W_U=_det(bridge.W_U),
                    b_U=_det(getattr(bridge, "b_U", None)), final_norm=norm_weights(original(bridge.ln_final), kind),
-                   layers=tuple(layers))
+                   layers=tuple(layers), embed_scale=float(scale), logit_softcap=info.logit_softcap)
+
+
+def _optional_norm(parent, name: str, kind: str) -> NormWeights | None:
+    mod = parent._modules.get(name) if hasattr(parent, "_modules") else None
+    if mod is None:
+        return None
+    mod = getattr(mod, "original_component", None) or mod
+    return norm_weights(mod, kind)
