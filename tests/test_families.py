@@ -99,3 +99,15 @@ def test_dtype_choice():
     assert m.run(PROMPT).logits.dtype == torch.bfloat16
     with pytest.raises(wb.InputError, match="floating torch dtype"):
         wb.load("tiny-llama", dtype=torch.int8)
+
+
+def test_gguf_file_round_trip(tmp_path):
+    """A model written as GGUF loads back with identical logits and tokenization."""
+    from workbench.loading.tiny_gguf import write_tiny_gguf
+
+    path = write_tiny_gguf(tmp_path / "tiny-llama.gguf")
+    m = wb.load(path)
+    ref = wb.load("tiny-llama")
+    assert m.parity.ok() and m.info.architecture == "LlamaForCausalLM"
+    assert m.tokenize(PROMPT)[0].tolist() == ref.tokenize(PROMPT)[0].tolist()
+    assert torch.allclose(m.run(PROMPT).logits, ref.run(PROMPT).logits, atol=1e-5)
