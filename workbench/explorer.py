@@ -1,4 +1,4 @@
-"""Interactive notebook widgets (ipywidgets 8 + plotly ``go.FigureWidget``, which needs anywidget)."""
+"""The attention explorer: an interactive notebook view (ipywidgets 8 + plotly ``go.FigureWidget``, which needs anywidget)."""
 from __future__ import annotations
 
 

@@ -1,8 +1,8 @@
-"""Feature browser widget: pick a transcoder feature, see its top contexts with highlighted tokens,
+"""Feature explorer widget: pick a transcoder feature, see its top contexts with highlighted tokens,
 its activation histogram, its logit effects, its direct de-embedding and its OV de-embedding
 norms per head.
 
-``feature_browser(model, transcoder, layer, contexts)`` takes a ``FeatureContexts`` (from
+``feature_explorer(model, transcoder, layer, contexts)`` takes a ``FeatureContexts`` (from
 ``feature_contexts``, computed once over a corpus); moving the controls only recomputes the
 input-invariant pieces (logit effects, de-embedding: a few matmuls) and swaps figure data inside
 ``FigureWidget.batch_update``.
@@ -27,7 +27,7 @@ def _feature_options(ctx: FeatureContexts, order: str) -> list[tuple[str, int]]:
              int(r.feature)) for r in df.itertuples()]
 
 
-def feature_browser(model, transcoder, layer: int, contexts: FeatureContexts, k_tokens: int = 10,
+def feature_explorer(model, transcoder, layer: int, contexts: FeatureContexts, k_tokens: int = 10,
                     order: str = "max activation"):
     """A feature dropdown over ``contexts.features``. Returns an ``ipywidgets.VBox`` with
     ``.show(feature)``, ``.feature_dropdown``, ``.contexts_html`` (``widgets.HTML``),
@@ -37,7 +37,7 @@ def feature_browser(model, transcoder, layer: int, contexts: FeatureContexts, k_
     import plotly.graph_objects as go
 
     if not isinstance(contexts, FeatureContexts):
-        raise InputError("feature_browser needs the FeatureContexts from feature_contexts(model, transcoder, layer, texts).")
+        raise InputError("feature_explorer needs the FeatureContexts from feature_contexts(model, transcoder, layer, texts).")
     if contexts.layer != model.check_layer(layer):
         raise InputError(f"These contexts were collected at layer {contexts.layer}, not layer {layer}.")
     if order not in ("max activation", "frequency", "index"):
@@ -95,4 +95,4 @@ def feature_browser(model, transcoder, layer: int, contexts: FeatureContexts, k_
     return box
 
 
-__all__ = ["feature_browser"]
+__all__ = ["feature_explorer"]
