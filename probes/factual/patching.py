@@ -42,6 +42,7 @@ import torch
 
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
+from workbench.progress import progress
 from workbench.hook_names import SPECS
 from workbench.intervention import Intervention
 
@@ -358,7 +359,7 @@ def patched_logit_diffs(model, pair: PatchingPair, site: str, target_ids: torch.
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
     out = []
     with torch.no_grad():
-        for i in range(0, len(cells), batch_size):
+        for i in progress(range(0, len(cells), batch_size), desc=f"patch {len(cells)} cells", unit="batch"):
             chunk = cells[i:i + batch_size]
             ids = target_ids.to(model.device)[None].expand(len(chunk), -1)
             run = model.run(ids, logits="last", interventions=[_RowPatch(site, source, chunk)])
