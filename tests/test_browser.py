@@ -173,7 +173,7 @@ BROKEN = [
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
     try:
         from playwright.sync_api import sync_playwright
@@ -189,7 +189,7 @@ def browser():
             b.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("lab")
     root = work / "notebooks"
