@@ -106,3 +106,14 @@ def test_long_loops_report_progress(name):
            "harness": "efficiency.kv.harness", "concepts": "probes.frames.concepts",
            "active_dormant": "probes.active_dormant", "patching": "probes.factual.patching"}[name]
     assert importlib.import_module(mod).progress is progress
+
+
+# ------------------------------------------------------------------------------------------ browser tests
+def test_browser_tests_fail_clearly_without_chromium(monkeypatch, tmp_path):
+    """No Chromium: the browser tests fail (not skip) with a message saying how to install it."""
+    import lab_browser
+
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chromium"))
+    assert lab_browser.chromium_path() is None
+    with pytest.raises(RuntimeError, match=r"make system.*apt-get install -y chromium(.|\n)*not browser"):
+        lab_browser.launch_chromium(playwright=None)
