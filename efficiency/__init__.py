@@ -14,7 +14,7 @@ from .kv import (
     RaggedLayer, RandomPolicy, ScorePolicy, Sequential, SnapKV, StreamingLLM, UncertaintyBudgets, ZigZagKV,
     get_policy, ragged_attention, ragged_bytes_formula, register,
 )
-from .kv.compare_widget import kv_compare_explorer
+from .kv.explorer import kv_compare_explorer
 from .kv.methods import KVEviction, KVQuantization
 from .kv.harness import PerplexityResult, SweepResult, perplexity, sweep
 from .kv.internals import CacheComparison, compare_cache

@@ -223,7 +223,7 @@ fig
 # and how much the next-token distribution moved (KL, top-1, top-5).
 
 # %%
-from efficiency.kv.compare_widget import kv_compare_explorer
+from efficiency.kv.explorer import kv_compare_explorer
 from efficiency.kv.internals import compare_cache, full_reference
 
 reference = full_reference(model, sample.prompt)  # the full cache's side, shared by every policy

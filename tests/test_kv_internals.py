@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from efficiency import get_policy
-from efficiency.kv.compare_widget import eviction_policies, kv_compare_explorer
+from efficiency.kv.explorer import eviction_policies, kv_compare_explorer
 from efficiency.kv.internals import CacheComparison, compare_cache
 from workbench.errors import InputError
 from workbench.generation import cached_forward, prefill

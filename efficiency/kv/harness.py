@@ -52,6 +52,7 @@ import plotly.graph_objects as go
 import torch
 
 from workbench.errors import InputError
+from workbench.progress import progress
 from workbench.kv_cache import CachePolicy, KVCache, StepContext
 from workbench.session import AttentionFanout
 from workbench.texts.tasks import PasskeySample, TaskSample, score_text
@@ -187,7 +188,7 @@ def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snap
         raise InputError(f"sweep(): max_new_tokens must be a positive integer or None, got {max_new_tokens!r}.")
     _instances(policies, ratios)  # validate names and arguments before any forward pass
     result = SweepResult()
-    for i, s in enumerate(samples):
+    for i, s in enumerate(progress(samples, desc="KV sweep", unit="sample")):
         runs = _instances(policies, ratios)
         fanout = AttentionFanout([p.observe_attention for _, _, p in runs])
         ids, _ = model.tokenize(s.prompt)
@@ -274,7 +275,7 @@ def perplexity(model, texts: Sequence[str], policy=None, *, prefix: float = 0.5,
     if policy is not None and not isinstance(policy, CachePolicy):
         raise InputError(f"perplexity(): policy must be None, a name or a cache policy, got {policy!r}.")
     rows = []
-    for t in texts:
+    for t in progress(texts, desc="perplexity", unit="text"):
         ids, _ = model.tokenize(t)
         n = ids.shape[1]
         if n < 2:

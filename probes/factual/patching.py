@@ -43,6 +43,7 @@ import torch
 from interventions.activation_patch import ActivationPatch, patch_positions, patch_site_spec
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
+from workbench.progress import progress
 from workbench.intervention import Intervention
 
 DIRECTIONS = ("denoise", "noise")
@@ -289,7 +290,7 @@ def patched_logit_diffs(model, pair: PatchingPair, site: str, target_ids: torch.
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
     out = []
     with torch.no_grad():
-        for i in range(0, len(cells), batch_size):
+        for i in progress(range(0, len(cells), batch_size), desc=f"patch {len(cells)} cells", unit="batch"):
             chunk = cells[i:i + batch_size]
             ids = target_ids.to(model.device)[None].expand(len(chunk), -1)
             run = model.run(ids, logits="last", interventions=[_RowPatch(site, source, chunk)])

@@ -26,6 +26,7 @@ import torch
 
 from workbench.result import Result
 from workbench.errors import InputError
+from workbench.progress import progress
 
 from .token_space import TokenSpace, token_space
 from .word_frames import DEFAULT_K, VARIATIONS, _check_k, tokenize_words
@@ -215,9 +216,11 @@ def concept_bank(model, min_lemmas: int = 3, k: int = DEFAULT_K, pos: str | None
     # the chunks stop as soon as enough synsets qualify.
     names, lemmas, lexn, rows_of = [], [], [], []
     nv = len(VARIATIONS)
-    chunk = 1 << 16 if max_synsets is None else max(64, 2 * max_synsets)
+    chunk = 1 << 12 if max_synsets is None else max(64, 2 * max_synsets)
+    bar = progress(total=len(cands), desc="concept bank", unit="synset")
     for start in range(0, len(cands), chunk):
         part = cands[start: start + chunk]
+        bar.update(len(part))
         lem = [[l.replace("_", " ") for l in c[1]] for c in part]
         ids = tokenize_words(model.tokenizer, [v.replace("{w}", w) for ls in lem for w in ls for v in VARIATIONS])
         pos_i = 0
@@ -235,6 +238,7 @@ def concept_bank(model, min_lemmas: int = 3, k: int = DEFAULT_K, pos: str | None
                     break
         if max_synsets is not None and len(names) >= max_synsets:
             break
+    bar.close()
     if not names:
         raise InputError(f"No synset has ≥ {min_lemmas} lemmas fitting in k={k} tokens; lower min_lemmas or raise k.")
     n_syn = len(names)

@@ -34,6 +34,7 @@ import torch
 from interventions.ablation import HeadAblation
 from workbench.result import Result
 from workbench.errors import InputError
+from workbench.progress import progress
 
 from workbench.texts.domains import load_domain
 
@@ -234,7 +235,7 @@ def active_dormant(model, domains=("prose", "code"), heads=None, skip_queries: i
         for i, (l, h) in enumerate(pairs):
             sink[i, j] = float(torch.nanmean(clean.summaries[l].received[:, h, 0]))
         del clean
-        for i, (l, h) in enumerate(pairs):
+        for i, (l, h) in enumerate(progress(pairs, desc=f"ablate heads ({name})", unit="head")):
             run = model.run(texts, logits="all", interventions=[HeadAblation(l, h)])
             dce[i, j] = token_cross_entropy(run.logits, run.tokens, run.lengths)[0] / count - clean_ce[j]
     rho = {name: _spearman(sink[:, j], np.abs(dce[:, j])) for j, name in enumerate(doms)}
