@@ -76,7 +76,7 @@ VIEWS = [
     ),
     ViewSpec(
         name="sink_explorer",
-        code=(SETUP, "from probes import sink_explorer\n"
+        code=(SETUP, "from probes.sinks import sink_explorer\n"
                      "sink_explorer(model, [PROMPT, 'def add(a, b):\\n    return a + b\\n'])"),
         n_figures=3, controls={"widget-slider": 1, "widget-dropdown": 2},
         interactions=(Interaction("slider", "layer", figures=(0, 1, 2)),
