@@ -104,7 +104,7 @@ def test_long_loops_report_progress(name):
 
     mod = {"harvest": "probes.transcoders.harvest", "train": "probes.transcoders.train",
            "harness": "efficiency.kv.harness", "concepts": "probes.frames.concepts",
-           "active_dormant": "probes.active_dormant", "patching": "probes.factual.patching"}[name]
+           "active_dormant": "probes.sinks.active_dormant", "patching": "probes.factual.patching"}[name]
     assert importlib.import_module(mod).progress is progress
 
 
