@@ -11,10 +11,13 @@ replaced by the module it wraps. Only containers on the way to a bridge are copi
 ``_modules`` dict; everything else, parameters and buffers included, is shared), and every leaf
 (``nn.Linear``, norms, embeddings, a torch.ao quantized linear, a replacement component) is the
 *same object* the bridge calls. So weight edits (``Parameter.data`` swaps), untied parameters and
-anything set on a leaf are seen by both paths at once; a module replaced inside the bridge (the
+anything set on a leaf are seen by both paths at once. A module replaced inside the bridge (the
 weight editor's ``replace_linear`` / ``replace_component``, or any other assignment) changes the
-tree's *structure*, which ``PlainView`` detects on every call from the identities of the children
-it was built from, rebuilding itself before the next forward.
+tree's *structure*: the child dicts (``_modules``) of the modules the view was built from are
+swapped for a ``dict`` subclass that counts every assignment and deletion (``_WatchedDict``), so a
+structural change is seen in O(1) before the next forward and the view is rebuilt. (Plain Python
+attributes of a copied container, which are neither modules, parameters nor buffers, are read when
+the view is built.)
 
 Fused QKV (GPT-2's ``c_attn``): the bridge splits it into separate q, k, v linears and runs those
 (they are what ``edit_weights`` edits), so the plain view runs the same three linears and
@@ -46,6 +49,58 @@ def _is_bridge(module: nn.Module) -> bool:
     from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
 
     return isinstance(module, GeneralizedComponent)
+
+
+class _WatchedDict(dict):
+    """A module's child dict that counts every real change (a child set to another object, added or
+    removed), so ``PlainView`` sees structural edits in O(1); no-op writes are not counted."""
+
+    epoch = 0  # class-wide: a change in any watched dict of any model
+
+    def __setitem__(self, key, value):
+        if super().get(key, _MISSING) is not value:
+            _WatchedDict.epoch += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        _WatchedDict.epoch += 1
+        super().__delitem__(key)
+
+    def pop(self, key, *default):
+        if key in self:
+            _WatchedDict.epoch += 1
+        return super().pop(key, *default)
+
+    def update(self, *args, **kwargs):
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+    def clear(self):
+        if self:
+            _WatchedDict.epoch += 1
+        super().clear()
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            _WatchedDict.epoch += 1
+        return super().setdefault(key, default)
+
+    def popitem(self):
+        _WatchedDict.epoch += 1
+        return super().popitem()
+
+    def __reduce__(self):  # copies and pickles become plain dicts
+        return dict, (dict(self),)
+
+
+_MISSING = object()
+
+
+def _watch(mod: nn.Module) -> None:
+    """Swap ``mod``'s child dict for a ``_WatchedDict`` (same contents)."""
+    children = mod.__dict__.get("_modules")
+    if children is not None and type(children) is not _WatchedDict:
+        mod.__dict__["_modules"] = _WatchedDict(children)
 
 
 class PlainViewError(RuntimeError):
@@ -120,7 +175,7 @@ class PlainView:
         self._verify = verify
         self.module: nn.Module | None = None
         self.reason: str | None = "not built yet"
-        self._watch: list[tuple[dict, tuple]] = []  # (a _modules dict, the children it held when built)
+        self._epoch = -1  # _WatchedDict.epoch when built
         self._hooked_only: list[nn.Module] = []  # modules the hooked path runs and the plain view does not
         self._hook_counter = -1  # RemovableHandle.next_id when no hook was last found
         self.builds = 0
@@ -131,8 +186,8 @@ class PlainView:
         if key in memo:
             return memo[key]
         if _is_bridge(mod):
+            _watch(mod)
             orig = mod._modules.get("_original_component")
-            self._watch.append((mod._modules, tuple(mod._modules.values())))
             if orig is None:
                 raise PlainViewError(f"bridge component {type(mod).__name__} wraps no HF module")
             if all(n in mod._modules for n in ("q", "k", "v", "qkv")):  # fused QKV, split by the bridge
@@ -148,11 +203,11 @@ class PlainView:
             memo[key] = out
             return out
         children = mod._modules
-        self._watch.append((children, tuple(children.values())))
         plain_children = {n: (None if c is None else self._plain(c, memo)) for n, c in children.items()}
         if all(plain_children[n] is c for n, c in children.items()):
             memo[key] = mod  # nothing bridged below: share the module itself
             return mod
+        _watch(mod)
         new = _shallow_copy(mod)  # parameters, buffers, hooks and config are shared
         new.__dict__["_modules"] = plain_children
         memo[key] = new
@@ -186,7 +241,7 @@ class PlainView:
         return plain_orig
 
     def build(self) -> None:
-        self._watch, self.module, self.builds = [], None, self.builds + 1
+        self.module, self.builds = None, self.builds + 1
         cfg = getattr(self.bridge, "cfg", None)
         flags = [f for f in _COMPUTE_FLAGS if getattr(cfg, f, False)]
         if flags or getattr(self.bridge, "compatibility_mode", False):
@@ -198,6 +253,7 @@ class PlainView:
             module = self._plain(self.hf, memo)
         except PlainViewError as exc:
             self.reason = str(exc)
+            self._epoch = _WatchedDict.epoch
             return
         plain_ids = {id(m) for m in module.modules()}
         seen, hooked_only = set(), []
@@ -205,8 +261,10 @@ class PlainView:
             if id(m) not in plain_ids and id(m) not in seen:
                 seen.add(id(m))
                 hooked_only.append(m)
+        hooked_only.sort(key=lambda m: type(m).__name__ != "HookPoint")  # where hooks usually sit, first
         self._hooked_only = hooked_only
         self._hook_counter = -1
+        self._epoch = _WatchedDict.epoch
         self.module, self.reason = module, None
         if self._verify is not None:
             problem = self._verify(module)
@@ -215,11 +273,7 @@ class PlainView:
 
     def stale(self) -> bool:
         """Whether a child module changed since the build (a replaced linear, block, embedding, ...)."""
-        for children, was in self._watch:
-            now = children.values()
-            if len(now) != len(was) or any(a is not b for a, b in zip(now, was)):
-                return True
-        return False
+        return self._epoch != _WatchedDict.epoch
 
     # ------------------------------------------------------------------ using
     def hooks_attached(self) -> bool:
