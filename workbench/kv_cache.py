@@ -547,10 +547,14 @@ class KVCache:
         """An empty layer of this cache's kind (to hold dense entries again)."""
         return PreallocatedLayer(1) if self.capacity is not None else DynamicLayer()
 
-    def copy(self) -> "KVCache":
+    def copy(self, kind: str | None = None) -> "KVCache":
         """An independent copy: every cache layer (any layer type) and the positions are cloned, so
         editing or extending the copy leaves this cache untouched (for trying several policies on one
-        prefill)."""
+        prefill). ``kind``: None keeps this cache's kind; "dynamic" copies dense layers into growing
+        (``torch.cat``) layers; "preallocated" into preallocated ones sized for this cache's ``capacity``
+        (or its current length). Ragged and custom layers are copied as they are."""
+        if kind not in (None, "dynamic", "preallocated"):
+            raise InputError(f"copy(): kind must be None, 'dynamic' or 'preallocated', got {kind!r}.")
         new = KVCache(copy.deepcopy(self.hf_cache), self.n_layers, self.n_kv_heads, self.d_head)
         new.next_position = self.next_position
         new.capacity = self.capacity
@@ -558,6 +562,19 @@ class KVCache:
         new.positions = [lay.positions if isinstance(lay, PreallocatedLayer) and l < len(self.positions)
                          else p.clone() for l, (p, lay) in enumerate(zip(self.positions, new.hf_cache.layers))]
         new.positions += [p.clone() for p in self.positions[len(new.positions):]]
+        if kind == "dynamic" and new.capacity is not None:
+            new.capacity = None
+            new.hf_cache.layer_class_to_replicate = DynamicLayer
+        elif kind == "preallocated" and new.capacity is None:
+            new.capacity = max(self.next_position, 1)
+            new.hf_cache.layer_class_to_replicate = partial(PreallocatedLayer, new.capacity)
+        if kind is not None:
+            for l, lay in enumerate(new.hf_cache.layers):
+                if type(lay) in (DynamicLayer, PreallocatedLayer) and lay.is_initialized and l < len(new.positions):
+                    k, v, pos = lay.keys, lay.values, new.positions[l]
+                    new.hf_cache.layers[l] = dense = new._dense_layer()
+                    dense.lazy_initialization(k, v)
+                    new.set_entries(l, k.clone(), v.clone(), pos.clone())
         return new
 
     def expand(self, k: int) -> None:
