@@ -636,6 +636,13 @@ class Model:
 
         return fn
 
+    def transformer_lens_cache(self, ids: torch.Tensor):
+        """TransformerLens' own ``run_with_cache`` on this model's bridge: (logits, ActivationCache) over every
+        hook point. For comparisons with TransformerLens (benchmarks); ``run`` is the workbench's way to capture."""
+        apply_threads()
+        self.forward_count += 1
+        return self.bridge.run_with_cache(ids)
+
     def generate(self, prompt, max_new_tokens: int = 20, **kwargs):
         """Generate from one prompt (or each of a list); see ``workbench.generation.generate``."""
         from .generation import generate
