@@ -64,7 +64,7 @@ KV_BYTES_PER_TOKEN = None  # filled from the model: 2 * layers * kv_heads * d_he
 
 
 def _prompt_ids(m, n_tokens: int) -> torch.Tensor:
-    from efficiency.kv.harness import long_texts
+    from workbench.texts import long_texts
 
     text = long_texts(m, 1, n_tokens=n_tokens + 64)[0]
     ids, _ = m.tokenize(text)

@@ -66,6 +66,16 @@ def test_plain_path_identical_on_tiny_models(tiny):
     assert tiny.forward_count == before + 1  # still counted
 
 
+@pytest.mark.parametrize("family", ["tiny-gemma2", "tiny-gemma3", "tiny-qwen2", "tiny-qwen3", "tiny-neox"])
+def test_plain_path_identical_on_other_families(family):
+    """Sliding-window and soft-capped attention (Gemma), q/k norms (Qwen 3), fused per-head QKV (NeoX)."""
+    m = wb.load(family)
+    _assert_same_run_and_generation(m)
+    p, d = (m.generate(PROMPT, 5, stop_at_eos=False, cache=k) for k in ("preallocated", "dynamic"))
+    assert p.new_tokens.tolist() == d.new_tokens.tolist()
+    torch.testing.assert_close(p.logits, d.logits, atol=1e-5, rtol=1e-5)
+
+
 def test_plain_path_identical_on_a_checkpoint_folder(tmp_path):
     from workbench.loading.tiny import build_tiny
 

@@ -37,12 +37,14 @@ _active = _Active()
 
 
 @contextmanager
-def plain_cache(cache, blocked: dict | None = None) -> Iterator[None]:
-    """Run the enclosed plain forward against ``cache`` (a ``WorkbenchDynamicCache``): layers that attend
-    themselves get only ``append`` calls from ``update`` and answer the attention with ``attend``."""
+def plain_cache(cache, blocked: dict | None = None, layers: frozenset = frozenset()) -> Iterator[None]:
+    """Run the enclosed plain forward against ``cache`` (a ``WorkbenchDynamicCache``): in ``layers`` (those
+    whose attention is plain causal softmax attention), cache layers that attend themselves get only
+    ``append`` calls from ``update`` and answer the attention with ``attend``; elsewhere every layer
+    returns full tensors and the architecture's eager attention runs."""
     prev = (_active.cache, _active.blocked, cache.fast)
     _active.cache, _active.blocked = cache, blocked
-    cache.fast = True
+    cache.fast = frozenset(layers)
     try:
         yield
     finally:
@@ -98,7 +100,7 @@ def workbench_attention(module, query, key, value, attention_mask, scaling=None,
     cache = _active.cache
     blocked = None
     if cache is not None and layer_idx is not None:
-        if layer_idx < len(cache.layers) and attends_itself(cache.layers[layer_idx]):
+        if layer_idx in cache.fast and layer_idx < len(cache.layers) and attends_itself(cache.layers[layer_idx]):
             if scaling is None:
                 scaling = query.shape[-1] ** -0.5
             return cache.layers[layer_idx].attend(query, scaling), None

@@ -129,10 +129,11 @@ def cached_forward(model, cache: KVCache, inp: torch.Tensor, *, last_only: bool 
         kw["logits_to_keep"] = 1
     plain = model._route()
     if plain is not None:
+        own = model._plain_view.simple_layers  # layers where a cache layer may attend itself
         blocked = {l: b for l in range(cache.n_layers)
-                   if not (l < len(layers) and attends_itself(layers[l]))
+                   if not (l in own and l < len(layers) and attends_itself(layers[l]))
                    and (b := cache.blocked_slots(l, n_new, longest)) is not None}
-        with plain_cache(cache.hf_cache, blocked):
+        with plain_cache(cache.hf_cache, blocked, own):
             logits = model._forward(inp, plain, **kw)
     else:
         blocked = {l: b for l in range(cache.n_layers)

@@ -39,11 +39,12 @@ class WorkbenchDynamicCache(DynamicCache):
     new tokens' mask rows from it, and with layer 0 shorter than another layer the mask would
     otherwise hide that layer's newest entries.
 
-    ``fast`` is on while the plain (hook-free) path runs a forward against this cache
-    (``workbench.fast_attention.plain_cache``): a layer that computes its own attention then only
-    stores the new entries in ``update`` (``append``) and answers the attention later (``attend``)."""
+    ``fast`` holds, while the plain (hook-free) path runs a forward against this cache
+    (``workbench.fast_attention.plain_cache``), the layer indices whose attention is plain causal
+    softmax attention: there a cache layer that computes its own attention only stores the new
+    entries in ``update`` (``append``) and answers the attention later (``attend``)."""
 
-    fast = False
+    fast: frozenset = frozenset()
 
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
         return self.get_seq_length() + query_length, 0
@@ -52,7 +53,7 @@ class WorkbenchDynamicCache(DynamicCache):
         return max((lay.get_seq_length() for lay in self.layers), default=0)
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        if self.fast:
+        if layer_idx in self.fast:
             while len(self.layers) <= layer_idx:
                 self.layers.append(self.layer_class_to_replicate())
             lay = self.layers[layer_idx]

@@ -19,10 +19,11 @@ structural change is seen in O(1) before the next forward and the view is rebuil
 attributes of a copied container, which are neither modules, parameters nor buffers, are read when
 the view is built.)
 
-Fused QKV (GPT-2's ``c_attn``): the bridge splits it into separate q, k, v linears and runs those
-(they are what ``edit_weights`` edits), so the plain view runs the same three linears and
-concatenates their outputs in ``c_attn``'s layout. Other fused layouts are not supported: the
-model then always takes the hooked path (``reason`` says why).
+Fused QKV (GPT-2's ``c_attn``, GPT-NeoX's ``query_key_value``): the bridge splits it into separate
+q, k, v linears and runs those (they are what ``edit_weights`` edits), so the plain view runs the
+same three linears and concatenates their outputs in the fused layout. Other fused layouts are not
+supported: the model then always takes the hooked path (``reason`` says why). Norms the bridge
+computes itself (TransformerLens' LayerNorm) are computed the same way (``_BridgeNorm``).
 
 Exactness is checked, not assumed: after every (re)build, one forward of a short probe through the
 plain view must reproduce the hooked forward exactly (``torch.equal``); otherwise the plain view
@@ -108,15 +109,21 @@ class PlainViewError(RuntimeError):
 
 
 class _SplitQKV(nn.Module):
-    """GPT-2's fused ``c_attn`` (in -> 3 * d) computed from the separate q, k, v linears the bridge runs:
-    ``cat([q(x), k(x), v(x)], -1)``, which is exactly ``c_attn``'s output layout."""
+    """A fused QKV projection computed from the separate q, k, v linears the bridge runs, in the fused
+    module's output layout: GPT-2's ``c_attn`` is ``[q | k | v]`` (``head_size`` None); GPT-NeoX's
+    ``query_key_value`` is ``[q_h | k_h | v_h]`` per head (``head_size`` = d_head)."""
 
-    def __init__(self, q: nn.Module, k: nn.Module, v: nn.Module):
+    def __init__(self, q: nn.Module, k: nn.Module, v: nn.Module, head_size: int | None = None):
         super().__init__()
         self.q, self.k, self.v = q, k, v
+        self.head_size = head_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.head_size is None:
+            return torch.cat([q, k, v], dim=-1)
+        split = (*q.shape[:-1], -1, self.head_size)
+        return torch.cat([q.view(split), k.view(split), v.view(split)], dim=-1).flatten(-2)
 
 
 class _BridgeNorm(nn.Module):
@@ -175,6 +182,9 @@ class PlainView:
         self._verify = verify
         self.module: nn.Module | None = None
         self.reason: str | None = "not built yet"
+        #: layer indices whose attention is plain causal softmax attention (no sliding window, logit
+        #: soft-capping or sink logits): there cache layers may compute the attention themselves
+        self.simple_layers: set[int] = set()
         self._epoch = -1  # _WatchedDict.epoch when built
         self._hooked_only: list[nn.Module] = []  # modules the hooked path runs and the plain view does not
         self._hook_counter = -1  # RemovableHandle.next_id when no hook was last found
@@ -220,6 +230,8 @@ class PlainView:
         cfg = getattr(plain, "config", None)
         if getattr(cfg, "_attn_implementation", None) != "eager" or getattr(plain, "layer_idx", None) is None:
             return plain
+        if _plain_softmax_attention(plain):
+            self.simple_layers.add(int(plain.layer_idx))
         if plain is orig:
             plain = _shallow_copy(orig)
         key = ("config", id(cfg))
@@ -231,17 +243,22 @@ class PlainView:
         return plain
 
     def _fused_qkv(self, bridge: nn.Module, orig: nn.Module, memo: dict) -> nn.Module:
-        if not hasattr(orig, "c_attn"):
-            raise PlainViewError(f"fused QKV attention {type(orig).__name__} has no GPT-2 style c_attn")
+        if hasattr(orig, "c_attn"):  # GPT-2
+            name, head_size = "c_attn", None
+        elif hasattr(orig, "query_key_value") and hasattr(orig, "head_size"):  # GPT-NeoX
+            name, head_size = "query_key_value", int(orig.head_size)
+        else:
+            raise PlainViewError(f"fused QKV attention {type(orig).__name__} has no known fused layout")
         q, k, v = (self._plain(bridge._modules[n], memo) for n in ("q", "k", "v"))
         plain_orig = self._plain(orig, memo)
-        if plain_orig is orig:  # make sure c_attn is replaced in a copy, never in the shared original
+        if plain_orig is orig:  # make sure the fused linear is replaced in a copy, never in the shared original
             plain_orig = _shallow_copy(orig)
-        plain_orig._modules["c_attn"] = _SplitQKV(q, k, v)
+        plain_orig._modules[name] = _SplitQKV(q, k, v, head_size)
         return plain_orig
 
     def build(self) -> None:
         self.module, self.builds = None, self.builds + 1
+        self.simple_layers = set()
         cfg = getattr(self.bridge, "cfg", None)
         flags = [f for f in _COMPUTE_FLAGS if getattr(cfg, f, False)]
         if flags or getattr(self.bridge, "compatibility_mode", False):
@@ -328,6 +345,18 @@ def _shallow_copy(mod: nn.Module) -> nn.Module:
     new.__dict__.update(mod.__dict__)
     new.__dict__["_modules"] = dict(mod._modules)
     return new
+
+
+def _plain_softmax_attention(module: nn.Module) -> bool:
+    """Whether a HF attention module computes plain causal softmax(q k^T * scaling) v over all its keys."""
+    cfg = getattr(module, "config", None)
+    if getattr(module, "sliding_window", None) or getattr(module, "is_sliding", False):
+        return False
+    if getattr(module, "attn_logit_softcapping", None) or getattr(cfg, "attn_logit_softcapping", None):
+        return False
+    if getattr(module, "sinks", None) is not None or getattr(module, "is_causal", True) is False:
+        return False
+    return True
 
 
 def _python_norm(bridge: nn.Module) -> bool:
