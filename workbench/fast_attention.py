@@ -87,10 +87,17 @@ def grouped_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Ten
     return out.view(b, h, t, d).transpose(1, 2)
 
 
+_EAGER: dict = {}  # attention class -> the eager attention function of its modeling file
+
+
 def _eager_of(module):
-    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    cls = type(module)
+    fn = _EAGER.get(cls)
     if fn is None:
-        from transformers.models.llama.modeling_llama import eager_attention_forward as fn
+        fn = getattr(sys.modules.get(cls.__module__), "eager_attention_forward", None)
+        if fn is None:
+            from transformers.models.llama.modeling_llama import eager_attention_forward as fn
+        _EAGER[cls] = fn
     return fn
 
 

@@ -3,8 +3,14 @@
 ``KVCache`` wraps the HF ``DynamicCache`` the model fills (keys are stored *after* RoPE, as in
 HF) and tracks, for every retained entry, the original token position it came from. Cache
 policies (``CachePolicy``) run after prefill and after every decoding step and may physically
-drop, merge or quantize entries: ``keep`` gathers into fresh tensors so the old storage is freed,
-and a policy may install its own layer object (e.g. packed quantized storage) with ``set_layer``.
+drop, merge or quantize entries: ``keep`` gathers the kept entries, and a policy may install its
+own layer object (e.g. packed quantized storage) with ``set_layer``.
+
+Two kinds of cache: a growing one (``KVCache.empty``: HF ``DynamicLayer``s, one ``torch.cat`` per
+step, evicted entries freed at once) and a preallocated one (``KVCache.preallocated(model,
+capacity)``: ``PreallocatedLayer`` buffers sized once for prompt + new tokens, written in place;
+eviction compacts the kept entries inside the buffers and shrinks them to kept + the room the
+remaining tokens need, so the bytes held are the compressed size plus that room).
 
 Positions: evicting entries never renumbers anything. Retained keys keep the rotation of their
 original position, and the next token is always fed at its true position (``next_position``),
@@ -13,8 +19,13 @@ so a compressed cache behaves like attention over a subset of the real context.
 Ragged layers (per-head budgets): when KV heads of a layer keep different numbers of entries,
 the layer is stored as a ``RaggedLayer`` (packed per-head storage, batch 1), so the evicted
 bytes really go. Readers see it through a transient right-aligned padded view (B, G, N_max, d)
-whose padding slots have position ``-1`` in ``positions``; ``generation.cached_forward`` masks
-those slots per head in the attention scores, so they get exactly zero attention.
+whose padding slots have position ``-1`` in ``positions``; on the hooked path
+``generation.cached_forward`` masks those slots per head in the attention scores, so they get
+exactly zero attention; on the hook-free path the layer attends from its packed storage itself.
+
+Layers that compute their own attention (``PreallocatedLayer``, ``RaggedLayer``, the KIVI layer)
+implement ``append(k, v)`` and ``attend(query, scaling)`` besides HF's ``update``; see
+``workbench.fast_attention``.
 """
 from __future__ import annotations
 
@@ -264,11 +275,16 @@ class RaggedLayer(DynamicLayer):
         for c in self._caps:
             offs.append(offs[-1] + c)
         self._offs = tuple(offs)
+        # (G, sum C_g) bool, True where KV head g may not look in the one-pass attention (other heads'
+        # segments, free slots); bookkeeping like the positions, not counted in the bytes
+        self._blocked = torch.ones((len(self.lengths), offs[-1]), dtype=torch.bool, device=packed_k.device)
+        for g, (o, n) in enumerate(zip(offs, self.lengths)):
+            self._blocked[g, o:o + n] = False
         if room == 0:
             self._k, self._v = packed_k.contiguous(), packed_v.contiguous()
             return
         d = packed_k.shape[-1]
-        self._k = packed_k.new_zeros(offs[-1], d)
+        self._k = packed_k.new_zeros(offs[-1], d)  # zeros in the room: finite values under the mask
         self._v = packed_v.new_zeros(offs[-1], d)
         idx = self._filled_index()
         self._k.index_copy_(0, idx, packed_k)
@@ -355,6 +371,8 @@ class RaggedLayer(DynamicLayer):
         rows = torch.cat([torch.arange(o + n, o + n + t) for o, n in zip(self._offs, self.lengths)]).to(self.device)
         self._k.index_copy_(0, rows, key_states[0].reshape(-1, key_states.shape[-1]))
         self._v.index_copy_(0, rows, value_states[0].reshape(-1, value_states.shape[-1]))
+        heads = torch.arange(len(self.lengths), device=self.device).repeat_interleave(t)
+        self._blocked.index_put_((heads, rows), torch.zeros((), dtype=torch.bool, device=self.device))
         self.lengths = tuple(n + t for n in self.lengths)
 
     def update(self, key_states, value_states, *args, **kwargs):
@@ -363,11 +381,21 @@ class RaggedLayer(DynamicLayer):
         return self.keys, self.values
 
     def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
-        """Attention of the (1, H, T, d) queries of the T entries just appended, per KV head over its own
-        entries (no padding); returns (1, T, H, d)."""
+        """Attention of the (1, H, T, d) queries of the T entries just appended, each query head over its
+        KV head's own entries (no padded view); returns (1, T, H, d).
+
+        One token (decoding): one pass over the whole storage, every query head against every segment,
+        other heads' segments and free slots set to -inf (the keys and values are read once, as in a
+        dense layer; the extra dot products are cheap). Several tokens: per KV head, with the causal
+        mask among the new tokens."""
         _, h, t, d = query.shape
         g = len(self.lengths)
         r = h // g
+        if t == 1:
+            s = torch.matmul(query[0].reshape(h, d), self._k.t()).mul_(scaling)  # (H, sum C)
+            s = s.view(g, r, -1).masked_fill_(self._blocked[:, None, :], float("-inf")).view(h, -1)
+            p = torch.softmax(s, dim=-1, dtype=torch.float32).to(self._v.dtype)
+            return torch.matmul(p, self._v).view(1, 1, h, d)
         outs = []
         for kv, (o, n) in enumerate(zip(self._offs, self.lengths)):
             q = query[0, kv * r:(kv + 1) * r].reshape(r * t, d)
@@ -384,6 +412,7 @@ class RaggedLayer(DynamicLayer):
 
     def reset(self) -> None:
         self.lengths = tuple(0 for _ in self.lengths)
+        self._blocked.fill_(True)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise InputError("RaggedLayer cannot be cropped; evict entries with a cache policy instead.")
@@ -613,18 +642,26 @@ class KVCache:
     def _record_new(self, n_new: int) -> None:
         """Called by the generator after a forward appended ``n_new`` tokens to every layer."""
         new = torch.arange(self.next_position, self.next_position + n_new)
+        adds: dict = {}  # (device, b, g) -> the new positions (B, G, n_new), built once per step
+
+        def add_for(device, b, g):
+            key = (device, b, g)
+            if key not in adds:
+                adds[key] = new.to(device).expand(b, g, n_new)
+            return adds[key]
+
         for l in range(self.n_layers):
             lay = self.hf_cache.layers[l]
             if isinstance(lay, PreallocatedLayer):  # written in place, no per-step copy
                 b, g = lay._k.shape[:2]
-                pos = lay.record(new.to(lay.device).expand(b, g, n_new))
+                pos = lay.record(add_for(lay.device, b, g))
                 if l < len(self.positions):
                     self.positions[l] = pos
                 else:
                     self.positions.append(pos)
                 continue
             b, g = self._batch_heads(l)
-            add = new.to(self._device(l)).expand(b, g, n_new)
+            add = add_for(self._device(l), b, g)
             if l < len(self.positions):
                 self.positions[l] = torch.cat([self.positions[l], add], dim=-1)
             else:
@@ -805,7 +842,14 @@ class KVCache:
 
     # ---------------------------------------------------------------- measuring
     def stats(self) -> CacheStats:
-        tokens = torch.stack([self.head_counts(l)[0].cpu() for l in range(self.n_layers)])
+        rows = []
+        for l in range(self.n_layers):
+            lay = self.hf_cache.layers[l] if l < len(self.hf_cache.layers) else None
+            if l < len(self.positions) and type(lay) in (DynamicLayer, PreallocatedLayer):
+                rows.append([self.positions[l].shape[-1]] * self.n_kv_heads)  # dense: no padding slot
+            else:
+                rows.append(self.head_counts(l)[0].tolist())
+        tokens = torch.tensor(rows, dtype=torch.long).reshape(self.n_layers, -1)
         lay0 = self.hf_cache.layers[0] if self.hf_cache.layers else None
         dtype = getattr(lay0, "dtype", None) if self.n_layers and self.seq_len(0) else None
         if not isinstance(dtype, torch.dtype) and self.n_layers and self.seq_len(0):
