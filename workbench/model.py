@@ -452,12 +452,15 @@ class Model:
         hook) and no ``stop_at_layer``, the pass runs the hook-free plain view of the model instead of
         the TransformerBridge (``workbench.plain``): same modules and weights, identical logits, none
         of the hook machinery's cost. ``fast_path_status()`` says which path the next pass takes."""
-        return self._forward(ids, self._route(stop_at_layer), stop_at_layer, **kwargs)
+        return self._forward(ids, self._route(stop_at_layer, kwargs), stop_at_layer, **kwargs)
 
     # ------------------------------------------------------------------ the hook-free path
-    def _route(self, stop_at_layer: int | None = None) -> nn.Module | None:
-        """The plain module when the next forward needs no hook, else None (the hooked bridge path)."""
-        if stop_at_layer is not None or not settings.fast_path:
+    def _route(self, stop_at_layer: int | None = None, kwargs: dict | None = None) -> nn.Module | None:
+        """The plain module when the next forward needs no hook, else None (the hooked bridge path).
+
+        An explicit ``attention_mask`` also takes the hooked path: the bridge derives position ids from
+        a padded mask, which the plain HF forward does not."""
+        if stop_at_layer is not None or not settings.fast_path or (kwargs and "attention_mask" in kwargs):
             return None
         if self._plain_view is None:
             self._plain_view = PlainView(self.hf, self.bridge, self._verify_plain)

@@ -256,7 +256,7 @@ class PlainView:
         plain_orig._modules[name] = _SplitQKV(q, k, v, head_size)
         return plain_orig
 
-    def build(self) -> None:
+    def build(self, rebuilt: bool = False) -> None:
         self.module, self.builds = None, self.builds + 1
         self.simple_layers = set()
         cfg = getattr(self.bridge, "cfg", None)
@@ -287,6 +287,8 @@ class PlainView:
             problem = self._verify(module)
             if problem is not None:
                 self.module, self.reason = None, problem
+            elif self._epoch != _WatchedDict.epoch and not rebuilt:  # the probe itself changed the tree
+                self.build(rebuilt=True)
 
     def stale(self) -> bool:
         """Whether a child module changed since the build (a replaced linear, block, embedding, ...)."""

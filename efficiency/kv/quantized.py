@@ -77,6 +77,21 @@ def _unpack_blocks(packed: torch.Tensor, bits: int, dtype) -> torch.Tensor:
     return out
 
 
+def _planes(packed: torch.Tensor, bits: int) -> list[tuple[int, torch.Tensor]]:
+    """(first channel, float32 codes (..., d / per)) of each of the ``per = 8 // bits`` channel blocks
+    of the block layout: unpacked and converted without assembling the full (..., d) tensor."""
+    per = 8 // bits
+    cw = packed.shape[-1]
+    mask = (1 << bits) - 1
+    out = []
+    for i in range(per):
+        part = packed if i == 0 else packed >> (bits * i)
+        if i < per - 1:
+            part = part & mask
+        out.append((i * cw, part.to(torch.float32)))
+    return out
+
+
 def _own(t: torch.Tensor) -> torch.Tensor:
     """t as a contiguous tensor owning exactly its storage (so byte counts are exact)."""
     if t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size() \
@@ -228,28 +243,52 @@ class KIVILayer(DynamicLayer):
         self.flush()
 
     def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
-        """Attention of the (B, H, T, d) queries of the T entries just appended over every entry: the
-        quantized part dequantized in whole blocks (transient), the residual read in place; the two
-        score blocks are joined, never the keys or values. Query head h reads KV head h // (H // G).
-        Returns (B, T, H, d)."""
+        """Attention of the (B, H, T, d) queries of the T entries just appended over every entry.
+        Query head h reads KV head h // (H // G). Returns (B, T, H, d).
+
+        Quantized part, one channel block (a bit plane of the packed codes) at a time, nothing kept:
+        keys are dequantized in place in the converted block (``code * scale + min``, per channel and
+        token group) and multiplied with the queries' matching channels, the blocks' scores summed;
+        values are never dequantized: the per-token scale is folded into the attention weights,
+        ``sum_t p_t (code_tc s_t + m_t) = sum_t (p_t s_t) code_tc + sum_t p_t m_t``. The residual is
+        read in place; the score blocks of both parts are joined, never the keys or values."""
         b, h, t, d = query.shape
         kr, vr = self._k.fp, self._v.fp
-        kq, vq = self._k.dequantized(kr.dtype), self._v.dequantized(kr.dtype)
         g = kr.shape[1]
         r = h // g
         q = query.reshape(b, g, r * t, d)
-        n_q = 0 if kq is None else kq.shape[-2]
-        s_r = torch.matmul(q, kr.transpose(-1, -2))
-        s = s_r if kq is None else torch.cat([torch.matmul(q, kq.transpose(-1, -2)), s_r], dim=-1)
+        k, v = self._k, self._v
+        n_q = k.n_q if k.codes is not None else 0
+        s = torch.matmul(q, kr.transpose(-1, -2))
+        if n_q:
+            ks, km = k.scale.float()[:, :, :, None], k.mn.float()[:, :, :, None]  # (B, G, n_q / gs, 1, d)
+            s_q = None
+            for c0, plane in _planes(k.codes, k.bits):
+                w = plane.shape[-1]
+                grouped = plane.view(b, g, n_q // k.gs, k.gs, w)
+                torch.addcmul(km[..., c0:c0 + w], grouped, ks[..., c0:c0 + w], out=grouped)
+                part = torch.matmul(q[..., c0:c0 + w], plane.transpose(-1, -2))
+                s_q = part if s_q is None else s_q.add_(part)
+            s = torch.cat([s_q, s], dim=-1)
         s.mul_(scaling)
         n = s.shape[-1]
         blocked = causal_block(n, t, query.device)
         if blocked is not None:
             s = s.view(b, g, r, t, n).masked_fill_(blocked, torch.finfo(s.dtype).min).view(b, g, r * t, n)
         p = torch.softmax(s, dim=-1, dtype=torch.float32).to(kr.dtype)
-        out = torch.matmul(p[..., n_q:], vr)
-        if vq is not None:
-            out = out + torch.matmul(p[..., :n_q], vq)
+        out = torch.matmul(p[..., n_q:], vr)  # (B, G, R*T, d)
+        if n_q:
+            p_q = p[..., :n_q]
+            vs, vm = v.scale.float(), v.mn.float()  # (B, G, n_q, d / vgs)
+            pm = torch.matmul(p_q, vm)  # (B, G, R*T, d / vgs): the minimums' share
+            for c0, plane in _planes(v.codes, v.bits):
+                o, cw = 0, plane.shape[-1]
+                while o < cw:  # the block's channels, cut where a value group ends
+                    grp = (c0 + o) // v.vgs
+                    w = min(cw - o, (grp + 1) * v.vgs - (c0 + o))
+                    part = torch.matmul(p_q * vs[:, :, None, :, grp], plane[..., o:o + w])
+                    out[..., c0 + o:c0 + o + w] += part + pm[..., grp:grp + 1]
+                    o += w
         return out.view(b, h, t, d).transpose(1, 2)
 
     def get_seq_length(self) -> int:
