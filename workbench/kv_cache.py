@@ -278,6 +278,7 @@ class RaggedLayer(DynamicLayer):
         # (G, sum C_g) bool, True where KV head g may not look in the one-pass attention (other heads'
         # segments, free slots); bookkeeping like the positions, not counted in the bytes
         self._blocked = torch.ones((len(self.lengths), offs[-1]), dtype=torch.bool, device=packed_k.device)
+        self._heads, self._false = None, torch.zeros((), dtype=torch.bool, device=packed_k.device)
         for g, (o, n) in enumerate(zip(offs, self.lengths)):
             self._blocked[g, o:o + n] = False
         if room == 0:
@@ -368,11 +369,13 @@ class RaggedLayer(DynamicLayer):
             self.lengths = tuple(n + t for n in self.lengths)
             self._store(torch.cat(ks), torch.cat(vs), 0 if self.room == 0 else max(self.room, 2 * t, 32))
             return
-        rows = torch.cat([torch.arange(o + n, o + n + t) for o, n in zip(self._offs, self.lengths)]).to(self.device)
-        self._k.index_copy_(0, rows, key_states[0].reshape(-1, key_states.shape[-1]))
-        self._v.index_copy_(0, rows, value_states[0].reshape(-1, value_states.shape[-1]))
-        heads = torch.arange(len(self.lengths), device=self.device).repeat_interleave(t)
-        self._blocked.index_put_((heads, rows), torch.zeros((), dtype=torch.bool, device=self.device))
+        g = len(self.lengths)
+        rows = torch.tensor([o + n + i for o, n in zip(self._offs, self.lengths) for i in range(t)], device=self.device)
+        self._k.index_copy_(0, rows, key_states[0].reshape(g * t, -1))
+        self._v.index_copy_(0, rows, value_states[0].reshape(g * t, -1))
+        if self._heads is None or self._heads.numel() != g * t:
+            self._heads = torch.arange(g, device=self.device).repeat_interleave(t)
+        self._blocked.index_put_((self._heads, rows), self._false)
         self.lengths = tuple(n + t for n in self.lengths)
 
     def update(self, key_states, value_states, *args, **kwargs):
