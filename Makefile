@@ -7,7 +7,7 @@
 #   make test    run the test suite
 #   make lab     JupyterLab on notebooks/ (a double-click opens a .py as a notebook, kernel from .venv)
 #   make transcoders  retrain the shipped SmolLM2 transcoders (layers 8, 15) and the layer-8 SAE
-#   make bench   benchmarks (core, sinks, KV cache, factual recall, patching, transcoders, frames)
+#   make bench   benchmarks (core, decoding, sinks, KV cache, factual recall, patching, transcoders, frames)
 #                -> benchmarks/results/*.json; see BENCHMARKS.md
 
 PYTHON ?= python3
@@ -69,6 +69,7 @@ lab: venv
 
 bench: venv model
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_sinks.py
 	$(PY) benchmarks/bench_kv.py --sections latency quality long
 	$(PY) benchmarks/bench_factual.py

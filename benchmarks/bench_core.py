@@ -6,15 +6,18 @@ One SmolLM2-135M-Instruct forward (fp32, eager attention, CPU, torch.no_grad) on
 (batch, seq) block of random token ids, timed for:
 
   hf_raw           a separate, never-wrapped HF copy (``load_smollm2()``): the baseline
-  bridge           ``m.bridge(ids, return_type="logits")`` (TransformerBridge, no workbench)
-  no_capture       ``m.run(ids, logits="all")``
+  no_capture       ``m.run(ids, logits="all")``: nothing hooked, so the hook-free plain view runs
+  hooked_forward   ``m.forward_tokens(ids)`` with ``workbench.settings.fast_path = False``: the
+                   TransformerBridge forward with its hook points (what ``m.run`` cost before the fast path)
   resid            ``m.run(ids, capture=RESID, logits="all")`` (resid_pre/mid/post, all layers)
   full             ``m.run(ids, capture=FULL, logits="all")`` (see FULL below)
   full_head_out    FULL + the derived ``head_out`` (z_h W_O[h] per head; heavy)
-  tl_run_with_cache ``m.bridge.run_with_cache(ids)`` (TransformerLens, every hook point)
+  tl_run_with_cache ``m.transformer_lens_cache(ids)`` (TransformerLens' run_with_cache, every hook point)
 
 Each variant is warmed up once, then the variants are run in interleaved, rotating order
-``--repeats`` times; min and median wall time are reported, with ratios to ``hf_raw``.
+``--repeats`` times; min and median wall time are reported, with ratios to ``hf_raw``. The logits of
+``no_capture`` and ``hooked_forward`` are checked to be identical. Threads (``--threads``, applied
+through ``workbench.settings.threads``) and the load average are recorded at the start and end.
 
 Memory: for ``none``, ``full`` and ``full_head_out`` a fresh subprocess loads the model, warms
 up on a tiny input, then runs once while a thread samples the process RSS. It reports the bytes
@@ -29,7 +32,6 @@ import datetime as _dt
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -47,13 +49,15 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.conditions import conditions, describe, machine, set_threads  # noqa: E402
+
 RESID = ["resid_pre", "resid_mid", "resid_post"]
 # "Full capture": every per-layer activation of a Llama block except the pre-softmax scores and
 # the MLP gate pre-activation, plus the three normalization scales; all 30 layers, all positions.
 FULL = ["resid_pre", "resid_mid", "resid_post", "attn_in", "q", "k", "v", "q_rot", "k_rot", "pattern", "z",
         "attn_out", "mlp_in", "mlp_hidden", "mlp_out", "attn_norm_scale", "mlp_norm_scale", "final_norm_scale"]
 FULL_HEAD_OUT = FULL + ["head_out"]
-TARGETS = {"no_capture": 1.05, "resid": 1.15, "full": 1.40}
+TARGETS = {"no_capture": 1.01, "resid": 1.15, "full": 1.40}
 MEM_TARGET = 0.20  # |estimate / measured - 1| <= 20%
 CAPTURES = {"none": [], "full": FULL, "full_head_out": FULL_HEAD_OUT}
 
@@ -93,7 +97,7 @@ def _held_bytes(run) -> tuple[int, int]:
 
 # ---------------------------------------------------------------------------------- memory child
 def mem_child(mode: str, batch: int, seq: int, seed: int, threads: int) -> dict:
-    torch.set_num_threads(threads)
+    set_threads(threads or None)
     import workbench as wb
 
     m = wb.load()
@@ -166,8 +170,18 @@ def run_mem(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------- timing
+def _hooked_forward(m, ids):
+    import workbench as wb
+
+    wb.settings.fast_path = False
+    try:
+        return m.forward_tokens(ids)
+    finally:
+        wb.settings.fast_path = True
+
+
 def run_timing(args) -> dict:
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads or None)
     from workbench.loading.smollm2 import load_smollm2
 
     hf_raw, _, _ = load_smollm2()  # a second copy, never wrapped by TransformerBridge
@@ -175,28 +189,33 @@ def run_timing(args) -> dict:
     import workbench as wb
 
     m = wb.load()
-    assert m.hf is not hf_raw
     ids = _ids(args.batch, args.seq, m.info.d_vocab, args.seed)
 
     variants = {
         "hf_raw": lambda: hf_raw(ids).logits,
-        "bridge": lambda: m.bridge(ids, return_type="logits"),
         "no_capture": lambda: m.run(ids, logits="all"),
+        "hooked_forward": lambda: _hooked_forward(m, ids),
         "resid": lambda: m.run(ids, capture=RESID, logits="all"),
         "full": lambda: m.run(ids, capture=FULL, logits="all"),
         "full_head_out": lambda: m.run(ids, capture=FULL_HEAD_OUT, logits="all"),
-        "tl_run_with_cache": lambda: m.bridge.run_with_cache(ids),
+        "tl_run_with_cache": lambda: m.transformer_lens_cache(ids),
     }
-    info = {}
+    if args.quick:
+        for k in ("full_head_out", "tl_run_with_cache"):
+            variants.pop(k)
+    info = {"fast_path": m.fast_path_status() or "on"}
     with torch.no_grad():
         ref = hf_raw(ids).logits
         r = m.run(ids, capture=FULL_HEAD_OUT, logits="all")
         info["max_abs_logit_diff_vs_hf"] = (r.logits - ref).abs().max().item()
+        plain = m.run(ids, logits="all").logits
+        info["no_capture_identical_to_hooked"] = bool(torch.equal(plain, _hooked_forward(m, ids)))
+        info["no_capture_max_abs_logit_diff_vs_hf"] = (plain - ref).abs().max().item()
         assert not m.leftover_hooks(), m.leftover_hooks()  # before TL's run_with_cache, see below
         info["n_captures"] = {"resid": len(m.run(ids[:1, :4], capture=RESID).captures),
                               "full": len(m.run(ids[:1, :4], capture=FULL).captures),
                               "full_head_out": len(r.captures)}
-        _, cache = m.bridge.run_with_cache(ids[:1, :4])
+        _, cache = m.transformer_lens_cache(ids[:1, :4])
         info["n_tl_cache_entries"] = len(cache)
         del r, ref, cache
         times: dict[str, list[float]] = {k: [] for k in variants}
@@ -233,8 +252,8 @@ def run_timing(args) -> dict:
 
 LABELS = {
     "hf_raw": "raw HF eager forward (unwrapped copy)",
-    "bridge": "TransformerBridge forward (no workbench)",
-    "no_capture": "`m.run`, no capture",
+    "hooked_forward": "hooked path: TransformerBridge forward, no capture (fast path off)",
+    "no_capture": "`m.run`, no capture (hook-free path)",
     "resid": "`m.run`, residual stream only",
     "full": "`m.run`, full capture",
     "full_head_out": "`m.run`, full capture + `head_out`",
@@ -246,6 +265,10 @@ def table(res: dict) -> str:
     lines = ["| variant | min s | median s | ratio (min) | ratio (median) | target | pass |",
              "|---|---:|---:|---:|---:|---:|:---:|"]
     ncap = res["timing"]["info"]["n_captures"]
+    c = res.get("conditions_start")
+    if c:
+        lines.insert(0, f"({describe(c)}; logits of the hook-free and hooked paths identical: "
+                        f"{res['timing']['info'].get('no_capture_identical_to_hooked')})\n")
     for k, r in res["timing"]["rows"].items():
         label = LABELS[k]
         if k in ncap:
@@ -294,7 +317,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (0: torch's default)")
+    p.add_argument("--quick", action="store_true", help="2 repeats, no memory section, no head_out/TL variants")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "core.json")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     p.add_argument("--_mem-child", dest="mem_child", default=None, help=argparse.SUPPRESS)
@@ -304,35 +328,32 @@ def main(argv=None) -> int:
         print(json.dumps(mem_child(args.mem_child, args.batch, args.seq, args.seed, args.threads)))
         return 0
 
+    if args.quick:
+        args.repeats = min(args.repeats, 2)
     t0 = time.perf_counter()
+    set_threads(args.threads or None)
     res = {
         "benchmark": "core", "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch_threads": args.threads, "python": platform.python_version(),
-                    "torch": torch.__version__},
+        "machine": machine(), "conditions_start": conditions(), "quick": args.quick,
         "config": {"model": "SmolLM2-135M-Instruct fp32 eager", "batch": args.batch, "seq": args.seq,
                    "seed": args.seed, "repeats": args.repeats, "warmup": 1, "grad": False,
                    "full_capture": FULL, "resid_capture": RESID},
         "targets": TARGETS,
     }
-    import transformer_lens
-    import transformers
-
-    res["machine"]["transformers"] = transformers.__version__
-    res["machine"]["transformer_lens"] = getattr(transformer_lens, "__version__", "?")
-    print("timing ...", file=sys.stderr, flush=True)
+    print(f"timing ... ({describe(res['conditions_start'])})", file=sys.stderr, flush=True)
     res["timing"] = run_timing(args)
     gc.collect()
-    if not args.no_memory:
+    if not args.no_memory and not args.quick:
         print("memory ...", file=sys.stderr, flush=True)
         res["memory"] = run_mem(args)
+    res["conditions_end"] = conditions()
     res["wall_s"] = time.perf_counter() - t0
     write_json(args.out, res)
     print(table(res))
     if "memory" in res:
         print()
         print(mem_table(res))
-    print(f"\n(wrote {args.out}; {res['wall_s']:.0f} s)")
+    print(f"\n(wrote {args.out}; {res['wall_s']:.0f} s; end: {describe(res['conditions_end'])})")
     return 0
 
 

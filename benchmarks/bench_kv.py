@@ -8,26 +8,26 @@ SmolLM2-135M-Instruct (``workbench.load()``), fp32, eager attention, CPU, ``torc
 ``torch.set_num_threads(--threads)`` (default 2).
 
 1. Decode latency. For each context length a passkey prompt of about that many tokens
-   (``workbench.texts.tasks.passkey_prompts``, filler text) is prefilled **once** into a full
-   ``KVCache`` while SnapKV and H2O observe the prefill's attention. Every variant then starts
-   from that prefill:
+   (``workbench.texts.tasks.passkey_prompts``, filler text) is prefilled **once** into a preallocated
+   ``KVCache`` (capacity context + steps + 1) while SnapKV, H2O and AdaKV observe the prefill's
+   attention. Every variant then starts from a copy of that prefill:
 
-     full          the default growing cache (``WorkbenchDynamicCache``, a ``torch.cat`` per step)
-     static        a preallocated HF ``StaticCache`` of max_cache_len = context + steps + 1,
-                   filled with the same prefilled keys/values, decoded through the same
-                   ``m.bridge(..., past_key_values=..., cache_position=..., position_ids=...)``
+     full          the growing cache (``KVCache.copy(kind="dynamic")``: a ``torch.cat`` per step)
+     preallocated  the preallocated full cache (``KVCache.preallocated``: written in place)
      streaming_llm, snapkv, h2o  at ratio 0.75 (4x fewer entries), compressed once after prefill
-                   (``policy.apply(full.copy(), step 0)``), then decoded with a growing cache
-     adakv         AdaKV at ratio 0.75: per-head budgets stored ragged (``RaggedLayer``): the
-                   attention runs over a transient padded view with per-head score masking
+                   (``policy.apply(copy, step 0)``): kept entries compacted inside the preallocated
+                   buffers, which shrink to kept + room for the steps
+     adakv         AdaKV at ratio 0.75: per-head budgets stored ragged (``RaggedLayer``, packed per
+                   KV head with room), attended per KV head without a padded view
      kivi4         KIVI 4-bit (g32, r32) installed after prefill (``get_policy("kivi", bits=4)``)
 
    Each variant decodes ``--steps`` tokens greedily one at a time (``cached_forward``, no hooks,
-   no policy call during the timed steps: the ratio policies compress at prefill only). Variants
-   run in interleaved, rotating order ``--repeats`` times after one warm-up, each repeat from a
-   fresh copy of its cache (copy not timed); reported: ms/token (min and median over repeats of
-   the mean step time), speedups vs the full and the static baseline, physical bytes vs full.
-   The static baseline's first-step logits are checked against the full cache's.
+   so the hook-free path; no policy call during the timed steps: the ratio policies compress at
+   prefill only). Variants run in interleaved, rotating order ``--repeats`` times after one
+   warm-up, each repeat from a fresh copy of its cache (copy not timed); reported: ms/token (min
+   and median over repeats of the mean step time), speedups vs the growing and the preallocated
+   full cache, physical bytes vs full. The first-step logits of the two full caches are compared.
+   (``benchmarks/bench_decode.py`` compares with HF's own caches and fits the bandwidth model.)
 
 2. Quality. (a) ``efficiency.kv.harness.perplexity`` of StreamingLLM at ratio 0.75 vs the full
    cache. Compressed prompt (prefix 0.5, the policy compresses the prefix once, the second half
@@ -63,7 +63,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from transformers import StaticCache  # noqa: E402
+
+from benchmarks.conditions import conditions, describe, set_threads  # noqa: E402
 
 RATIO = 0.75  # 4x compression: a quarter of the entries kept
 EVICT = ("streaming_llm", "snapkv", "h2o", "adakv")
@@ -74,23 +75,6 @@ LONG_RATIOS = (0.25, 0.75)
 TARGET_SPEEDUP, TARGET_BYTES_TOL, TARGET_PPL, TARGET_PASSKEY = 1.4, 0.05, 0.10, 0.90
 
 
-def _static_from(m, full, max_len: int) -> tuple[StaticCache, int]:
-    """A StaticCache of ``max_len`` slots holding the prefilled keys/values of ``full``."""
-    sc = StaticCache(config=m.hf.config, max_cache_len=max_len)
-    n = full.seq_len(0)
-    for l, lay in enumerate(sc.layers):
-        k, v = full.keys(l), full.values(l)
-        lay.lazy_initialization(k, v)
-        lay.keys[:, :, :n].copy_(k)
-        lay.values[:, :, :n].copy_(v)
-        lay.cumulative_length.fill_(n)
-    return sc, n
-
-
-def _static_bytes(sc) -> int:
-    return sum(l.keys.untyped_storage().nbytes() + l.values.untyped_storage().nbytes() for l in sc.layers)
-
-
 def _decode_kv(m, cache, first_tok: int, steps: int) -> tuple[float, torch.Tensor]:
     from workbench.generation import cached_forward
 
@@ -98,19 +82,6 @@ def _decode_kv(m, cache, first_tok: int, steps: int) -> tuple[float, torch.Tenso
     t0 = time.perf_counter()
     for i in range(steps):
         logits = cached_forward(m, cache, torch.tensor([[tok]]))[0, -1]
-        if i == 0:
-            first_logits = logits
-        tok = int(logits.argmax())
-    return time.perf_counter() - t0, first_logits
-
-
-def _decode_static(m, sc, n: int, first_tok: int, steps: int) -> tuple[float, torch.Tensor]:
-    tok, first_logits = first_tok, None
-    t0 = time.perf_counter()
-    for i in range(steps):
-        pos = torch.tensor([n + i])
-        logits = m.bridge(torch.tensor([[tok]]), return_type="logits", past_key_values=sc, use_cache=True,
-                          position_ids=pos[None], cache_position=pos)[0, -1]
         if i == 0:
             first_logits = logits
         tok = int(logits.argmax())
@@ -130,60 +101,51 @@ def bench_latency(m, contexts, steps, repeats) -> list[dict]:
         T = int(ids.shape[1])
         policies = {name: get_policy(name, ratio=RATIO) for name in EVICT}
         fanout = AttentionFanout([p.observe_attention for p in policies.values()])
-        full = KVCache.empty(m)
+        pre = KVCache.preallocated(m, T + steps + 1)
         t0 = time.perf_counter()
         with m.session(observe_attention=fanout if fanout else None) as session:
-            first_tok = int(session.forward_cached(full, ids)[0, -1].argmax())
+            first_tok = int(session.forward_cached(pre, ids)[0, -1].argmax())
         prefill_s = time.perf_counter() - t0
-        caches = {"full": full}
+        caches = {"full": pre.copy(kind="dynamic"), "preallocated": pre}
         for name, p in policies.items():
-            c = full.copy()
+            c = pre.copy()
             p.apply(c, StepContext(0, T))
             caches[name] = c
         kivi = get_policy("kivi", bits=4)
-        c = full.copy()
+        c = pre.copy()
         kivi.apply(c, StepContext(0, T))
         caches["kivi4"] = c
-        max_len = T + steps + 1
         phys = {k: c.stats().physical_bytes for k, c in caches.items()}
         kept = {k: c.stats().compression for k, c in caches.items()}
-        sc0, _ = _static_from(m, full, max_len)
-        phys["static"], kept["static"] = _static_bytes(sc0), 1.0
-        del sc0
-        variants = ["full", "static", *EVICT, "kivi4"]
+        variants = ["full", "preallocated", *EVICT, "kivi4"]
         times = {v: [] for v in variants}
         first_logits = {}
         with torch.no_grad():
             for rep in range(repeats + 1):  # rep 0 = warm-up
                 order = variants[rep % len(variants):] + variants[:rep % len(variants)]
                 for v in order:
-                    if v == "static":
-                        sc, n = _static_from(m, full, max_len)
-                        dt, fl = _decode_static(m, sc, n, first_tok, steps)
-                        del sc
-                    else:
-                        c = caches[v].copy()
-                        dt, fl = _decode_kv(m, c, first_tok, steps)
-                        del c
+                    c = caches[v].copy()
+                    dt, fl = _decode_kv(m, c, first_tok, steps)
+                    del c
                     if rep == 0:
                         first_logits[v] = fl
                     else:
                         times[v].append(dt / steps * 1000)
-        static_diff = float((first_logits["static"] - first_logits["full"]).abs().max())
+        prealloc_diff = float((first_logits["preallocated"] - first_logits["full"]).abs().max())
         base_min, base_med = min(times["full"]), statistics.median(times["full"])
-        st_min, st_med = min(times["static"]), statistics.median(times["static"])
+        st_min, st_med = min(times["preallocated"]), statistics.median(times["preallocated"])
         for v in variants:
             mn, md = min(times[v]), statistics.median(times[v])
             rows.append({"context": T, "variant": v, "ms_min": mn, "ms_median": md, "ms_all": times[v],
                          "speedup_vs_full_min": base_min / mn, "speedup_vs_full_median": base_med / md,
-                         "speedup_vs_static_min": st_min / mn, "speedup_vs_static_median": st_med / md,
+                         "speedup_vs_preallocated_min": st_min / mn, "speedup_vs_preallocated_median": st_med / md,
                          "physical_bytes": phys[v], "bytes_vs_full": phys[v] / phys["full"],
-                         "kept_fraction": kept[v], "prefill_s": prefill_s, "static_first_logit_maxdiff": static_diff})
+                         "kept_fraction": kept[v], "prefill_s": prefill_s, "preallocated_first_logit_maxdiff": prealloc_diff})
             print(f"  L={T} {v:14s} {mn:7.1f} / {md:7.1f} ms/tok  x{base_med / md:.2f} vs full  "
-                  f"x{st_med / md:.2f} vs static  bytes {phys[v] / phys['full']:.3f}", flush=True)
-        print(f"  L={T}: prefill {prefill_s:.1f}s, static vs full first-step logits max|diff| {static_diff:.2e}",
-              flush=True)
-        del caches, full
+                  f"x{st_med / md:.2f} vs preallocated  bytes {phys[v] / phys['full']:.3f}", flush=True)
+        print(f"  L={T}: prefill {prefill_s:.1f}s, preallocated vs growing first-step logits max|diff| "
+              f"{prealloc_diff:.2e}", flush=True)
+        del caches, pre
     return rows
 
 
@@ -289,13 +251,13 @@ def main():
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kv.json"))
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    set_threads(a.threads or None)
     import workbench as wb
 
     m = wb.load()
     t_start = time.perf_counter()
     out = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
-           "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg(), "threads": a.threads,
+           "cpu_count": os.cpu_count(), "conditions_start": conditions(), "threads": a.threads,
            "torch": torch.__version__, "model": m.info.name, "ratio": RATIO, "steps": a.steps,
            "repeats": a.repeats}
     if "latency" in a.sections and not a.skip_latency:
@@ -313,7 +275,7 @@ def main():
             Path(a.out).write_text(json.dumps({**out, "long": partial, "partial": True}, indent=1, default=str))
 
         out["long"] = bench_long(m, a.long_contexts, a.long_n, save)
-    out["loadavg_end"] = os.getloadavg()
+    out["conditions_end"] = conditions()
     out["seconds"] = time.perf_counter() - t_start
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1, default=str))
@@ -323,13 +285,15 @@ def main():
 
 def _markdown(out) -> str:
     lines = []
+    if "conditions_start" in out:
+        lines += [f"({describe(out['conditions_start'])})", ""]
     if "latency" in out:
         lines += ["| context | cache | ms/token min | ms/token median | vs growing full (median) | "
                   "vs preallocated (median) | physical bytes vs full | kept |",
                   "|---:|---|---:|---:|---:|---:|---:|---:|"]
         for r in out["latency"]:
             lines.append(f"| {r['context']} | {r['variant']} | {r['ms_min']:.1f} | {r['ms_median']:.1f} | "
-                         f"{r['speedup_vs_full_median']:.2f}× | {r['speedup_vs_static_median']:.2f}× | "
+                         f"{r['speedup_vs_full_median']:.2f}× | {r['speedup_vs_preallocated_median']:.2f}× | "
                          f"{r['bytes_vs_full']:.3f} | {r['kept_fraction']:.3f} |")
     if "quality" in out:
         q = out["quality"]

@@ -19,14 +19,15 @@ def samples(tiny_llama):
 
 
 def _count_forwards(model, monkeypatch):
+    """Token counts of every forward pass the model runs (hooked or hook-free path)."""
     calls = []
-    orig = model.bridge.forward
+    orig = model._forward
 
     def counting(inp, *a, **kw):
         calls.append(int(inp.shape[1]))
         return orig(inp, *a, **kw)
 
-    monkeypatch.setattr(model.bridge, "forward", counting)
+    monkeypatch.setattr(model, "_forward", counting)
     return calls
 
 

@@ -18,12 +18,34 @@ DEFAULT_BUDGET_BYTES = 4 * 2**30  # 4 GiB; change with workbench.settings.captur
 
 @dataclass
 class Settings:
-    """Process-wide defaults; per-call arguments override them."""
+    """Process-wide defaults; per-call arguments override them.
+
+    capture_budget_bytes: the memory guard's limit for one capture (4 GiB).
+    threads: CPU threads torch may use for the model's work (``torch.set_num_threads``), applied when a
+        model is loaded and before every forward pass; None (the default) leaves torch's own setting.
+        On a machine shared with other processes, torch's default (one thread per core) oversubscribes
+        the cores and a forward pass can become many times slower; set it to the cores you really have.
+    fast_path: run forward passes that need no hook through the hook-free plain view of the model
+        (``workbench.plain``); False always takes the hooked TransformerBridge path.
+    """
 
     capture_budget_bytes: int = DEFAULT_BUDGET_BYTES
+    threads: int | None = None
+    fast_path: bool = True
 
 
 settings = Settings()
+
+
+def apply_threads() -> None:
+    """Apply ``settings.threads`` to torch (no-op when None or already in force)."""
+    n = settings.threads
+    if n is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"workbench.settings.threads must be a positive integer or None, got {n!r}.")
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import torch
 
 from .errors import InputError
 from .hook_names import hook_name
+from .fast_attention import attends_itself, plain_cache
 from .kv_cache import CachePolicy, CacheStats, KVCache, StepContext, check_policy
 from .session import attention_observer_hooks
 
@@ -106,29 +107,45 @@ def _choose(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, to
     return int(torch.multinomial(torch.softmax(z, -1).cpu(), 1, generator=gen))
 
 
-def cached_forward(model, cache: KVCache, inp: torch.Tensor) -> torch.Tensor:
-    """Run (1, n_new) tokens against ``cache`` at their true positions; returns logits (1, n_new, vocab).
+def cached_forward(model, cache: KVCache, inp: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+    """Run (1, n_new) tokens against ``cache`` at their true positions; returns logits (1, n_new, vocab)
+    ((1, 1, vocab) for the last token only with ``last_only``: the unembedding then runs on one row).
 
     The mask spans the longest layer (layers may hold different counts after eviction); RoPE
     uses ``cache.next_position`` onwards, never the (possibly shrunken) cache length. Where that
     shared mask is not right for a layer (padding slots of a ragged per-head layer, or several new
     tokens fed into a layer shorter than the longest) the layer's scores are masked exactly
-    (``KVCache.blocked_slots``) through a temporary hook on ``hook_attn_scores``.
+    (``KVCache.blocked_slots``): on the hooked path through a temporary hook on ``hook_attn_scores``,
+    on the hook-free path inside the attention (``workbench.fast_attention``; layers that attend
+    themselves, ragged and preallocated ones, mask their own slots).
     """
     n_new = inp.shape[1]
+    layers = cache.hf_cache.layers
     longest = max((cache.seq_len(l) for l in range(cache.n_layers)), default=0)
     pos = torch.arange(cache.next_position, cache.next_position + n_new, device=inp.device)
     cpos = torch.arange(longest, longest + n_new, device=inp.device)
-    blocked = {l: b for l in range(cache.n_layers)
-               if (b := cache.blocked_slots(l, n_new, longest)) is not None}
-    if blocked:
-        with _score_masks(model, blocked):
-            logits = model.forward_tokens(inp, past_key_values=cache.hf_cache, use_cache=True,
-                                  position_ids=pos[None], cache_position=cpos)
+    kw = dict(past_key_values=cache.hf_cache, use_cache=True, position_ids=pos[None], cache_position=cpos)
+    if last_only and model._keeps_logits:
+        kw["logits_to_keep"] = 1
+    plain = model._route()
+    if plain is not None:
+        own = model._plain_view.simple_layers  # layers where a cache layer may attend itself
+        blocked = {l: b for l in range(cache.n_layers)
+                   if not (l in own and l < len(layers) and attends_itself(layers[l]))
+                   and (b := cache.blocked_slots(l, n_new, longest)) is not None}
+        with plain_cache(cache.hf_cache, blocked, own):
+            logits = model._forward(inp, plain, **kw)
     else:
-        logits = model.forward_tokens(inp, past_key_values=cache.hf_cache, use_cache=True,
-                              position_ids=pos[None], cache_position=cpos)
+        blocked = {l: b for l in range(cache.n_layers)
+                   if (b := cache.blocked_slots(l, n_new, longest)) is not None}
+        if blocked:
+            with _score_masks(model, blocked):
+                logits = model._forward(inp, None, **kw)
+        else:
+            logits = model._forward(inp, None, **kw)
     cache._record_new(n_new)
+    if last_only and logits.shape[1] != 1:
+        logits = logits[:, -1:]
     return logits
 
 
@@ -164,21 +181,38 @@ def _observe_attention(model, session, cache_policy) -> None:
         session.add(name, fn)
 
 
-def prefill(model, prompt, cache_policy: CachePolicy | None = None, interventions=(), return_logits: bool = False):
+CACHE_KINDS = ("dynamic", "preallocated", "static")
+
+
+def new_cache(model, kind: str, capacity: int) -> KVCache:
+    """An empty ``KVCache`` of ``kind``: "dynamic" (grows by concatenation) or "preallocated" (alias
+    "static": buffers for ``capacity`` tokens allocated once, compacted in place by eviction)."""
+    if kind not in CACHE_KINDS:
+        raise InputError(f"cache must be one of {CACHE_KINDS}, got {kind!r}.")
+    return KVCache.empty(model) if kind == "dynamic" else KVCache.preallocated(model, capacity)
+
+
+def prefill(model, prompt, cache_policy: CachePolicy | None = None, interventions=(), return_logits: bool = False,
+            capacity: int | None = None):
     """Run a prompt once and return its KVCache (after ``cache_policy`` if given).
 
     With ``return_logits=True``, returns ``(cache, logits)`` where logits (V,) are the next-token
-    logits at the last prompt position (computed before the policy ran).
+    logits at the last prompt position (computed before the policy ran). ``capacity``: return a
+    preallocated cache sized for that many tokens in all (the prompt plus the tokens you will feed),
+    instead of a growing one; it must be at least the prompt's length.
     """
     _validate(model, 1, 1.0, None, None, True, cache_policy)
     ids, _ = model.tokenize(prompt)
     if ids.shape[0] != 1:
         raise InputError("prefill() takes one prompt.")
-    cache = KVCache.empty(model)
+    if capacity is not None and (not isinstance(capacity, int) or isinstance(capacity, bool)
+                                 or capacity < ids.shape[1]):
+        raise InputError(f"capacity must be an integer >= the prompt's {ids.shape[1]} tokens, got {capacity!r}.")
+    cache = KVCache.empty(model) if capacity is None else KVCache.preallocated(model, capacity)
     with model._session(interventions) as session:
         _observe_attention(model, session, cache_policy)
         with session, torch.no_grad():
-            logits = cached_forward(model, cache, ids)[0, -1]
+            logits = cached_forward(model, cache, ids, last_only=True)[0, -1]
     if cache_policy is not None:
         cache_policy.apply(cache, StepContext(0, ids.shape[1]))
     return (cache, logits) if return_logits else cache
@@ -187,7 +221,7 @@ def prefill(model, prompt, cache_policy: CachePolicy | None = None, intervention
 def generate(model, prompt, max_new_tokens: int = 20, *, do_sample: bool = False, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              use_cache: bool = True, cache_policy: CachePolicy | None = None, stop_at_eos: bool = True,
-             interventions=(), on_step=None) -> Generation | list[Generation]:
+             interventions=(), on_step=None, cache: str = "dynamic") -> Generation | list[Generation]:
     """Generate a continuation token by token.
 
     With use_cache=True the model runs once over the prompt (prefill) and then one token per step
@@ -196,6 +230,12 @@ def generate(model, prompt, max_new_tokens: int = 20, *, do_sample: bool = False
     whole sequence (the reference the cached path must match). Interventions apply at every step.
     ``on_step(cache, ctx)`` is called after the policy at every step, to watch the cache live.
     A list of prompts is generated one prompt at a time (no padding inside the cache).
+
+    cache: "dynamic" (default; the cache grows by one concatenation per step, like HF's
+    ``DynamicCache``) or "preallocated" (alias "static"; like HF's ``StaticCache``, buffers for
+    prompt + max_new_tokens allocated once and written in place; eviction compacts in place).
+    Steps that need no hook (no hook intervention, no policy observing attention) run the
+    hook-free plain view of the model (``Model.forward_tokens``).
     """
     if isinstance(prompt, (list, tuple)):
         if not prompt:
@@ -203,9 +243,11 @@ def generate(model, prompt, max_new_tokens: int = 20, *, do_sample: bool = False
         return [generate(model, p, max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                          top_p=top_p, seed=None if seed is None else seed + i, use_cache=use_cache,
                          cache_policy=cache_policy, stop_at_eos=stop_at_eos, interventions=interventions,
-                         on_step=on_step)
+                         on_step=on_step, cache=cache)
                 for i, p in enumerate(prompt)]
     _validate(model, max_new_tokens, temperature, top_k, top_p, use_cache, cache_policy)
+    if cache not in CACHE_KINDS:
+        raise InputError(f"cache must be one of {CACHE_KINDS}, got {cache!r}.")
     ids, lengths = model.tokenize(prompt)
     if ids.shape[0] != 1:
         raise InputError("generate() takes one prompt at a time (or a list of strings).")
@@ -216,23 +258,24 @@ def generate(model, prompt, max_new_tokens: int = 20, *, do_sample: bool = False
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     eos = model.tokenizer.eos_token_id
     new, step_logits, stats = [], [], []
-    cache = KVCache.empty(model) if use_cache else None
+    # the last chosen token is never fed, so the cache sees t0 + max_new_tokens - 1 tokens
+    kv = new_cache(model, cache, t0 + max_new_tokens - 1) if use_cache else None
     with model._session(interventions) as session:
         _observe_attention(model, session, cache_policy)
         with session, torch.no_grad():
             seq = ids
             for step in range(max_new_tokens):
-                if cache is None:
+                if kv is None:
                     logits = model.forward_tokens(seq)[0, -1]
                 else:
                     inp = seq if step == 0 else seq[:, -1:]
-                    logits = cached_forward(model, cache, inp)[0, -1]
+                    logits = cached_forward(model, kv, inp, last_only=True)[0, -1]
                     ctx = StepContext(step, inp.shape[1])
                     if cache_policy is not None:
-                        cache_policy.apply(cache, ctx)
+                        cache_policy.apply(kv, ctx)
                     if on_step is not None:
-                        on_step(cache, ctx)
-                    stats.append(cache.stats())
+                        on_step(kv, ctx)
+                    stats.append(kv.stats())
                 tok = _choose(logits, do_sample, temperature, top_k, top_p, gen)
                 new.append(tok)
                 step_logits.append(logits.detach().float().cpu())
@@ -240,5 +283,5 @@ def generate(model, prompt, max_new_tokens: int = 20, *, do_sample: bool = False
                 if stop_at_eos and tok == eos:
                     break
     new_t = torch.tensor(new, dtype=torch.long)
-    return Generation(prompt, ids[0].cpu(), new_t, model.to_string(new), torch.stack(step_logits), stats, cache,
+    return Generation(prompt, ids[0].cpu(), new_t, model.to_string(new), torch.stack(step_logits), stats, kv,
                       cache_policy.name if cache_policy else "full cache")

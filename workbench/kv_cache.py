@@ -3,8 +3,14 @@
 ``KVCache`` wraps the HF ``DynamicCache`` the model fills (keys are stored *after* RoPE, as in
 HF) and tracks, for every retained entry, the original token position it came from. Cache
 policies (``CachePolicy``) run after prefill and after every decoding step and may physically
-drop, merge or quantize entries: ``keep`` gathers into fresh tensors so the old storage is freed,
-and a policy may install its own layer object (e.g. packed quantized storage) with ``set_layer``.
+drop, merge or quantize entries: ``keep`` gathers the kept entries, and a policy may install its
+own layer object (e.g. packed quantized storage) with ``set_layer``.
+
+Two kinds of cache: a growing one (``KVCache.empty``: HF ``DynamicLayer``s, one ``torch.cat`` per
+step, evicted entries freed at once) and a preallocated one (``KVCache.preallocated(model,
+capacity)``: ``PreallocatedLayer`` buffers sized once for prompt + new tokens, written in place;
+eviction compacts the kept entries inside the buffers and shrinks them to kept + the room the
+remaining tokens need, so the bytes held are the compressed size plus that room).
 
 Positions: evicting entries never renumbers anything. Retained keys keep the rotation of their
 original position, and the next token is always fed at its true position (``next_position``),
@@ -13,13 +19,19 @@ so a compressed cache behaves like attention over a subset of the real context.
 Ragged layers (per-head budgets): when KV heads of a layer keep different numbers of entries,
 the layer is stored as a ``RaggedLayer`` (packed per-head storage, batch 1), so the evicted
 bytes really go. Readers see it through a transient right-aligned padded view (B, G, N_max, d)
-whose padding slots have position ``-1`` in ``positions``; ``generation.cached_forward`` masks
-those slots per head in the attention scores, so they get exactly zero attention.
+whose padding slots have position ``-1`` in ``positions``; on the hooked path
+``generation.cached_forward`` masks those slots per head in the attention scores, so they get
+exactly zero attention; on the hook-free path the layer attends from its packed storage itself.
+
+Layers that compute their own attention (``PreallocatedLayer``, ``RaggedLayer``, the KIVI layer)
+implement ``append(k, v)`` and ``attend(query, scaling)`` besides HF's ``update``; see
+``workbench.fast_attention``.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Protocol, runtime_checkable
 
 import pandas as pd
@@ -28,6 +40,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .errors import InputError
+from .fast_attention import attends_itself, causal_block, grouped_attention
 
 
 class WorkbenchDynamicCache(DynamicCache):
@@ -35,7 +48,14 @@ class WorkbenchDynamicCache(DynamicCache):
 
     ``get_seq_length`` also reports the longest layer (not layer 0's length): the model derives the
     new tokens' mask rows from it, and with layer 0 shorter than another layer the mask would
-    otherwise hide that layer's newest entries."""
+    otherwise hide that layer's newest entries.
+
+    ``fast`` holds, while the plain (hook-free) path runs a forward against this cache
+    (``workbench.fast_attention.plain_cache``), the layer indices whose attention is plain causal
+    softmax attention: there a cache layer that computes its own attention only stores the new
+    entries in ``update`` (``append``) and answers the attention later (``attend``)."""
+
+    fast: frozenset = frozenset()
 
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
         return self.get_seq_length() + query_length, 0
@@ -43,37 +63,254 @@ class WorkbenchDynamicCache(DynamicCache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return max((lay.get_seq_length() for lay in self.layers), default=0)
 
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        if layer_idx in self.fast:
+            while len(self.layers) <= layer_idx:
+                self.layers.append(self.layer_class_to_replicate())
+            lay = self.layers[layer_idx]
+            if attends_itself(lay):
+                if not lay.is_initialized:
+                    lay.lazy_initialization(key_states, value_states)
+                lay.append(key_states, value_states)
+                return key_states, value_states  # unused: the attention reads the layer itself
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
-class RaggedLayer(DynamicLayer):
-    """A cache layer whose KV heads hold different numbers of entries (batch 1), packed flat.
 
-    Storage: ``packed_keys`` and ``packed_values`` (sum_g N_g, d_head), head 0's entries first,
-    then head 1's, ...; ``lengths`` = (N_0, ..., N_{G-1}) (Python ints). Nothing else is stored,
-    so the physical bytes are exactly 2 * d_head * dtype_bytes * sum_g N_g.
+class PreallocatedLayer(DynamicLayer):
+    """A cache layer whose entries live in buffers allocated once, (B, G, capacity, d_head) for K and V.
 
-    ``keys`` / ``values`` (and what ``update`` returns to the attention) are a transient
-    right-aligned padded view (1, G, N_max, d): head g's entries fill its last N_g slots, the
-    first N_max - N_g slots are zeros (masked per head by ``cached_forward``). ``update`` appends
-    the new tokens to every head, so after it the new tokens occupy the last slots of every head.
+    The first ``n`` slots hold the entries (``keys`` / ``values`` are views of them, no copy); new
+    tokens are written into the next free slots, so decoding never reallocates; eviction writes the
+    kept entries back into the first slots (``set_entries``: compaction in place) and, when the buffer
+    has become much larger than needed, shrinks it once to ``kept + room``. A buffer that runs out of
+    slots grows (to at least twice its capacity). ``positions`` (B, G, capacity) tracks the original
+    position of every slot (a view is what ``KVCache.positions`` holds).
+
+    Physical bytes (``stored_tensors``) are the whole buffers: entries plus the room reserved for the
+    tokens still to come. On the plain path ``attend`` computes grouped-query attention directly over
+    the ``n`` filled slots.
     """
 
     is_compileable = False
 
-    def __init__(self, packed_keys: torch.Tensor, packed_values: torch.Tensor, lengths):
-        self.packed_keys, self.packed_values = packed_keys, packed_values
+    def __init__(self, capacity: int):
+        self.capacity = max(int(capacity), 1)
+        self._k = self._v = self._p = None
+        self.n = 0
+        self.is_initialized = False
+
+    # ------------------------------------------------------------------ storage
+    def lazy_initialization(self, key_states, value_states) -> None:
+        b, g, _, d = key_states.shape
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self._alloc(b, g, d, self.capacity)
+        self.is_initialized = True
+
+    def _alloc(self, b: int, g: int, d: int, capacity: int) -> None:
+        old = (self._k, self._v, self._p, self.n)
+        self._k = torch.empty(b, g, capacity, d, dtype=self.dtype, device=self.device)
+        self._v = torch.empty(b, g, capacity, d, dtype=self.dtype, device=self.device)
+        self._p = torch.full((b, g, capacity), -1, dtype=torch.long, device=self.device)
+        self.capacity = capacity
+        ok, ov, op, n = old
+        if ok is not None and ok.shape[:2] == (b, g) and n:
+            n = min(n, capacity)
+            self._k[:, :, :n].copy_(ok[:, :, :n])
+            self._v[:, :, :n].copy_(ov[:, :, :n])
+            self._p[:, :, :n].copy_(op[:, :, :n])
+            self.n = n
+        else:
+            self.n = 0
+
+    def resize(self, capacity: int) -> None:
+        """Reallocate the buffers to ``capacity`` slots (>= the entries held), keeping the entries."""
+        capacity = max(int(capacity), self.n, 1)
+        if self.is_initialized and capacity != self.capacity:
+            b, g, _, d = self._k.shape
+            self._alloc(b, g, d, capacity)
+        else:
+            self.capacity = capacity
+
+    def append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Write (B, G, T, d) new entries into the next T slots (their positions come with ``record``)."""
+        t = key_states.shape[-2]
+        if self.n + t > self.capacity:
+            self.resize(max(self.n + t, 2 * self.capacity))
+        self._k[:, :, self.n:self.n + t].copy_(key_states)
+        self._v[:, :, self.n:self.n + t].copy_(value_states)
+        self.n += t
+
+    def record(self, positions: torch.Tensor) -> torch.Tensor:
+        """Positions (B, G, T) of the T entries just appended; returns the (B, G, n) view of all positions."""
+        t = positions.shape[-1]
+        self._p[:, :, self.n - t:self.n].copy_(positions)
+        return self._p[:, :, :self.n]
+
+    def set_entries(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
+                    room: int = 0) -> torch.Tensor:
+        """Hold exactly these (B, G, N, d) entries, in place when they fit (compaction); the buffer is
+        shrunk to N + ``room`` when it holds over an eighth more than that. Returns the positions view."""
+        b, g, n, d = keys.shape
+        if self._k is not None and self._k.untyped_storage().data_ptr() in (
+                keys.untyped_storage().data_ptr(), values.untyped_storage().data_ptr()):
+            keys, values = keys.clone(), values.clone()  # a view of our own buffer: copy before overwriting
+        positions = positions.clone() if self._p is not None and \
+            positions.untyped_storage().data_ptr() == self._p.untyped_storage().data_ptr() else positions
+        need = n + max(int(room), 0)
+        self.dtype, self.device = keys.dtype, keys.device
+        if self._k is None or self._k.shape[:2] != (b, g) or self._k.shape[-1] != d or self._k.dtype != keys.dtype:
+            self._k = None
+            self._alloc(b, g, d, max(need, 1))
+        elif self.capacity < n or self.capacity > need + max(need // 8, 16):
+            self.n = 0
+            self._alloc(b, g, d, max(need, 1))
+        self._k[:, :, :n].copy_(keys)
+        self._v[:, :, :n].copy_(values)
+        self._p[:, :, :n].copy_(positions)
+        self.n = n
+        self.is_initialized = True
+        return self._p[:, :, :n]
+
+    # ------------------------------------------------------------------ views
+    @property
+    def keys(self):
+        return None if self._k is None else self._k[:, :, :self.n]
+
+    @keys.setter
+    def keys(self, t) -> None:
+        if t is None:  # transformers' reset()
+            self.n = 0
+            return
+        pos = self._p[:, :, :self.n] if self._p is not None and self.n == t.shape[-2] else \
+            torch.full(t.shape[:3], -1, dtype=torch.long, device=t.device)
+        v = self._v[:, :, :self.n] if self._v is not None and self.n == t.shape[-2] else torch.zeros_like(t)
+        self.set_entries(t, v, pos, room=self.capacity - t.shape[-2])
+
+    @property
+    def values(self):
+        return None if self._v is None else self._v[:, :, :self.n]
+
+    @values.setter
+    def values(self, t) -> None:
+        if t is None:
+            self.n = 0
+            return
+        if self._v is None or self.n != t.shape[-2] or self._v.shape[:2] != t.shape[:2]:
+            raise InputError("PreallocatedLayer: set keys before values (same entry count), or use set_entries.")
+        if self._v.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+            t = t.clone()
+        self._v[:, :, :self.n].copy_(t)
+
+    @property
+    def positions(self) -> torch.Tensor | None:
+        return None if self._p is None else self._p[:, :, :self.n]
+
+    # ------------------------------------------------------------------ transformers' layer API
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.append(key_states, value_states)
+        return self.keys, self.values
+
+    def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
+        """Attention of the (B, H, T, d) queries of the T entries just appended over the n held; (B, T, H, d)."""
+        t = query.shape[-2]
+        return grouped_attention(query, self._k[:, :, :self.n], self._v[:, :, :self.n], scaling,
+                                 causal_block(self.n, t, query.device))
+
+    def get_seq_length(self) -> int:
+        return self.n if self.is_initialized else 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.n = 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop() takes a negative number of tokens to remove.")
+        self.n = max(0, self.n - abs(tokens_to_remove))
+
+    def stored_tensors(self) -> list[torch.Tensor]:
+        """The K and V buffers (entries plus reserved room)."""
+        return [] if self._k is None else [self._k, self._v]
+
+    def __repr__(self) -> str:
+        return f"PreallocatedLayer(entries={self.n}, capacity={self.capacity})"
+
+
+class RaggedLayer(DynamicLayer):
+    """A cache layer whose KV heads hold different numbers of entries (batch 1), packed per head.
+
+    Storage: ``_k`` and ``_v`` (sum_g C_g, d_head), head g's segment of C_g = N_g + room slots
+    starting at offset sum_{g' < g} C_{g'}, its first N_g slots filled; ``lengths`` = (N_0, ...,
+    N_{G-1}) (Python ints). With ``room=0`` (a growing cache) nothing else is stored, so the
+    physical bytes are exactly 2 * d_head * dtype_bytes * sum_g N_g; in a preallocated cache every
+    head keeps ``room`` free slots for the tokens still to come, so appending never reallocates.
+    ``packed_keys`` / ``packed_values`` give the (sum_g N_g, d) entries, head 0's first.
+
+    ``keys`` / ``values`` (and what ``update`` returns to the hooked attention) are a transient
+    right-aligned padded view (1, G, N_max, d): head g's entries fill its last N_g slots, the
+    first N_max - N_g slots are zeros (masked per head by ``cached_forward``). On the plain path
+    ``attend`` computes the attention per KV head straight from the packed segments, without padding.
+    ``update`` / ``append`` add the new tokens to every head, so they occupy the last slots of every head.
+    """
+
+    is_compileable = False
+
+    def __init__(self, packed_keys: torch.Tensor, packed_values: torch.Tensor, lengths, room: int = 0):
         self.lengths = tuple(int(n) for n in lengths)
         self.dtype, self.device = packed_keys.dtype, packed_keys.device
         self.is_initialized = True
         if packed_keys.shape != packed_values.shape or packed_keys.shape[0] != sum(self.lengths):
             raise InputError("RaggedLayer: packed keys/values must be (sum of lengths, d_head).")
+        self._store(packed_keys, packed_values, max(int(room), 0))
+
+    def _store(self, packed_k: torch.Tensor, packed_v: torch.Tensor, room: int) -> None:
+        """Lay the packed (sum N_g, d) entries out with ``room`` free slots after every head's segment."""
+        self.room = room
+        self._caps = tuple(n + room for n in self.lengths)
+        offs = [0]
+        for c in self._caps:
+            offs.append(offs[-1] + c)
+        self._offs = tuple(offs)
+        # (G, sum C_g) bool, True where KV head g may not look in the one-pass attention (other heads'
+        # segments, free slots); bookkeeping like the positions, not counted in the bytes
+        self._blocked = torch.ones((len(self.lengths), offs[-1]), dtype=torch.bool, device=packed_k.device)
+        self._heads, self._false = None, torch.zeros((), dtype=torch.bool, device=packed_k.device)
+        for g, (o, n) in enumerate(zip(offs, self.lengths)):
+            self._blocked[g, o:o + n] = False
+        if room == 0:
+            self._k, self._v = packed_k.contiguous(), packed_v.contiguous()
+            return
+        d = packed_k.shape[-1]
+        self._k = packed_k.new_zeros(offs[-1], d)  # zeros in the room: finite values under the mask
+        self._v = packed_v.new_zeros(offs[-1], d)
+        idx = self._filled_index()
+        self._k.index_copy_(0, idx, packed_k)
+        self._v.index_copy_(0, idx, packed_v)
+
+    def _filled_index(self) -> torch.Tensor:
+        """(sum N_g,) storage rows holding entries, head by head."""
+        return torch.cat([torch.arange(o, o + n) for o, n in zip(self._offs, self.lengths)]).to(self.device)
+
+    @property
+    def packed_keys(self) -> torch.Tensor:
+        return self._k if self.room == 0 and self._caps == self.lengths else self._k.index_select(0, self._filled_index())
+
+    @property
+    def packed_values(self) -> torch.Tensor:
+        return self._v if self.room == 0 and self._caps == self.lengths else self._v.index_select(0, self._filled_index())
 
     @classmethod
-    def from_padded(cls, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> "RaggedLayer":
+    def from_padded(cls, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
+                    room: int = 0) -> "RaggedLayer":
         """keys/values (1, G, N, d) and positions (1, G, N); slots with position < 0 are dropped."""
         if keys.shape[0] != 1:
             raise InputError("Ragged (per-head) KV storage supports batch size 1 only.")
         valid = positions[0] >= 0  # (G, N); boolean indexing keeps head-major, slot-ascending order
-        return cls(keys[0][valid].contiguous(), values[0][valid].contiguous(), valid.sum(-1).tolist())
+        return cls(keys[0][valid].contiguous(), values[0][valid].contiguous(), valid.sum(-1).tolist(), room)
 
     # ------------------------------------------------------------------ the padded view
     @property
@@ -120,35 +357,75 @@ class RaggedLayer(DynamicLayer):
     def lazy_initialization(self, key_states, value_states) -> None:
         self.is_initialized = True
 
+    def append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Add (1, G, T, d) new entries to every head: written into each head's free slots, or (no room
+        left) by re-laying the storage out (exactly sized when ``room`` is 0, else with fresh room)."""
+        t = key_states.shape[-2]
+        if any(n + t > c for n, c in zip(self.lengths, self._caps)):
+            ks, vs = [], []
+            for g, (o, n) in enumerate(zip(self._offs, self.lengths)):
+                ks += [self._k[o:o + n], key_states[0, g]]
+                vs += [self._v[o:o + n], value_states[0, g]]
+            self.lengths = tuple(n + t for n in self.lengths)
+            self._store(torch.cat(ks), torch.cat(vs), 0 if self.room == 0 else max(self.room, 2 * t, 32))
+            return
+        g = len(self.lengths)
+        rows = torch.tensor([o + n + i for o, n in zip(self._offs, self.lengths) for i in range(t)], device=self.device)
+        self._k.index_copy_(0, rows, key_states[0].reshape(g * t, -1))
+        self._v.index_copy_(0, rows, value_states[0].reshape(g * t, -1))
+        if self._heads is None or self._heads.numel() != g * t:
+            self._heads = torch.arange(g, device=self.device).repeat_interleave(t)
+        self._blocked.index_put_((self._heads, rows), self._false)
+        self.lengths = tuple(n + t for n in self.lengths)
+
     def update(self, key_states, value_states, *args, **kwargs):
         """Append (1, G, T, d) new entries to every head; returns the padded (1, G, N_max + T, d) views."""
-        t = key_states.shape[-2]
-        ks, vs, off = [], [], 0
-        for g, n in enumerate(self.lengths):
-            ks += [self.packed_keys[off:off + n], key_states[0, g]]
-            vs += [self.packed_values[off:off + n], value_states[0, g]]
-            off += n
-        self.packed_keys, self.packed_values = torch.cat(ks), torch.cat(vs)
-        self.lengths = tuple(n + t for n in self.lengths)
+        self.append(key_states, value_states)
         return self.keys, self.values
+
+    def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
+        """Attention of the (1, H, T, d) queries of the T entries just appended, each query head over its
+        KV head's own entries (no padded view); returns (1, T, H, d).
+
+        One token (decoding): one pass over the whole storage, every query head against every segment,
+        other heads' segments and free slots set to -inf (the keys and values are read once, as in a
+        dense layer; the extra dot products are cheap). Several tokens: per KV head, with the causal
+        mask among the new tokens."""
+        _, h, t, d = query.shape
+        g = len(self.lengths)
+        r = h // g
+        if t == 1:
+            s = torch.matmul(query[0].reshape(h, d), self._k.t()).mul_(scaling)  # (H, sum C)
+            s = s.view(g, r, -1).masked_fill_(self._blocked[:, None, :], float("-inf")).view(h, -1)
+            p = torch.softmax(s, dim=-1, dtype=torch.float32).to(self._v.dtype)
+            return torch.matmul(p, self._v).view(1, 1, h, d)
+        outs = []
+        for kv, (o, n) in enumerate(zip(self._offs, self.lengths)):
+            q = query[0, kv * r:(kv + 1) * r].reshape(r * t, d)
+            s = torch.matmul(q, self._k[o:o + n].t()).mul_(scaling)  # (R*T, N_g)
+            blocked = causal_block(n, t, query.device)
+            if blocked is not None:
+                s = s.view(r, t, n).masked_fill_(blocked, torch.finfo(s.dtype).min).view(r * t, n)
+            p = torch.softmax(s, dim=-1, dtype=torch.float32).to(self._v.dtype)
+            outs.append(torch.matmul(p, self._v[o:o + n]).view(r, t, d))
+        return torch.cat(outs).transpose(0, 1)[None]
 
     def get_seq_length(self) -> int:
         return self.n_max
 
     def reset(self) -> None:
-        self.packed_keys = self.packed_keys[:0]
-        self.packed_values = self.packed_values[:0]
         self.lengths = tuple(0 for _ in self.lengths)
+        self._blocked.fill_(True)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise InputError("RaggedLayer cannot be cropped; evict entries with a cache policy instead.")
 
     def stored_tensors(self) -> list[torch.Tensor]:
-        """Exactly the tensors this layer holds: the packed keys and values."""
-        return [self.packed_keys, self.packed_values]
+        """Exactly the tensors this layer holds: the per-head segments of keys and values."""
+        return [self._k, self._v]
 
     def __repr__(self) -> str:
-        return f"RaggedLayer(lengths={list(self.lengths)})"
+        return f"RaggedLayer(lengths={list(self.lengths)}{f', room={self.room}' if self.room else ''})"
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
@@ -252,6 +529,11 @@ class KVCache:
     """A model's KV cache plus the original position of every retained entry.
 
     keys(l), values(l): (B, n_kv_heads, N_l, d_head); positions[l]: (B, n_kv_heads, N_l) long.
+
+    Two kinds (see ``empty`` and ``preallocated``): a growing cache (HF ``DynamicLayer``s, one
+    ``torch.cat`` per step, bytes = entries) and a preallocated one (``PreallocatedLayer``s sized once
+    for ``capacity`` tokens, written in place, compacted in place by eviction; bytes = entries plus
+    the room reserved for the tokens still to come).
     """
 
     def __init__(self, hf_cache: DynamicCache, n_layers: int, n_kv_heads: int, d_head: int):
@@ -261,19 +543,71 @@ class KVCache:
         self.d_head = d_head
         self.positions: list[torch.Tensor] = []
         self.next_position = 0
+        #: tokens a preallocated cache is sized for (prompt + steps); None for a growing cache
+        self.capacity: int | None = None
 
     @classmethod
     def empty(cls, model) -> "KVCache":
+        """A growing cache (each forward concatenates its entries; bytes held = entries)."""
         i = model.info
         return cls(WorkbenchDynamicCache(), i.n_layers, i.n_kv_heads, i.d_head)
 
-    def copy(self) -> "KVCache":
+    @classmethod
+    def preallocated(cls, model, capacity: int) -> "KVCache":
+        """A cache sized once for ``capacity`` tokens (prompt + tokens to generate): every layer's K/V
+        buffers (B, G, capacity, d_head) are allocated at the first forward and written in place;
+        eviction compacts the kept entries inside them and shrinks them to kept + remaining room
+        (``remaining``); feeding more than ``capacity`` tokens grows them (amortized doubling)."""
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+            raise InputError(f"capacity must be a positive integer (prompt + new tokens), got {capacity!r}.")
+        i = model.info
+        hf = WorkbenchDynamicCache()
+        hf.layer_class_to_replicate = partial(PreallocatedLayer, capacity)
+        cache = cls(hf, i.n_layers, i.n_kv_heads, i.d_head)
+        cache.capacity = capacity
+        return cache
+
+    @property
+    def is_preallocated(self) -> bool:
+        return self.capacity is not None
+
+    @property
+    def remaining(self) -> int:
+        """Tokens a preallocated cache still expects (capacity - tokens seen); 0 for a growing cache."""
+        return 0 if self.capacity is None else max(0, self.capacity - self.next_position)
+
+    def _dense_layer(self):
+        """An empty layer of this cache's kind (to hold dense entries again)."""
+        return PreallocatedLayer(1) if self.capacity is not None else DynamicLayer()
+
+    def copy(self, kind: str | None = None) -> "KVCache":
         """An independent copy: every cache layer (any layer type) and the positions are cloned, so
         editing or extending the copy leaves this cache untouched (for trying several policies on one
-        prefill)."""
+        prefill). ``kind``: None keeps this cache's kind; "dynamic" copies dense layers into growing
+        (``torch.cat``) layers; "preallocated" into preallocated ones sized for this cache's ``capacity``
+        (or its current length). Ragged and custom layers are copied as they are."""
+        if kind not in (None, "dynamic", "preallocated"):
+            raise InputError(f"copy(): kind must be None, 'dynamic' or 'preallocated', got {kind!r}.")
         new = KVCache(copy.deepcopy(self.hf_cache), self.n_layers, self.n_kv_heads, self.d_head)
-        new.positions = [p.clone() for p in self.positions]
         new.next_position = self.next_position
+        new.capacity = self.capacity
+        # positions of preallocated layers are views of their (copied) buffers
+        new.positions = [lay.positions if isinstance(lay, PreallocatedLayer) and l < len(self.positions)
+                         else p.clone() for l, (p, lay) in enumerate(zip(self.positions, new.hf_cache.layers))]
+        new.positions += [p.clone() for p in self.positions[len(new.positions):]]
+        if kind == "dynamic" and new.capacity is not None:
+            new.capacity = None
+            new.hf_cache.layer_class_to_replicate = DynamicLayer
+        elif kind == "preallocated" and new.capacity is None:
+            new.capacity = max(self.next_position, 1)
+            new.hf_cache.layer_class_to_replicate = partial(PreallocatedLayer, new.capacity)
+        if kind is not None:
+            for l, lay in enumerate(new.hf_cache.layers):
+                if type(lay) in (DynamicLayer, PreallocatedLayer) and lay.is_initialized and l < len(new.positions):
+                    k, v, pos = lay.keys, lay.values, new.positions[l]
+                    new.hf_cache.layers[l] = dense = new._dense_layer()
+                    dense.lazy_initialization(k, v)
+                    new.set_entries(l, k.clone(), v.clone(), pos.clone())
         return new
 
     def expand(self, k: int) -> None:
@@ -285,6 +619,10 @@ class KVCache:
                 raise InputError("expand(): a cache with per-head (ragged) layers supports batch size 1 only.")
             if lay.keys.shape[0] != 1:
                 raise InputError(f"expand(): the cache already has batch size {lay.keys.shape[0]}; expand a batch-1 cache.")
+            if isinstance(lay, PreallocatedLayer):  # buffers are written in place: materialize the batch
+                kk, vv, pp = (x.expand(k, *x.shape[1:]) for x in (lay.keys, lay.values, self.positions[l]))
+                self.positions[l] = lay.set_entries(kk, vv, pp, room=lay.capacity - lay.n)
+                continue
             lay.keys = lay.keys.expand(k, *lay.keys.shape[1:])
             lay.values = lay.values.expand(k, *lay.values.shape[1:])
             self.positions[l] = self.positions[l].expand(k, *self.positions[l].shape[1:])
@@ -295,6 +633,10 @@ class KVCache:
             b = lay.keys.shape[0]
             if not 0 <= i < b:
                 raise InputError(f"select(): row {i} is out of range for batch size {b}.")
+            if isinstance(lay, PreallocatedLayer):
+                self.positions[l] = lay.set_entries(lay.keys[i: i + 1], lay.values[i: i + 1],
+                                                    self.positions[l][i: i + 1], room=lay.capacity - lay.n)
+                continue
             lay.keys = lay.keys[i: i + 1].contiguous()
             lay.values = lay.values[i: i + 1].contiguous()
             self.positions[l] = self.positions[l][i: i + 1].contiguous()
@@ -303,14 +645,42 @@ class KVCache:
     def _record_new(self, n_new: int) -> None:
         """Called by the generator after a forward appended ``n_new`` tokens to every layer."""
         new = torch.arange(self.next_position, self.next_position + n_new)
+        adds: dict = {}  # (device, b, g) -> the new positions (B, G, n_new), built once per step
+
+        def add_for(device, b, g):
+            key = (device, b, g)
+            if key not in adds:
+                adds[key] = new.to(device).expand(b, g, n_new)
+            return adds[key]
+
         for l in range(self.n_layers):
-            b, g = self.keys(l).shape[:2]
-            add = new.to(self.keys(l).device).expand(b, g, n_new)
+            lay = self.hf_cache.layers[l]
+            if isinstance(lay, PreallocatedLayer):  # written in place, no per-step copy
+                b, g = lay._k.shape[:2]
+                pos = lay.record(add_for(lay.device, b, g))
+                if l < len(self.positions):
+                    self.positions[l] = pos
+                else:
+                    self.positions.append(pos)
+                continue
+            b, g = self._batch_heads(l)
+            add = add_for(self._device(l), b, g)
             if l < len(self.positions):
                 self.positions[l] = torch.cat([self.positions[l], add], dim=-1)
             else:
                 self.positions.append(add.clone())
         self.next_position += n_new
+
+    def _batch_heads(self, layer: int) -> tuple[int, int]:
+        lay = self.hf_cache.layers[layer]
+        if isinstance(lay, RaggedLayer):
+            return 1, len(lay.lengths)
+        k = lay.keys
+        return int(k.shape[0]), int(k.shape[1])
+
+    def _device(self, layer: int):
+        lay = self.hf_cache.layers[layer]
+        return getattr(lay, "device", None) or self.keys(layer).device
 
     def _check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.n_layers:
@@ -392,7 +762,7 @@ class KVCache:
         for ln in lengths:
             lens.append(int(valid[off:off + ln].sum()))
             off += ln
-        lay = RaggedLayer(ks[valid].contiguous(), vs[valid].contiguous(), lens)
+        lay = RaggedLayer(ks[valid].contiguous(), vs[valid].contiguous(), lens, room=self.remaining)
         self.hf_cache.layers[layer] = lay
         self.positions[layer] = lay.padded_positions(ps[valid].reshape(1, 1, -1))
 
@@ -406,14 +776,17 @@ class KVCache:
             raise InputError("set_entries(): keys, values and positions must agree in (B, G, N).")
         lay = self.hf_cache.layers[layer]
         if positions.numel() and bool((positions < 0).any()):
-            new = RaggedLayer.from_padded(keys, values, positions)
+            new = RaggedLayer.from_padded(keys, values, positions, room=self.remaining)
             self.hf_cache.layers[layer] = new
             self.positions[layer] = new.padded_positions(positions)
             return
         if isinstance(lay, RaggedLayer):
-            lay = DynamicLayer()
+            lay = self._dense_layer()
             lay.lazy_initialization(keys, values)
             self.hf_cache.layers[layer] = lay
+        if isinstance(lay, PreallocatedLayer):  # compaction in place (and a shrink when much too large)
+            self.positions[layer] = lay.set_entries(keys, values, positions, room=self.remaining)
+            return
         lay.keys, lay.values = keys, values
         self.positions[layer] = positions
 
@@ -426,7 +799,22 @@ class KVCache:
         """(B, G) entries each KV head of ``layer`` really holds (padding slots excluded)."""
         if layer >= len(self.positions):
             return torch.zeros(1, self.n_kv_heads, dtype=torch.long)
-        return (self.positions[layer] >= 0).sum(-1)
+        lay = self.hf_cache.layers[layer]
+        if isinstance(lay, RaggedLayer):
+            return torch.tensor([lay.lengths], dtype=torch.long)
+        pos = self.positions[layer]
+        if type(lay) in (DynamicLayer, PreallocatedLayer):  # dense: no padding slot
+            return torch.full(pos.shape[:2], pos.shape[-1], dtype=torch.long)
+        return (pos >= 0).sum(-1)
+
+    def _has_padding(self, layer: int) -> bool:
+        lay = self.hf_cache.layers[layer] if layer < len(self.hf_cache.layers) else None
+        if isinstance(lay, RaggedLayer):
+            return True
+        if type(lay) in (DynamicLayer, PreallocatedLayer) or layer >= len(self.positions):
+            return False
+        pos = self.positions[layer]
+        return bool(pos.numel()) and bool((pos < 0).any())
 
     def blocked_slots(self, layer: int, n_new: int, longest: int) -> torch.Tensor | None:
         """(G, n_new, N_l + n_new) bool: slots the next forward's n_new queries must not see in ``layer``,
@@ -438,7 +826,7 @@ class KVCache:
         new tokens up to i + longest - N_l)."""
         pos = self.positions[layer] if layer < len(self.positions) else None
         n = 0 if pos is None else pos.shape[-1]
-        pad = pos is not None and bool((pos < 0).any())
+        pad = pos is not None and self._has_padding(layer)
         if not pad and (n_new == 1 or n >= longest):
             return None
         g = self.n_kv_heads
@@ -457,9 +845,20 @@ class KVCache:
 
     # ---------------------------------------------------------------- measuring
     def stats(self) -> CacheStats:
-        tokens = torch.stack([self.head_counts(l)[0].cpu() for l in range(self.n_layers)])
-        dtype_bytes = self.keys(0).element_size() if self.n_layers and self.seq_len(0) else 4
-        b = self.keys(0).shape[0] if self.positions else 1
+        rows = []
+        for l in range(self.n_layers):
+            lay = self.hf_cache.layers[l] if l < len(self.hf_cache.layers) else None
+            if l < len(self.positions) and type(lay) in (DynamicLayer, PreallocatedLayer):
+                rows.append([self.positions[l].shape[-1]] * self.n_kv_heads)  # dense: no padding slot
+            else:
+                rows.append(self.head_counts(l)[0].tolist())
+        tokens = torch.tensor(rows, dtype=torch.long).reshape(self.n_layers, -1)
+        lay0 = self.hf_cache.layers[0] if self.hf_cache.layers else None
+        dtype = getattr(lay0, "dtype", None) if self.n_layers and self.seq_len(0) else None
+        if not isinstance(dtype, torch.dtype) and self.n_layers and self.seq_len(0):
+            dtype = self.keys(0).dtype
+        dtype_bytes = torch.tensor([], dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else 4
+        b = self.positions[0].shape[0] if self.positions else 1
         logical = int(tokens.sum()) * b * self.d_head * 2 * dtype_bytes
         seen, physical = set(), 0
         for lay in self.hf_cache.layers:

@@ -5,6 +5,7 @@ of the project lives in ``workbench/``; the rest of the code talks to ``Model`` 
 """
 from __future__ import annotations
 
+import inspect
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -21,6 +22,7 @@ from .capture import (
     check_budget,
     estimate,
     plan_capture,
+    apply_threads,
     resolve_positions,
     settings,
     summarize_pattern,
@@ -29,6 +31,7 @@ from .errors import InputError
 from .hook_names import layer_of_hook
 from .hooks import HookSession, workbench_hooks_on
 from .intervention import Compose, Intervention
+from .plain import PlainView
 from .run import Run
 from .session import ForwardSession, attention_observer_hooks
 from .weights import Weights, read_weights
@@ -141,6 +144,9 @@ class Model:
         self._weights_key: tuple | None = None
         self._weights_version = 0
         self._linear_kinds: tuple[str, ...] | None = None
+        self._plain_view: PlainView | None = None
+        fwd = getattr(type(hf), "forward", None)
+        self._keeps_logits = fwd is not None and "logits_to_keep" in inspect.signature(fwd).parameters
         #: forward passes run so far (every run, generation step, session forward): for tests and
         #: benchmarks that check work is not repeated
         self.forward_count = 0
@@ -440,9 +446,60 @@ class Model:
                 yield ForwardSession(self, hs)
 
     def forward_tokens(self, ids: torch.Tensor, stop_at_layer: int | None = None, **kwargs) -> torch.Tensor | None:
-        """One forward pass of (B, T) ids under whatever hooks are attached (inside ``session``); logits (B, T, V)."""
+        """One forward pass of (B, T) ids under whatever hooks are attached (inside ``session``); logits (B, T, V).
+
+        With no hook attached anywhere (no capture, intervention hook, attention observer or required
+        hook) and no ``stop_at_layer``, the pass runs the hook-free plain view of the model instead of
+        the TransformerBridge (``workbench.plain``): same modules and weights, identical logits, none
+        of the hook machinery's cost. ``fast_path_status()`` says which path the next pass takes."""
+        return self._forward(ids, self._route(stop_at_layer, kwargs), stop_at_layer, **kwargs)
+
+    # ------------------------------------------------------------------ the hook-free path
+    def _route(self, stop_at_layer: int | None = None, kwargs: dict | None = None) -> nn.Module | None:
+        """The plain module when the next forward needs no hook, else None (the hooked bridge path).
+
+        An explicit ``attention_mask`` also takes the hooked path: the bridge derives position ids from
+        a padded mask, which the plain HF forward does not."""
+        if stop_at_layer is not None or not settings.fast_path or (kwargs and "attention_mask" in kwargs):
+            return None
+        if self._plain_view is None:
+            self._plain_view = PlainView(self.hf, self.bridge, self._verify_plain)
+        return None if self._plain_view.check() is not None else self._plain_view.module
+
+    def _forward(self, ids: torch.Tensor, plain: nn.Module | None, stop_at_layer: int | None = None, **kwargs):
+        """One forward through ``plain`` (from ``_route``) or, when None, through the bridge with its hooks."""
+        apply_threads()
         self.forward_count += 1
+        if plain is not None:
+            if kwargs.get("past_key_values") is None:
+                kwargs.setdefault("use_cache", False)  # nothing to keep: skip building a throwaway cache
+            return plain(input_ids=ids, **kwargs).logits
         return self.bridge(ids, return_type="logits", stop_at_layer=stop_at_layer, **kwargs)
+
+    def _verify_plain(self, module: nn.Module) -> str | None:
+        """None when ``module`` (a freshly built plain view) reproduces the hooked forward exactly on a probe."""
+        ids = (torch.arange(1, 8, device=self.device) % self.info.d_vocab)[None]
+        try:
+            with torch.no_grad():
+                ref = self.bridge(ids, return_type="logits")
+                got = module(input_ids=ids, use_cache=False).logits
+        except Exception as exc:  # the hooked path fails too, or only the plain one: either way, not usable
+            return f"the hook-free forward could not be checked ({type(exc).__name__}: {exc})"
+        same = got.shape == ref.shape and bool(((got == ref) | (got.isnan() & ref.isnan())).all())
+        if not same:
+            diff = (got - ref).abs().max().item() if got.shape == ref.shape else float("nan")
+            return f"the hook-free forward differs from the hooked one on a probe (max |diff| {diff:.2e})"
+        return None
+
+    def fast_path_status(self) -> str | None:
+        """None when a forward started now (with no hook attached) runs the hook-free plain view; otherwise
+        why it takes the hooked TransformerBridge path (``workbench.settings.fast_path`` off, hooks attached,
+        an architecture the plain view cannot mirror exactly, ...)."""
+        if not settings.fast_path:
+            return "workbench.settings.fast_path is False"
+        if self._plain_view is None:
+            self._plain_view = PlainView(self.hf, self.bridge, self._verify_plain)
+        return self._plain_view.check()
 
     @contextmanager
     def frozen_parameters(self) -> Iterator["Model"]:
@@ -582,17 +639,25 @@ class Model:
 
         return fn
 
+    def transformer_lens_cache(self, ids: torch.Tensor):
+        """TransformerLens' own ``run_with_cache`` on this model's bridge: (logits, ActivationCache) over every
+        hook point. For comparisons with TransformerLens (benchmarks); ``run`` is the workbench's way to capture."""
+        apply_threads()
+        self.forward_count += 1
+        return self.bridge.run_with_cache(ids)
+
     def generate(self, prompt, max_new_tokens: int = 20, **kwargs):
         """Generate from one prompt (or each of a list); see ``workbench.generation.generate``."""
         from .generation import generate
 
         return generate(self, prompt, max_new_tokens=max_new_tokens, **kwargs)
 
-    def prefill(self, prompt, cache_policy=None, interventions=()):
-        """Run one prompt and return its ``KVCache`` (per layer and KV head, with byte counts)."""
+    def prefill(self, prompt, cache_policy=None, interventions=(), capacity: int | None = None):
+        """Run one prompt and return its ``KVCache`` (per layer and KV head, with byte counts); with
+        ``capacity``, a preallocated cache sized for that many tokens (prompt + tokens to feed)."""
         from .generation import prefill
 
-        return prefill(self, prompt, cache_policy=cache_policy, interventions=interventions)
+        return prefill(self, prompt, cache_policy=cache_policy, interventions=interventions, capacity=capacity)
 
     def __repr__(self) -> str:
         i = self.info

@@ -18,16 +18,27 @@ Flushing: whenever the residual holds at least ``residual + group_size`` tokens,
 ``n_q = group_size * floor(max(0, N - residual) / group_size)`` and ``n_r = N - n_q`` lies in
 [min(N, residual), residual + group_size - 1]: the newest ``residual`` tokens are always exact.
 
-Reading: ``update()`` (called by the attention) appends the new tokens to the residual, flushes,
-and returns the dequantized quantized part concatenated with the residual, in the cache dtype.
-``layer.keys`` / ``layer.values`` return the same full tensors, so everything that reads a
+Code layout: within a byte, the ``8 // bits`` codes are channels ``j, j + d/per, j + 2d/per, ...``
+(channel j of each of the ``per`` channel blocks), so unpacking yields whole contiguous channel
+blocks (``(byte >> bits*i) & mask`` is channels ``[i*d/per, (i+1)*d/per)``) instead of interleaved ones.
+
+Reading: ``update()`` (called by the hooked attention) appends the new tokens to the residual,
+flushes, and returns the dequantized quantized part concatenated with the residual, in the cache
+dtype. ``layer.keys`` / ``layer.values`` return the same full tensors, so everything that reads a
 ``KVCache`` keeps working; assigning them (e.g. an eviction policy's ``keep``) stores the given
 tensors as a full-precision residual that the next flush re-quantizes. Prefill attention runs at
 full precision (as in KIVI); the cache is quantized by the policy right after prefill.
 
-Cost: every step dequantizes the whole quantized part of every layer (no speed gain on CPU, as for
-HF's ``QuantizedCache``); the saving is the memory at rest, reported by ``stats().physical_bytes``
-which counts exactly the tensors listed by ``stored_tensors()``; ``bytes_formula`` predicts it.
+Decoding on the hook-free path (``Model.forward_tokens``) uses ``append`` + ``attend`` instead:
+the quantized part is dequantized into transient tensors in a few whole-block passes (no stacking,
+no concatenation with the residual: the scores of the quantized part and of the residual are
+computed separately and joined, which is small), then grouped-query attention runs without
+expanding K/V to the query heads. Nothing dequantized is kept between steps, so the bytes held are
+those of the codes, parameters and residual only (``stats().physical_bytes``, exactly the tensors
+listed by ``stored_tensors()``; ``bytes_formula`` predicts it). On a CPU without a fused low-bit
+attention kernel every step still writes the dequantized keys and values (4 bytes per element)
+before reading them, so 4-bit decoding cannot read fewer bytes than the fp32 cache does; see
+BENCHMARKS.md for what it costs.
 """
 from __future__ import annotations
 
@@ -35,14 +46,50 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from workbench.errors import InputError
+from workbench.fast_attention import causal_block
 from workbench.kv_cache import KVCache, PolicyBase, StepContext
 
 from .registry import register
-from .packing import check_bits, check_group_size, dequantize_groups, pack, quantize_groups, unpack
+from .packing import check_bits, check_group_size, pack, quantize_groups
 
 POLICY_NAME = "kivi"
 
 _PARAM_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _block_order(d: int, bits: int) -> torch.Tensor:
+    """Channel order that makes ``pack`` put channel j of every block of d/per channels in one byte."""
+    per = 8 // bits
+    return torch.arange(d).view(per, d // per).t().reshape(-1)
+
+
+def _unpack_blocks(packed: torch.Tensor, bits: int, dtype) -> torch.Tensor:
+    """Packed codes (..., d * bits / 8) in block layout -> codes (..., d) as ``dtype`` (exact small integers)."""
+    per = 8 // bits
+    cw = packed.shape[-1]
+    out = torch.empty(*packed.shape[:-1], cw * per, dtype=dtype, device=packed.device)
+    if per == 1:
+        return out.copy_(packed)
+    mask = (1 << bits) - 1
+    for i in range(per):
+        part = packed if i == 0 else packed >> (bits * i)
+        out[..., i * cw:(i + 1) * cw].copy_(part if i == per - 1 else part & mask)
+    return out
+
+
+def _planes(packed: torch.Tensor, bits: int) -> list[tuple[int, torch.Tensor]]:
+    """(first channel, float32 codes (..., d / per)) of each of the ``per = 8 // bits`` channel blocks
+    of the block layout: unpacked and converted without assembling the full (..., d) tensor."""
+    per = 8 // bits
+    cw = packed.shape[-1]
+    mask = (1 << bits) - 1
+    out = []
+    for i in range(per):
+        part = packed if i == 0 else packed >> (bits * i)
+        if i < per - 1:
+            part = part & mask
+        out.append((i * cw, part.to(torch.float32)))
+    return out
 
 
 def _own(t: torch.Tensor) -> torch.Tensor:
@@ -89,7 +136,8 @@ class _Store:
             q = quantize_groups(old, self.bits, self.gs, dim=-2, param_dtype=self.param_dtype)
         else:
             q = quantize_groups(old, self.bits, self.vgs, dim=-1, param_dtype=self.param_dtype)
-        codes = pack(q.codes, self.bits)
+        order = _block_order(q.codes.shape[-1], self.bits).to(q.codes.device)
+        codes = pack(q.codes.index_select(-1, order), self.bits)
         if self.codes is None:
             self.codes, self.scale, self.mn = _own(codes), _own(q.scale), _own(q.mn)
         else:
@@ -100,12 +148,18 @@ class _Store:
 
     # ------------------------------------------------------------ reading
     def dequantized(self, dtype) -> torch.Tensor | None:
+        """(B, G, n_q, d) ``code * scale + min`` in ``dtype`` (computed in float32), or None while empty."""
         if self.codes is None:
             return None
-        codes = unpack(self.codes, self.bits)
-        if self.mode == "channel":
-            return dequantize_groups(codes, self.scale, self.mn, self.gs, dim=-2, dtype=dtype)
-        return dequantize_groups(codes, self.scale, self.mn, self.vgs, dim=-1, dtype=dtype)
+        x = _unpack_blocks(self.codes, self.bits, torch.float32)
+        b, g, n, d = x.shape
+        if self.mode == "channel":  # params (B, G, n / gs, d): one per channel and group of gs tokens
+            v = x.view(b, g, n // self.gs, self.gs, d)
+            v.mul_(self.scale.float()[:, :, :, None]).add_(self.mn.float()[:, :, :, None])
+        else:  # params (B, G, n, d / vgs): one per token and group of vgs channels
+            v = x.view(b, g, n, d // self.vgs, self.vgs)
+            v.mul_(self.scale.float()[..., None]).add_(self.mn.float()[..., None])
+        return x if dtype == torch.float32 else x.to(dtype)
 
     def full(self) -> torch.Tensor | None:
         if self.fp is None and self.codes is None:
@@ -177,12 +231,65 @@ class KIVILayer(DynamicLayer):
         self._v.flush()
 
     def update(self, key_states, value_states, *args, **kwargs):
+        self.append(key_states, value_states)
+        return self._k.full(), self._v.full()
+
+    def append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Store (B, G, T, d) new entries in the residual (then flush full groups into codes)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self._k.append(key_states)
         self._v.append(value_states)
         self.flush()
-        return self._k.full(), self._v.full()
+
+    def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
+        """Attention of the (B, H, T, d) queries of the T entries just appended over every entry.
+        Query head h reads KV head h // (H // G). Returns (B, T, H, d).
+
+        Quantized part, one channel block (a bit plane of the packed codes) at a time, nothing kept:
+        keys are dequantized in place in the converted block (``code * scale + min``, per channel and
+        token group) and multiplied with the queries' matching channels, the blocks' scores summed;
+        values are never dequantized: the per-token scale is folded into the attention weights,
+        ``sum_t p_t (code_tc s_t + m_t) = sum_t (p_t s_t) code_tc + sum_t p_t m_t``. The residual is
+        read in place; the score blocks of both parts are joined, never the keys or values."""
+        b, h, t, d = query.shape
+        kr, vr = self._k.fp, self._v.fp
+        g = kr.shape[1]
+        r = h // g
+        q = query.reshape(b, g, r * t, d)
+        k, v = self._k, self._v
+        n_q = k.n_q if k.codes is not None else 0
+        s = torch.matmul(q, kr.transpose(-1, -2))
+        if n_q:
+            ks, km = k.scale.float()[:, :, :, None], k.mn.float()[:, :, :, None]  # (B, G, n_q / gs, 1, d)
+            s_q = None
+            for c0, plane in _planes(k.codes, k.bits):
+                w = plane.shape[-1]
+                grouped = plane.view(b, g, n_q // k.gs, k.gs, w)
+                torch.addcmul(km[..., c0:c0 + w], grouped, ks[..., c0:c0 + w], out=grouped)
+                part = torch.matmul(q[..., c0:c0 + w], plane.transpose(-1, -2))
+                s_q = part if s_q is None else s_q.add_(part)
+            s = torch.cat([s_q, s], dim=-1)
+        s.mul_(scaling)
+        n = s.shape[-1]
+        blocked = causal_block(n, t, query.device)
+        if blocked is not None:
+            s = s.view(b, g, r, t, n).masked_fill_(blocked, torch.finfo(s.dtype).min).view(b, g, r * t, n)
+        p = torch.softmax(s, dim=-1, dtype=torch.float32).to(kr.dtype)
+        out = torch.matmul(p[..., n_q:], vr)  # (B, G, R*T, d)
+        if n_q:
+            p_q = p[..., :n_q]
+            vs, vm = v.scale.float(), v.mn.float()  # (B, G, n_q, d / vgs)
+            pm = torch.matmul(p_q, vm)  # (B, G, R*T, d / vgs): the minimums' share
+            for c0, plane in _planes(v.codes, v.bits):
+                o, cw = 0, plane.shape[-1]
+                while o < cw:  # the block's channels, cut where a value group ends
+                    grp = (c0 + o) // v.vgs
+                    w = min(cw - o, (grp + 1) * v.vgs - (c0 + o))
+                    part = torch.matmul(p_q * vs[:, :, None, :, grp], plane[..., o:o + w])
+                    out[..., c0 + o:c0 + o + w] += part + pm[..., grp:grp + 1]
+                    o += w
+        return out.view(b, h, t, d).transpose(1, 2)
 
     def get_seq_length(self) -> int:
         return self._k.seq_len() if self.is_initialized else 0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..capture import apply_threads
 from ..errors import InputError, ModelLoadError
 from ..model import Model, ModelInfo, ParityReport
 from . import smollm2, tiny
@@ -131,6 +132,7 @@ def wrap(hf, tokenizer, name: str | None = None, device=None, check_parity: bool
 
     if not hasattr(hf, "config") or not callable(hf):
         raise ModelLoadError(f"Expected a transformers causal LM, got {type(hf).__name__}.")
+    apply_threads()
     if getattr(hf.config, "_attn_implementation", "eager") != "eager":
         hf.config._attn_implementation = "eager"  # attention patterns are only hookable in eager
     dev = _resolve_device(device)
