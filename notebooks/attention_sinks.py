@@ -32,7 +32,7 @@
 # 9. a long prompt through attention summaries, within the memory guard;
 # 10. export of every figure.
 #
-# Methods and the numbers to expect are in the project notes (`methods.md` §5–6). The defaults
+# Formulas, defaults, measured numbers and papers: `docs/sinks.md`. The defaults
 # below take about two minutes on two CPU cores; the size knobs make it faster.
 
 # %% tags=["parameters"]

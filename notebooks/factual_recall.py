@@ -31,7 +31,7 @@
 # 7. causal checks, lenses and probes;
 # 8. export of every figure.
 #
-# Methods and the numbers to expect are in the project notes (`methods.md` §4). The defaults take
+# Formulas, defaults, measured numbers and papers: `docs/factual.md`. The defaults take
 # a few minutes on two CPU cores; the size knobs make it faster.
 
 # %% tags=["parameters"]
@@ -464,7 +464,7 @@ figs["lre_faithfulness"]
 # capital prompts (accuracy 0.55): probe AUROC 0.73 (C = 0.3), confidence 0.81, mean attention 0.26
 # (more attention to the subject went with *wrong* answers); 60 well-known countries (accuracy 0.80,
 # only 12 errors): CV picked the smallest C, the probe is constant (AUROC 0.51) and confidence gives
-# 0.70. The notes measured confidence 0.88 versus 0.68 for a probe at C = 0.5 on 60 prompts.
+# 0.70.
 
 # %%
 from probes.factual.sat_probe import sat_probe

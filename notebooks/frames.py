@@ -30,7 +30,7 @@
 # 6. a bias probe: does that guidance shift gendered words in completions (with a bootstrap CI)?
 # 7. an interactive explorer; 8. export of every figure.
 #
-# Method and expected numbers: project notes, `methods.md` §3. WordNet comes from the Debian
+# Formulas, defaults, measured numbers and papers: `docs/frames.md`. WordNet comes from the Debian
 # package `wordnet-base` (`make system`).
 
 # %% tags=["parameters"]

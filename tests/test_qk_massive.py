@@ -1,5 +1,5 @@
 """Q/K concentration maps: RoPE pair-norm invariance, frequencies from the model's inv_freq,
-flat-map statistics, non-rotary fallback; SmolLM2's Q/K above V (methods.md §6.3)."""
+flat-map statistics, non-rotary fallback; SmolLM2's Q/K above V (numbers in docs/sinks.md)."""
 import math
 
 import pytest

@@ -1,5 +1,5 @@
 """Attention-sink detection: exact checks on synthetic patterns, bridge versus HF eager
-attentions, the report API and bad input; SmolLM2 integration (methods.md §5.2)."""
+attentions, the report API and bad input; SmolLM2 integration (numbers in docs/sinks.md)."""
 import math
 
 import pytest

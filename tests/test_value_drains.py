@@ -1,5 +1,5 @@
 """Value-state drains: ‖v_j W_O^h‖ against an independent computation from HF weights and
-hidden states; padding; report API; SmolLM2 (methods.md §5.2)."""
+hidden states; padding; report API; SmolLM2 (numbers in docs/sinks.md)."""
 import pytest
 import torch
 
