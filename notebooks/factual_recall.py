@@ -22,8 +22,9 @@
 #
 # 1. the bundled prompts (5 relations, about 900 prompts) and the model's accuracy on them;
 # 2. exact direct logit attribution (DLA) of one prompt: embedding, every head, every MLP, with
-#    the final RMSNorm frozen; each head split by the token it reads (subject / relation / other);
-# 3. DLA over a prompt set; head classes (subject, relation, mixed) with their numbers;
+#    the final RMSNorm frozen; each head split by the token it reads (subject / relation / the last
+#    token itself / other);
+# 3. DLA over a prompt set; head classes (subject, relation, mixed, last) with their numbers;
 # 4. the additive motif: the answer's rank among the relation's candidates under each mechanism
 #    alone and under their sum;
 # 5. final-layer suppression: scale the suppressive heads and watch the answer's probability;
@@ -124,8 +125,9 @@ evals[~evals["correct"]].head(8)[["id", "answer", "top1", "rank_candidates", "p_
 # outputs. With the final RMSNorm's scale frozen at its value in this run, the logit is linear in
 # the residual, so each component's contribution is exact and they add up to the logit. Each
 # head's output is itself a sum over the tokens it reads, `A[END, s] · v_s W_O^h`, which splits its
-# contribution by source token. The `diff` metric is the answer minus the mean of the relation's
-# other candidates.
+# contribution by source token: subject tokens, relation tokens, the last token END itself (always
+# its own group, whatever the spans cover, so that "relation" means the relation words) and the
+# rest. The `diff` metric is the answer minus the mean of the relation's other candidates.
 
 # %%
 t0 = time.perf_counter()
@@ -162,10 +164,11 @@ df.reindex(df["diff"].abs().sort_values(ascending=False).index).head(12).round(3
 # ## 3. Over a prompt set: head classes
 #
 # DLA of every sampled prompt (one forward per batch), then each head's mean DLA from subject,
-# relation and other tokens, on the prompts whose answer the model ranks first among the
-# candidates. With E = |subject| + |relation|: **subject** head if |subject| / E ≥ 0.7, **relation**
-# head if |relation| / E ≥ 0.7, **mixed** otherwise; **other** if |other| > E (it reads neither
-# group: position 0 or the last token itself); **minor** if everything is below 0.1 logit.
+# relation, last-token and other tokens, on the prompts whose answer the model ranks first among the
+# candidates. With SR = |subject| + |relation|: **subject** head if |subject| / SR ≥ 0.7,
+# **relation** head if |relation| / SR ≥ 0.7, **mixed** otherwise; **last** if |last| > SR and
+# |last| ≥ |other| (it reads the token it sits on); **other** if |other| > SR and |other| > |last|
+# (mostly position 0); **minor** if everything is below 0.1 logit.
 
 # %%
 t0 = time.perf_counter()
@@ -253,7 +256,7 @@ figs.get("suppression", "no suppressive head found at this threshold")
 # ## 6. Explorer
 #
 # Pick a prompt: the DLA bars, the last token's attention for its top heads (S marks subject
-# tokens, R relation tokens) and the full pattern of a chosen head. Each prompt's DLA is computed
+# tokens, R relation tokens, E the last token) and the full pattern of a chosen head. Each prompt's DLA is computed
 # on first selection.
 
 # %%
