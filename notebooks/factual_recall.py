@@ -158,8 +158,7 @@ df.reindex(df["diff"].abs().sort_values(ascending=False).index).head(12).round(3
 # 3.9 − embedding 0.07, and the sum of the components matches the logit to about 1e-5. Most of it
 # comes from the MLPs of layers 23–29. Among the heads, **L23H4** gives +2.7, almost all of it read
 # from the two " France" tokens, with L23H1 (+1.3) and L23H5 (+0.7) doing the same; **L29H1**
-# (+1.9) reads from neither the subject nor the relation words; **L29H0** (−1.1) pushes the answer
-# down.
+# (+1.9) reads the last token itself (+1.96 from it); **L29H0** (−1.1) pushes the answer down.
 #
 # ## 3. Over a prompt set: head classes
 #
@@ -198,11 +197,11 @@ cls_frame[cls_frame["class"] != "minor"].head(15).round(3)
 # MLPs carry most of the answer logit in every relation (about 7–12 against 1.4–5 for attention).
 # Seven heads are subject heads, all in layers 23–24: L23H4 (+1.97 from the subject on average),
 # L23H5 (+1.08) and L23H1 (+0.78), plus small negative ones (L24H4 −0.41). At these thresholds
-# there is **no relation head and no mixed head**: every head with a mean effect above 0.1 logit
-# either takes at least 70% of its subject-plus-relation DLA from the subject, or reads mostly from
-# other tokens. The other large heads, L29H1 (+1.9), L29H0 (−1.3) and L29H2 (+0.65), are of the
-# second kind (the `other_from_last_token` and `other_from_position_0` columns say where from).
-# Relation information reaches the answer through the MLPs and through these last-layer heads, not
+# there is **no relation head and no mixed head**: none of the 10 heads above the threshold takes
+# more than 0.05 logit from the relation words. Two large heads read **the last token itself**: L29H1 (+1.45 from it) and the
+# suppressive L29H0 (−1.03); L29H2 splits between the last token (+0.31) and other tokens (+0.34,
+# hardly any from position 0: see the `other_from_position_0` column), so it is "other". Relation
+# information reaches the answer through the MLPs and through heads reading the last token, not
 # through heads that read the relation words.
 #
 # ## 4. The additive motif
