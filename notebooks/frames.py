@@ -127,7 +127,7 @@ ranks.deficient().head(12)
 # A synset's concept frame is the orthogonal-Procrustes (polar) factor of the sum of its lemmas'
 # word frames (four spellings each: `" w"`, `"w "`, `" w "`, `"w"`). Here every synset with at
 # least 3 lemmas that fit in k tokens. A good concept frame correlates more with its own words
-# than with other concepts' words (notes: about 12.9 vs 3.6 on SmolLM2, unnormalised).
+# than with other concepts' words (measured on SmolLM2, 500 synsets: 13.7 vs 2.7, unnormalised).
 
 # %%
 t0 = time.perf_counter()
