@@ -5,7 +5,7 @@
 #   make model   warm the fp32 SmolLM2 cache (dequantizing the GGUF once takes 10-40 s)
 #   make demo    execute notebooks/00_tour.py headless -> out/00_tour.ipynb, out/figures/
 #   make test    run the test suite
-#   make lab     JupyterLab on notebooks/ (the .py files open as notebooks via jupytext)
+#   make lab     JupyterLab on notebooks/ (a double-click opens a .py as a notebook, kernel from .venv)
 #   make transcoders  retrain the shipped SmolLM2 transcoders (layers 8, 15) and the layer-8 SAE
 #   make bench   benchmarks (core, sinks, KV cache, factual recall, patching, transcoders, frames)
 #                -> benchmarks/results/*.json; see BENCHMARKS.md
@@ -60,9 +60,12 @@ test: venv system model
 	$(PY) -m pytest -q tests
 
 # Jupyter refuses to run as root without --allow-root (containers); LAB_ARGS adds more (--no-browser, --port=...).
+# jupyter-config/ (on JUPYTER_CONFIG_PATH) ships the Lab default that opens notebooks/*.py as notebooks
+# (jupytext) on double-click; kernels come from this venv. tests/test_browser.py checks both.
 LAB_ARGS ?=
 lab: venv
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+	JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter-config$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
+	  $(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 bench: venv model
 	$(PY) benchmarks/bench_core.py

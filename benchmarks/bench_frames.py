@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
 
     import workbench as wb
-    from interventions.concept_guidance import guided_generate
+    from probes.frames import guided_generate
     from probes.frames import concept, concept_bank, rank_statistics, token_space
     from probes.frames.token_space import _CACHE
 

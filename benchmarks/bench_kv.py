@@ -8,7 +8,7 @@ SmolLM2-135M-Instruct (``workbench.load()``), fp32, eager attention, CPU, ``torc
 ``torch.set_num_threads(--threads)`` (default 2).
 
 1. Decode latency. For each context length a passkey prompt of about that many tokens
-   (``workbench.tasks.passkey_prompts``, filler text) is prefilled **once** into a full
+   (``workbench.texts.tasks.passkey_prompts``, filler text) is prefilled **once** into a full
    ``KVCache`` while SnapKV and H2O observe the prefill's attention. Every variant then starts
    from that prefill:
 
@@ -31,7 +31,7 @@ SmolLM2-135M-Instruct (``workbench.load()``), fp32, eager attention, CPU, ``torc
 
 2. Quality. (a) ``efficiency.kv.harness.perplexity`` of StreamingLLM at ratio 0.75 vs the full
    cache. Compressed prompt (prefix 0.5, the policy compresses the prefix once, the second half
-   is scored) on the bundled corpus (``probes.domains``: every text, and each domain's texts
+   is scored) on the bundled corpus (``workbench.texts.domains``: every text, and each domain's texts
    joined into one longer text) and on ``--ppl-long-n`` long texts of ``--ppl-long-tokens`` tokens
    (``harness.long_texts``: windows of ``pydoc_data.topics``); and streaming on the long texts
    (``at="both"``, prefix 0.25, chunks of 16 tokens: after every chunk the cache is cut back to a
@@ -72,15 +72,6 @@ QUERY_AWARE = ("snapkv", "h2o", "tova", "pyramidkv", "adakv", "zigzagkv")
 LONG_POLICIES = ("streaming_llm", "snapkv", "tova", "adakv", "zigzagkv")
 LONG_RATIOS = (0.25, 0.75)
 TARGET_SPEEDUP, TARGET_BYTES_TOL, TARGET_PPL, TARGET_PASSKEY = 1.4, 0.05, 0.10, 0.90
-
-
-class _Fanout:
-    def __init__(self, policies):
-        self.policies = policies
-
-    def observe_attention(self, layer, pattern):
-        for p in self.policies:
-            p.observe_attention(layer, pattern)
 
 
 def _static_from(m, full, max_len: int) -> tuple[StaticCache, int]:
@@ -128,9 +119,9 @@ def _decode_static(m, sc, n: int, first_tok: int, steps: int) -> tuple[float, to
 
 def bench_latency(m, contexts, steps, repeats) -> list[dict]:
     from efficiency.kv import get_policy
-    from workbench.generation import _observe_attention, cached_forward
     from workbench.kv_cache import KVCache, StepContext
-    from workbench.tasks import passkey_prompts
+    from workbench.session import AttentionFanout
+    from workbench.texts.tasks import passkey_prompts
 
     rows = []
     for L in contexts:
@@ -138,13 +129,11 @@ def bench_latency(m, contexts, steps, repeats) -> list[dict]:
         ids, _ = m.tokenize(s.prompt)
         T = int(ids.shape[1])
         policies = {name: get_policy(name, ratio=RATIO) for name in EVICT}
-        observers = [p for p in policies.values() if getattr(p, "observe_attention", None)]
+        fanout = AttentionFanout([p.observe_attention for p in policies.values()])
         full = KVCache.empty(m)
         t0 = time.perf_counter()
-        with m._session(()) as session:
-            _observe_attention(m, session, _Fanout(observers))
-            with session, torch.no_grad():
-                first_tok = int(cached_forward(m, full, ids)[0, -1].argmax())
+        with m.session(observe_attention=fanout if fanout else None) as session:
+            first_tok = int(session.forward_cached(full, ids)[0, -1].argmax())
         prefill_s = time.perf_counter() - t0
         caches = {"full": full}
         for name, p in policies.items():
@@ -201,9 +190,10 @@ def bench_latency(m, contexts, steps, repeats) -> list[dict]:
 def bench_quality(m, passkey_n, passkey_tokens, ppl_long_n=3, ppl_long_tokens=2048, do_ppl=True,
                   policies=None) -> dict:
     from efficiency.kv import get_policy
-    from efficiency.kv.harness import long_texts, perplexity, sweep
-    from probes.domains import load_domains
-    from workbench.tasks import passkey_prompts
+    from efficiency.kv.harness import perplexity, sweep
+    from workbench.texts import long_texts
+    from workbench.texts import load_domains
+    from workbench.texts.tasks import passkey_prompts
 
     out = {}
     doms = load_domains()
@@ -256,7 +246,7 @@ def bench_quality(m, passkey_n, passkey_tokens, ppl_long_n=3, ppl_long_tokens=20
 def bench_long(m, contexts, n_each, save=None) -> dict:
     """Passkey and single-needle sweeps at each context length (see the module docstring, 3.)."""
     from efficiency.kv.harness import sweep
-    from workbench.tasks import needle_prompts, passkey_prompts
+    from workbench.texts.tasks import needle_prompts, passkey_prompts
 
     out = {"policies": list(LONG_POLICIES), "ratios": list(LONG_RATIOS), "n_each": n_each, "runs": []}
     for L in contexts:

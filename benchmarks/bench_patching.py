@@ -57,13 +57,17 @@ TARGET_PASSES = 3
 
 
 class _Counter:
-    """Counts forward passes (embedding calls) and backward passes (torch.autograd.grad calls)."""
+    """Counts forward passes (``Model.forward_count``) and backward passes (torch.autograd.grad calls)."""
 
     def __init__(self, model):
-        self.model, self.fwd, self.bwd = model, 0, 0
+        self.model, self.bwd, self.end = model, 0, None
+
+    @property
+    def fwd(self) -> int:
+        return (self.model.forward_count if self.end is None else self.end) - self.start
 
     def __enter__(self):
-        self.handle = self.model.bridge.embed.register_forward_hook(self._on_fwd)
+        self.start = self.model.forward_count
         self.real_grad = torch.autograd.grad
 
         def grad(*a, **k):
@@ -73,11 +77,8 @@ class _Counter:
         torch.autograd.grad = grad
         return self
 
-    def _on_fwd(self, *_):
-        self.fwd += 1
-
     def __exit__(self, *exc):
-        self.handle.remove()
+        self.end = self.model.forward_count
         torch.autograd.grad = self.real_grad
 
 

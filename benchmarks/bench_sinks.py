@@ -65,7 +65,7 @@ def prompt_ids(model, n: int) -> torch.Tensor:
 
 
 def analyses():
-    from probes import massive_activations, qk_concentration, sink_report, value_drain
+    from probes.sinks import massive_activations, qk_concentration, sink_report, value_drain
 
     return {"sink_report": sink_report, "value_drain": value_drain,
             "massive_activations": massive_activations, "qk_concentration": qk_concentration}
@@ -75,7 +75,7 @@ def run_timing(args) -> dict:
     torch.set_num_threads(args.threads)
     import workbench as wb
 
-    from probes import extreme_token_report
+    from probes.sinks import extreme_token_report
 
     m = wb.load()
     fns = analyses()
@@ -125,7 +125,7 @@ def run_timing(args) -> dict:
 def mem_child(args) -> dict:
     torch.set_num_threads(args.threads)
     import workbench as wb
-    from probes import sink_report
+    from probes.sinks import sink_report
 
     m = wb.load()
     ids = prompt_ids(m, args.long)

@@ -1,4 +1,8 @@
-"""Efficiency interventions built on ``workbench.Model`` (KV-cache policies, quantization, sparsity, pruning).
+"""Efficiency methods built on ``workbench.Model`` (KV-cache policies, quantization, sparsity, pruning, ...).
+
+Every method follows one protocol (``EfficiencyMethod``: knobs with ranges, what it installs, its cost
+model, whether its saving is real or simulated) and is listed by one registry (``list_methods()``,
+``get_method(name, **knobs)``), KV-cache policies included.
 
 KV cache (``efficiency.kv``): eviction policies and a registry by name, evict-then-merge, KIVI
 quantization with packed storage, per-head budgets stored ragged (AdaKV), per-layer budgets from
@@ -10,13 +14,16 @@ from .kv import (
     RaggedLayer, RandomPolicy, ScorePolicy, Sequential, SnapKV, StreamingLLM, UncertaintyBudgets, ZigZagKV,
     get_policy, ragged_attention, ragged_bytes_formula, register,
 )
-from .kv.compare_widget import kv_compare_explorer
-from .kv.harness import PerplexityResult, SweepResult, long_texts, perplexity, sweep
+from .kv.explorer import kv_compare_explorer
+from .kv.methods import KVEviction, KVQuantization
+from .kv.harness import PerplexityResult, SweepResult, perplexity, sweep
 from .kv.internals import CacheComparison, compare_cache
 from .kv.merge import MergeEvicted, merge_layer
 from .kv.packing import dequantize_groups, pack, quantize_groups, unpack
 from .kv.quantized import KIVILayer, KIVIQuantization
 from .kv.quantized import bytes_formula as kivi_bytes_formula
+from .method import FAMILIES, Combined, Cost, EfficiencyMethod, Knob, kv_bytes_full
+from .registry import METHODS, get_method, list_methods, register_method
 
 __all__ = [
     "POLICIES", "get_policy", "register", "ScorePolicy", "AttentionScorePolicy", "Sequential", "StreamingLLM",
@@ -24,5 +31,7 @@ __all__ = [
     "MergeEvicted", "merge_layer", "KIVIQuantization", "KIVILayer", "kivi_bytes_formula", "pack", "unpack",
     "quantize_groups", "dequantize_groups", "sweep", "SweepResult", "perplexity", "PerplexityResult",
     "compare_cache", "CacheComparison", "kv_compare_explorer", "AdaKV", "AdaptiveHeadBudgets", "ZigZagKV",
-    "UncertaintyBudgets", "RaggedLayer", "ragged_attention", "ragged_bytes_formula", "long_texts",
+    "UncertaintyBudgets", "RaggedLayer", "ragged_attention", "ragged_bytes_formula",
+    "EfficiencyMethod", "Knob", "Cost", "Combined", "FAMILIES", "METHODS", "get_method", "list_methods",
+    "register_method", "KVEviction", "KVQuantization", "kv_bytes_full",
 ]

@@ -1,12 +1,13 @@
-"""Interventions on ``workbench.Model``: ablation, patching, steering, splicing, guided decoding."""
+"""Interventions on ``workbench.Model``: ablation, patching, head scaling, attention edits, Q/K disruption, splicing."""
 from .ablation import HeadAblation, MLPAblation
+from .activation_patch import ActivationPatch
 from .attention_edits import AttentionToSink, ZeroAttention
 from .comparison import AblationComparison, compare
-from .concept_guidance import GuidedDecoding, guided_generate
+from .head_scale import HeadScale
 from .qk_dims import DisruptQKDims
 from .transcoder_splice import FeatureAblate, FeatureClamp, SpliceTranscoder
 
 __all__ = [
     "HeadAblation", "MLPAblation", "AblationComparison", "compare", "AttentionToSink", "ZeroAttention",
-    "DisruptQKDims", "GuidedDecoding", "guided_generate", "SpliceTranscoder", "FeatureClamp", "FeatureAblate",
+    "DisruptQKDims", "SpliceTranscoder", "FeatureClamp", "FeatureAblate", "ActivationPatch", "HeadScale",
 ]

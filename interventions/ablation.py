@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from workbench.hook_names import hook_name
 from workbench.errors import InputError
 from workbench.intervention import Intervention
 
@@ -43,11 +44,8 @@ def reference_mean(model: "Model", prompts: list[str], hook: str, layer: int) ->
 
     ``hook`` is a full hook name with layout (B, T, ...); returns (...), e.g. (H, d_head) for z.
     """
-    saved, model._active = model._active, []  # the reference is the clean model, not an edited one
-    try:
+    with model.without_interventions():  # the reference is the clean model (no hooks, no weight edits)
         run = model.run(prompts, capture=[hook], logits=None)
-    finally:
-        model._active = saved
     x = run.captures[hook]  # (B, T, ...)
     mask = torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device)  # (B, T): 1 on real tokens
     for i, n in enumerate(run.lengths):
@@ -96,7 +94,7 @@ class HeadAblation(_Ablation):
         _check_mode("HeadAblation", self.mode, self.mean_over)
 
     def hook_name(self, model):
-        return f"blocks.{model.check_layer(self.layer)}.attn.hook_z"
+        return hook_name("z", model.check_layer(self.layer))
 
     def validate(self, model):
         model.check_layer(self.layer)
@@ -130,7 +128,7 @@ class MLPAblation(_Ablation):
         _check_mode("MLPAblation", self.mode, self.mean_over)
 
     def hook_name(self, model):
-        return f"blocks.{model.check_layer(self.layer)}.hook_mlp_out"
+        return hook_name("mlp_out", model.check_layer(self.layer))
 
     def validate(self, model):
         model.check_layer(self.layer)

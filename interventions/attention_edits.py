@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from workbench.hook_names import hook_name
 from workbench.errors import InputError
 from workbench.intervention import Intervention
 
@@ -41,7 +42,7 @@ class _PatternEdit(Intervention):
     heads: int | Sequence[int]
 
     def hook_name(self, model: "Model") -> str:
-        return f"blocks.{model.check_layer(self.layer)}.attn.hook_pattern"
+        return hook_name("pattern", model.check_layer(self.layer))
 
     def validate(self, model):
         model.check_layer(self.layer)

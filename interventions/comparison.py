@@ -6,18 +6,18 @@ both runs, KL(clean || intervened) in nats, and the change in log-probability of
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
+from workbench.result import Result
 from workbench.errors import InputError
 from workbench.intervention import Compose, Intervention
 
 
 @dataclass
-class AblationComparison:
+class AblationComparison(Result):
     """Before/after next-token statistics; B prompts, k = top_k.
 
     before_ids, before_probs: (B, k) clean top-k token ids and probabilities.
@@ -80,9 +80,6 @@ class AblationComparison:
         if len(self.prompts) > 5:
             lines.append("  ...")
         return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        return f"<b>{html.escape(self.intervention)}</b>" + self.to_frame().to_html(index=False)
 
 
 def compare(model, prompts, intervention: Intervention, top_k: int = 5) -> AblationComparison:

@@ -12,7 +12,7 @@ BOS token it is the attention sink, whose keys carry their own massive values.
 Prefill only, as in the reference code: a forward over a single new token (cached decoding) is
 left as it is; keys disrupted at prefill stay disrupted in the KV cache. Statistics use every
 position of the tensor: in a right-padded batch the padding counts, so run prompts of different
-lengths one at a time (``workbench.tasks.score_answers`` does).
+lengths one at a time (``workbench.texts.tasks.score_answers`` does).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 
+from workbench.hook_names import hook_name
 from workbench.errors import InputError
 from workbench.intervention import Intervention
 
@@ -134,7 +135,7 @@ class DisruptQKDims(Intervention):
         return out
 
     def validate(self, model):
-        if model.info.positional != "rotary" or "blocks.0.attn.hook_rot_q" not in model.hook_names():
+        if model.info.positional != "rotary" or hook_name("q_rot", 0) not in model.hook_names():
             raise InputError(f"DisruptQKDims needs rotary position embeddings (it edits Q and K after RoPE), but "
                              f"{model.info.name} uses {model.info.positional!r} positions and has no hook_rot_q/hook_rot_k.")
         if self.top_n > model.info.d_head:
@@ -151,7 +152,7 @@ class DisruptQKDims(Intervention):
         return [self._hook(kind, l, None) for l in _as_layers(self.layers, model) for kind in self.kinds]
 
     def _hook(self, kind: str, layer: int, mask: torch.Tensor | None):
-        name = f"blocks.{layer}.attn.hook_rot_{kind}"
+        name = hook_name(f"{kind}_rot", layer)
 
         def fn(x: torch.Tensor, _name: str):  # (B, T, heads, d_head)
             if x.shape[1] == 1:  # a decoding step: prefill only

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Mapping
 
 import torch
 
+from workbench.hook_names import hook_name, layer_of_hook
 from workbench.errors import InputError
 from workbench.intervention import Intervention
 
 if TYPE_CHECKING:
     from workbench.model import Model
 
-MLP_IN = "blocks.{l}.ln2.hook_normalized"
-MLP_OUT = "blocks.{l}.hook_mlp_out"
 
 
 def _hook_layer(tc) -> int | None:
@@ -39,11 +38,7 @@ def _hook_layer(tc) -> int | None:
     if isinstance(hl, int) and not isinstance(hl, bool):
         return hl
     name = md.get("hook_name")
-    if isinstance(name, str) and name.startswith("blocks."):
-        part = name.split(".")[1]
-        if part.isdigit():
-            return int(part)
-    return None
+    return layer_of_hook(name) if isinstance(name, str) else None
 
 
 def _fingerprint(tc) -> str | None:
@@ -139,7 +134,7 @@ class SpliceTranscoder(Intervention):
                 recon = transcoder_out(tc, store.pop("x"))
                 return recon + (y - recon).detach() if self.with_error else recon
 
-            out += [(MLP_IN.format(l=layer), keep), (MLP_OUT.format(l=layer), replace)]
+            out += [(hook_name("mlp_in", layer), keep), (hook_name("mlp_out", layer), replace)]
         return out
 
     def __repr__(self):
@@ -197,7 +192,7 @@ class FeatureClamp(Intervention):
                 delta = delta * mask
             return y + delta
 
-        return [(MLP_IN.format(l=layer), keep), (MLP_OUT.format(l=layer), edit)]
+        return [(hook_name("mlp_in", layer), keep), (hook_name("mlp_out", layer), edit)]
 
     def __repr__(self):
         where = "" if self.positions is None else f" at positions {self.positions}"

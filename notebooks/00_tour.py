@@ -52,7 +52,7 @@ from IPython.display import display
 import workbench as wb
 from interventions import HeadAblation, MLPAblation, compare
 from workbench.figures import residual_norms
-from workbench.widgets import attention_explorer
+from workbench.explorer import attention_explorer
 
 t_start = time.perf_counter()
 figs = {}  # name -> figure, exported at the end

@@ -64,10 +64,10 @@ from scipy.stats import spearmanr
 
 import workbench as wb
 from interventions import AttentionToSink, ZeroAttention, compare
-from probes import (FACTUAL_PROMPTS, active_dormant, extreme_token_report, load_domain, qk_disruption_effect,
-                    sink_explorer, sink_report)
-from probes.active_dormant import token_cross_entropy
-from workbench.tasks import passkey_prompts
+from probes.sinks import (FACTUAL_PROMPTS, active_dormant, extreme_token_report, qk_disruption_effect, sink_explorer,
+                          sink_report, token_cross_entropy)
+from workbench.texts import load_domain
+from workbench.texts.tasks import passkey_prompts
 
 t_start = time.perf_counter()
 figs = {}  # name -> figure, exported at the end

@@ -374,12 +374,12 @@ figs["attribution_patching_resid"]
 # %%
 import numpy as np
 
-from probes.factual.lenses import compare_lenses, default_corpus, lens_trajectory
+from probes.factual.lenses import compare_lenses, lens_corpus, lens_trajectory
 
 L = model.info.n_layers
 lens_layers = sorted(set(range(0, L, lens_layer_step)) | {L - 1})
 t0 = time.perf_counter()
-lenses = compare_lenses(model, default_corpus(n_pydoc=lens_pydoc_chunks), layers=lens_layers,
+lenses = compare_lenses(model, lens_corpus(n_pydoc=lens_pydoc_chunks), layers=lens_layers,
                         max_tokens=lens_max_tokens, max_eval_tokens=lens_eval_tokens)
 tick("lens fit + comparison", t0)
 lenses

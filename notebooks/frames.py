@@ -61,7 +61,7 @@ import pandas as pd
 from IPython.display import HTML, display
 
 import workbench as wb
-from interventions.concept_guidance import guided_generate
+from probes.frames import guided_generate
 from probes.frames import (bias_probe, concept, concept_bank, concept_scores, concept_word_correlation,
                            frame_correlation, frames_explorer, rank_statistics, token_space, word_frame,
                            wordnet_lemmas)

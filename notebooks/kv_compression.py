@@ -24,7 +24,7 @@
 # entries it represents.
 #
 # This notebook runs every registered policy on a synthetic passkey-retrieval prompt (generated
-# offline by `workbench.tasks`) and shows which tokens survive in each layer, whether the
+# offline by `workbench.texts.tasks`) and shows which tokens survive in each layer, whether the
 # attention sink survives, the bytes, and whether the model still retrieves the key.
 
 # %% tags=["parameters"]
@@ -52,7 +52,7 @@ from IPython.display import display
 
 import workbench as wb
 from efficiency import POLICIES, ScorePolicy, get_policy
-from workbench.tasks import passkey_prompts
+from workbench.texts.tasks import passkey_prompts
 
 figs = {}
 model = wb.load(model_name)
@@ -223,7 +223,7 @@ fig
 # and how much the next-token distribution moved (KL, top-1, top-5).
 
 # %%
-from efficiency.kv.compare_widget import kv_compare_explorer
+from efficiency.kv.explorer import kv_compare_explorer
 from efficiency.kv.internals import compare_cache, full_reference
 
 reference = full_reference(model, sample.prompt)  # the full cache's side, shared by every policy
@@ -268,8 +268,8 @@ kv_explorer
 
 # %%
 from efficiency import perplexity, sweep
-from probes.domains import load_domain
-from workbench.tasks import needle_prompts
+from workbench.texts import load_domain
+from workbench.texts.tasks import needle_prompts
 
 sweep_samples = (passkey_prompts(model, n=n_sweep, n_tokens=passkey_tokens, seed=1)
                  + needle_prompts(model, n=n_sweep, n_tokens=max(passkey_tokens, 96), kind="single", seed=1))

@@ -190,7 +190,7 @@ from IPython.display import HTML
 
 from interventions import FeatureAblate, FeatureClamp, SpliceTranscoder
 from probes.transcoders import (attribution_graph, capture_prompt, circuit_explorer, connection_strengths,
-                                de_embeddings, feature_browser, feature_contexts, logit_effects, top_features)
+                                de_embeddings, feature_explorer, feature_contexts, logit_effects, top_features)
 
 t0 = time.perf_counter()
 tcs = shipped  # {layer: SAELens transcoder}, checked against the model's fingerprint when loaded
@@ -229,10 +229,10 @@ display(pd.concat([le.top(8).add_prefix("promoted "), le.top(8, bottom=True).add
 figs["tc_logit_effects"]
 
 # %% [markdown]
-# The feature browser: every tracked feature, its contexts, histogram, logit effects and OV norms.
+# The feature explorer: every tracked feature, its contexts, histogram, logit effects and OV norms.
 
 # %%
-feature_browser(model, tcs[hi], hi, ctx)
+feature_explorer(model, tcs[hi], hi, ctx)
 
 # %% [markdown]
 # ### Circuits

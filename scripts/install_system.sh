@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages for the workbench:
 #   - WordNet 3.0 (Debian `wordnet-base`, /usr/share/wordnet) for the frames module (probes/frames);
-#   - a Chromium-based browser, which kaleido drives to export figures as PNG/SVG/PDF.
+#   - a Chromium-based browser, which kaleido drives to export figures as PNG/SVG/PDF and the
+#     browser tests (Playwright) drive to test every interactive view in a real JupyterLab.
 # Everything else works without them (figures fall back to HTML; WordNet tests skip), so this
 # script never fails the build: it installs what it can (root + apt-get) and otherwise says how.
 set -uo pipefail
@@ -61,8 +62,9 @@ fi
 
 cat <<'MSG'
 system: NOTE: no Chromium/Chrome browser found, so static figure export (PNG/SVG/PDF) will be
-        skipped; figures are still written as HTML, and the tests that need a browser are skipped.
-        To enable static export, either
+        skipped (figures are still written as HTML), and the browser tests (tests/test_browser.py,
+        JupyterLab in a real browser) FAIL until one is installed (deselect them with
+        pytest -m "not browser"). To get one, either
           - Debian/Ubuntu:  sudo apt-get install -y chromium   (then re-run `make system`), or
           - point kaleido at an existing browser:  export BROWSER_PATH=/path/to/chrome
 MSG

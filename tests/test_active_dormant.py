@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 import workbench as wb
 from interventions import HeadAblation
-from probes.active_dormant import ActiveDormantReport, active_dormant, label_head, token_cross_entropy
-from probes.domains import DOMAINS, load_domain
+from probes.sinks.active_dormant import ActiveDormantReport, active_dormant, label_head, token_cross_entropy
+from workbench.texts import DOMAINS, load_domain
 
 DOMS = {
     "prose": ["The river was low that autumn and the stones were dry.", "Bread needs flour, water and time."],
@@ -139,8 +139,8 @@ def test_active_dormant_on_smollm2(smollm2):
 
 @pytest.mark.smollm2
 def test_qk_disruption_hurts_passkey_more_than_control(smollm2):
-    from probes.passkey_disruption import FACTUAL_PROMPTS, qk_disruption_effect
-    from workbench.tasks import passkey_prompts
+    from probes.sinks.passkey_disruption import FACTUAL_PROMPTS, qk_disruption_effect
+    from workbench.texts.tasks import passkey_prompts
 
     # Position 0 kept: measured drops (nats/token) passkey 0.149 vs control -0.002, factual -0.03. With
     # position 0 disrupted too, passkey drops 0.145 but the short factual prompts drop 1.7 (the sink breaks).

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from probes import (extreme_token_report, massive_activations, qk_concentration, sink_report,
+from probes.sinks import (extreme_token_report, massive_activations, qk_concentration, sink_report,
                     value_drain)
 from workbench.errors import InputError
 

@@ -4,7 +4,7 @@ import torch
 
 import workbench as wb
 from probes.factual.ffn_updates import ffn_layer_summary, ffn_sub_updates, final_norm_direction
-from probes.factual.lenses import (LinearLens, compare_lenses, default_corpus, fit_least_squares, fit_linear_lens,
+from probes.factual.lenses import (LinearLens, compare_lenses, lens_corpus, fit_least_squares, fit_linear_lens,
                                    lens_trajectory, logits_from_resid, split_texts)
 
 CAPITAL = "User: What is the capital city of France?\nAssistant: The capital city of France is"
@@ -32,7 +32,7 @@ def test_logit_lens_at_the_last_layer_equals_the_logits(tiny):
 
 def test_linear_lens_is_the_identity_at_the_last_layer(tiny):
     L = tiny.info.n_layers
-    texts = default_corpus(n_pydoc=6)
+    texts = lens_corpus(n_pydoc=6)
     lens = fit_linear_lens(tiny, texts[:10], layers=[0, L - 1], ridge=0.0)
     eye = torch.eye(tiny.info.d_model)
     assert torch.allclose(lens.maps[1, :-1], eye, atol=1e-4) and lens.maps[1, -1].abs().max() < 1e-3
@@ -53,7 +53,7 @@ def test_compare_lenses_holds_texts_out():
 
 
 def test_lens_trajectory_matches_the_model(tiny_llama):
-    lens = fit_linear_lens(tiny_llama, default_corpus(n_pydoc=4)[:8], ridge=1e-3)
+    lens = fit_linear_lens(tiny_llama, lens_corpus(n_pydoc=4)[:8], ridge=1e-3)
     tr = lens_trajectory(tiny_llama, "the cat sat on the", " m", lens=lens)
     L = tiny_llama.info.n_layers
     assert tr.rank["logit"][L - 1] == tr.final_rank
@@ -62,7 +62,7 @@ def test_lens_trajectory_matches_the_model(tiny_llama):
 
 
 def test_lens_save_load_round_trip(tiny_llama, tiny_gpt2, tmp_path):
-    lens = fit_linear_lens(tiny_llama, default_corpus(n_pydoc=2)[:4], layers=[0])
+    lens = fit_linear_lens(tiny_llama, lens_corpus(n_pydoc=2)[:4], layers=[0])
     lens.save(tmp_path / "lens")
     back = LinearLens.load(tmp_path / "lens", tiny_llama)
     assert torch.equal(back.maps, lens.maps) and back.layers == [0]
@@ -140,7 +140,7 @@ def test_smollm2_logit_lens_puts_the_capital_on_top_at_the_last_layer(smollm2):
 
 @pytest.mark.smollm2
 def test_smollm2_linear_lens_beats_the_logit_lens_in_the_middle(smollm2):
-    texts = default_corpus(n_pydoc=12)  # 12 domain texts + 12 pydoc chunks, cut to 64 tokens each
+    texts = lens_corpus(n_pydoc=12)  # 12 domain texts + 12 pydoc chunks, cut to 64 tokens each
     cmp = compare_lenses(smollm2, texts, layers=[10, 15, 20], max_tokens=64, max_eval_tokens=150, ridge=1e-2)
     assert cmp.n_fit_tokens > 800
     p = cmp.wide()

@@ -269,7 +269,7 @@ def test_residual_norms_of_a_run(tiny_llama):
 
 # ------------------------------------------------------------------------------ attention_explorer
 def test_attention_explorer_shows_the_captured_patterns(tiny_llama):
-    from workbench.widgets import attention_explorer
+    from workbench.explorer import attention_explorer
 
     prompt = "the cat sat on the mat"
     box = attention_explorer(tiny_llama, prompt)
@@ -301,7 +301,7 @@ def test_attention_explorer_shows_the_captured_patterns(tiny_llama):
 
 
 def test_attention_explorer_refuses_long_prompt(tiny_llama):
-    from workbench.widgets import attention_explorer
+    from workbench.explorer import attention_explorer
 
     with pytest.raises(InputError, match="max_tokens"):
         attention_explorer(tiny_llama, "x" * 40, max_tokens=16)

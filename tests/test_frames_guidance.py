@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import workbench as wb
-from interventions.concept_guidance import GuidedDecoding, _decode, guided_generate
+from probes.frames.guidance import GuidedDecoding, _decode, guided_generate
 from probes.frames import Concept, concept, concept_scores, procrustes, windows
 from probes.frames.correlation import frame_correlation
 from probes.frames.wordnet import wordnet_available

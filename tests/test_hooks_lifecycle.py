@@ -17,6 +17,7 @@ import torch
 
 import workbench as wb
 from interventions import HeadAblation, MLPAblation, compare
+from workbench.kv_cache import PolicyBase
 from workbench.errors import HookError, InputError
 from workbench.hooks import HookSession
 
@@ -200,7 +201,7 @@ def test_fault_in_intervene_body(tiny, kind):
     _assert_clean(tiny, before)
 
 
-class _FailingPolicy:
+class _FailingPolicy(PolicyBase):
     """A cache policy whose ``apply`` (or ``observe_attention``) raises at a given step."""
 
     name = "failing"

@@ -3,13 +3,14 @@ import pytest
 import torch
 
 from workbench.errors import InputError
+from workbench.kv_cache import PolicyBase
 
 from kv_helpers import kept_sets, masked_generation_logits
 
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 2
 
 
-class KeepAll:
+class KeepAll(PolicyBase):
     name = "keep-all"
 
     def apply(self, cache, ctx):
@@ -17,11 +18,15 @@ class KeepAll:
             cache.keep(l, torch.arange(cache.seq_len(l)))
 
 
-class SinkWindow:
+class SinkWindow(PolicyBase):
     """Keep the first `sinks` and the last `window` entries of every layer, once, after prefill."""
 
     def __init__(self, sinks=2, window=6):
-        self.sinks, self.window, self.name = sinks, window, f"sink{sinks}+window{window}"
+        self.sinks, self.window = sinks, window
+
+    @property
+    def name(self):
+        return f"sink{self.sinks}+window{self.window}"
 
     def apply(self, cache, ctx):
         if ctx.step:
@@ -74,7 +79,7 @@ def test_decoding_after_eviction_equals_masked_full_attention(tiny_llama):
 
 
 def test_per_head_and_per_layer_budgets(tiny_llama):
-    class Ragged:
+    class Ragged(PolicyBase):
         def apply(self, cache, ctx):
             if ctx.step:
                 return
@@ -107,7 +112,7 @@ def test_keep_rejects_bad_indices(tiny_llama):
 def test_observe_attention_gets_rows_of_new_tokens(tiny_llama):
     shapes = []
 
-    class Watcher:
+    class Watcher(PolicyBase):
         def observe_attention(self, layer, pattern):
             if layer == 0:
                 shapes.append(tuple(pattern.shape))

@@ -8,8 +8,8 @@ import torch
 
 import workbench as wb
 from efficiency import H2O, SnapKV, get_policy, perplexity, sweep
-from probes.domains import load_domain
-from workbench.tasks import needle_prompts, passkey_prompts
+from workbench.texts import load_domain
+from workbench.texts.tasks import needle_prompts, passkey_prompts
 
 from kv_helpers import Recorder, masked_perplexity
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from efficiency import get_policy
-from efficiency.kv.compare_widget import eviction_policies, kv_compare_explorer
+from efficiency.kv.explorer import eviction_policies, kv_compare_explorer
 from efficiency.kv.internals import CacheComparison, compare_cache
 from workbench.errors import InputError
 from workbench.generation import cached_forward, prefill
@@ -218,7 +218,7 @@ def test_bad_input(tiny_llama):
 
 @pytest.mark.smollm2
 def test_smollm2_sink_survives_and_snapkv_beats_random(smollm2):
-    from workbench.tasks import passkey_prompts
+    from workbench.texts.tasks import passkey_prompts
 
     sample = passkey_prompts(smollm2, n=1, n_tokens=128, seed=0)[0]
     stream = compare_cache(smollm2, sample.prompt, "streaming_llm", ratio=0.5)

@@ -309,7 +309,7 @@ def test_attention_policy_without_observed_attention_is_refused(tiny_llama):
 # ---------------------------------------------------------------- SmolLM2
 @pytest.fixture(scope="module")
 def passkey(smollm2):
-    from workbench.tasks import passkey_prompts
+    from workbench.texts.tasks import passkey_prompts
 
     return passkey_prompts(smollm2, 1, n_tokens=200, depth=0.5, seed=1)[0]
 

@@ -69,7 +69,7 @@ def test_physical_bytes_match_formula_at_every_step(tiny_llama):
             assert st.physical_bytes == expected == pol.bytes_formula(n, g.cache)
             assert st.logical_bytes == n * i.n_layers * i.n_kv_heads * i.d_head * 2 * 4
             assert int(st.tokens[0, 0]) == n
-        lay = g.cache.hf.layers[0]
+        lay = g.cache.layer(0)
         assert isinstance(lay, KIVILayer)
         n = t0 + len(g.cache_stats) - 1
         assert lay.n_quantized == 16 * ((n - 16) // 16) and lay.get_seq_length() == n
@@ -79,8 +79,8 @@ def test_4bit_quantized_part_below_03_of_fp32(tiny_llama):
     i = tiny_llama.info
     pol = KIVIQuantization(4, group_size=16, residual=16)
     cache = tiny_llama.prefill(PROMPT, cache_policy=pol)
-    n_r = sum(lay.residual_keys.shape[-2] for lay in cache.hf.layers)
-    n_q = sum(lay.n_quantized for lay in cache.hf.layers)
+    n_r = sum(lay.residual_keys.shape[-2] for lay in cache.layers())
+    n_q = sum(lay.n_quantized for lay in cache.layers())
     residual_bytes = n_r * i.n_kv_heads * i.d_head * 2 * 4
     quant_bytes = cache.stats().physical_bytes - residual_bytes
     ratio = quant_bytes / (n_q * i.n_kv_heads * i.d_head * 2 * 4)
@@ -93,7 +93,7 @@ def test_residual_window_is_exact_and_quantized_part_within_bound(tiny_llama):
     pol = KIVIQuantization(4, group_size=16, residual=24)
     q = m.prefill(PROMPT, cache_policy=pol)
     for l in range(full.n_layers):
-        lay = q.hf.layers[l]
+        lay = q.layer(l)
         n_q, n = lay.n_quantized, full.seq_len(l)
         assert n - n_q >= 24 and n_q % 16 == 0 and n_q > 0
         assert torch.equal(lay.residual_keys, full.keys(l)[..., n_q:, :])
@@ -131,7 +131,7 @@ def test_eviction_after_quantization_keeps_working(tiny_llama):
     cache.keep(0, torch.arange(n - 40, n))
     assert torch.equal(cache.keys(0), before_k[..., n - 40:, :])
     pol.apply(cache, StepContext(1, 1))
-    lay = cache.hf.layers[0]
+    lay = cache.layer(0)
     assert lay.get_seq_length() == 40 and lay.n_quantized == 16
     assert cache.stats().physical_bytes < bytes_formula(n, n_layers=2, n_kv_heads=2, d_head=16, bits=4,
                                                         group_size=16, residual=16)
@@ -172,7 +172,7 @@ def test_kivi_on_smollm2(smollm2):
                                                   d_head=i.d_head, bits=8)
     # 4-bit, quantized part only (fp16 scales/mins): codes 0.5 + params 0.125 bytes per element = 0.156 of fp32
     cache = m.prefill(SMOL_PROMPT, cache_policy=KIVIQuantization(4))
-    n_q = cache.hf.layers[0].n_quantized
+    n_q = cache.layer(0).n_quantized
     assert n_q == 32 * ((t0 - 32) // 32) > 0
     fp_bytes = (t0 - n_q) * i.n_layers * i.n_kv_heads * i.d_head * 2 * 4
     ratio = (cache.stats().physical_bytes - fp_bytes) / (n_q * i.n_layers * i.n_kv_heads * i.d_head * 2 * 4)

@@ -121,7 +121,7 @@ def test_ragged_attention_reference_matches_the_model(tiny_llama):
     session.add("blocks.1.attn.hook_z", lambda x, _n: got.__setitem__("z", x.detach().clone()))
     with session, torch.no_grad():
         cached_forward(tiny_llama, rag, torch.tensor([[8]]))
-    z_ref = ragged_attention(got["q"][0].transpose(0, 1), rag.hf.layers[1])  # q (T, H, d) -> (H, T, d)
+    z_ref = ragged_attention(got["q"][0].transpose(0, 1), rag.layer(1))  # q (T, H, d) -> (H, T, d)
     torch.testing.assert_close(got["z"][0, 0], z_ref[:, 0], atol=1e-5, rtol=1e-5)
 
 
@@ -273,7 +273,7 @@ def test_uncertainty_budgets_compose_with_any_policy(tiny_llama):
 
 # ---------------------------------------------------------------- long texts for perplexity
 def test_long_texts_are_long_distinct_windows(tiny_llama):
-    from efficiency.kv.harness import long_texts
+    from workbench.texts import long_texts
 
     texts = long_texts(tiny_llama, 2, 120)
     assert len(texts) == 2 and texts[0] != texts[1]

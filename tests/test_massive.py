@@ -3,7 +3,7 @@ synthetic ratios, the report API; SmolLM2's dim-507 peak at position 0 (numbers 
 import pytest
 import torch
 
-from probes.massive_activations import MassiveActivationReport, _massive_run, massive_activations
+from probes.sinks.massive_activations import MassiveActivationReport, _massive_run, massive_activations
 from workbench.errors import InputError
 from workbench.loading.tiny import build_tiny  # a never-wrapped HF copy, same seed
 from conftest import SMOL_PROMPTS

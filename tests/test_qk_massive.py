@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from probes.qk_massive import (QKConcentrationReport, concentration_map, concentration_ratio, dim_frequencies,
+from probes.sinks.qk_massive import (QKConcentrationReport, concentration_map, concentration_ratio, dim_frequencies,
                                pair_norms, qk_concentration)
 from workbench.errors import InputError
 from conftest import SMOL_PROMPTS

@@ -1,4 +1,4 @@
-"""The attention-sink explorer widget (probes.sink_explorer) on tiny-llama: every panel shows the
+"""The attention-sink explorer widget (probes.sinks.explorer) on tiny-llama: every panel shows the
 numbers of the captured pattern, of sink_report and of value_drain; prompts are captured lazily,
 once each; bad input gives InputError (the conftest fixture checks that no hook leaks)."""
 import numpy as np
@@ -6,9 +6,9 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from probes.sink_explorer import sink_explorer
+from probes.sinks.explorer import sink_explorer
 from probes.sinks import sink_report
-from probes.value_drains import value_drain
+from probes.sinks.value_drains import value_drain
 from workbench.errors import InputError
 
 PROMPTS = ["the cat sat on the mat", "a b, c d; e f. g h", "hello world"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from probes.sinks import SinkReport, sink_report
+from probes.sinks.report import SinkReport, sink_report
 from workbench.capture import summarize_pattern
 from workbench.errors import InputError
 from workbench.intervention import Intervention

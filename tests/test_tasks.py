@@ -1,9 +1,9 @@
-"""Synthetic passkey prompts and answer scoring (workbench.tasks)."""
+"""Synthetic passkey prompts and answer scoring (workbench.texts.tasks)."""
 import pytest
 import torch
 
 import workbench as wb
-from workbench.tasks import QUESTION, PasskeySample, passkey_prompts, score_answers, score_passkey
+from workbench.texts.tasks import QUESTION, PasskeySample, passkey_prompts, score_answers, score_passkey
 
 N_TINY = 230  # the byte-level tiny tokenizer needs about 200 tokens for the fixed text
 
@@ -104,7 +104,7 @@ def test_passkey_baseline_on_smollm2(smollm2):
 # ------------------------------------------------------------------ RULER-style tasks
 import re  # noqa: E402
 
-from workbench.tasks import (  # noqa: E402
+from workbench.texts.tasks import (  # noqa: E402
     NEEDLE_KINDS, TaskSample, needle_prompts, score_text, variable_tracking_prompts,
 )
 

@@ -1,4 +1,4 @@
-"""Transcoder features (probes/transcoders/features.py, feature_browser.py) on tiny models.
+"""Transcoder features (probes/transcoders/features.py, feature_explorer.py) on tiny models.
 
 Known answers: the streamed top-k contexts, frequencies and histograms equal a brute-force pass
 over every window; the direct de-embedding equals the feature's pre-activation on single-token
@@ -12,7 +12,7 @@ from sae_lens.saes.transcoder import Transcoder, TranscoderConfig
 
 from interventions import HeadAblation
 from probes.transcoders.attribution_graph import capture_prompt, logit_contributions
-from probes.transcoders.feature_browser import feature_browser
+from probes.transcoders.feature_explorer import feature_explorer
 from probes.transcoders.features import LOG_BINS, de_embeddings, feature_contexts, logit_effects
 from workbench.errors import InputError
 
@@ -156,10 +156,10 @@ def test_logit_effects_equal_direct_attribution(tiny):
     assert isinstance(le.figure(), go.Figure) and "LogitEffects" in repr(le)
 
 
-def test_feature_browser_headless(tiny_llama):
+def test_feature_explorer_headless(tiny_llama):
     tc = random_tc(tiny_llama.info.d_model)
     ctx = feature_contexts(tiny_llama, tc, 1, TEXTS, k=3, context=24)
-    box = feature_browser(tiny_llama, tc, 1, ctx, k_tokens=5)
+    box = feature_explorer(tiny_llama, tc, 1, ctx, k_tokens=5)
     first = box.current()
     x0, h0 = list(box.logit_figure.data[0].x), box.contexts_html.value
     other = [v for _, v in box.feature_dropdown.options if v != first][0]
@@ -173,4 +173,4 @@ def test_feature_browser_headless(tiny_llama):
     box.show(first)
     assert box.feature_dropdown.value == first and box.current() == first
     with pytest.raises(InputError, match="layer"):
-        feature_browser(tiny_llama, tc, 0, ctx)
+        feature_explorer(tiny_llama, tc, 0, ctx)

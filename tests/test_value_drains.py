@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from probes.value_drains import ValueDrainReport, drain_norms, value_drain
+from probes.sinks.value_drains import ValueDrainReport, drain_norms, value_drain
 from workbench.errors import InputError
 from workbench.loading.tiny import build_tiny  # a never-wrapped HF copy, same seed
 from conftest import SMOL_PROMPTS

@@ -206,11 +206,13 @@ def _tick_labels(str_tokens: Sequence[str] | None, n: int, what: str) -> list[st
 
 
 def attention_pattern_figure(pattern, str_tokens: Sequence[str] | None = None, title: str = "Attention pattern",
-                             key_tokens: Sequence[str] | None = None, zmax: float | None = 1.0) -> go.Figure:
+                             key_tokens: Sequence[str] | None = None, zmax: float | None = 1.0,
+                             max_ticks: int = 64) -> go.Figure:
     """Heatmap of one head's attention pattern (Tq, Tk): rows are queries, columns keys.
 
     ``str_tokens`` label the query axis (and the key axis unless ``key_tokens`` is given).
     Axes are positional (duplicate tokens stay separate), queries run top to bottom.
+    ``max_ticks``: token labels per axis at most (every n-th token beyond that).
     """
     p = _to_numpy(pattern, 2, "pattern")
     tq, tk = p.shape
@@ -231,8 +233,8 @@ def attention_pattern_figure(pattern, str_tokens: Sequence[str] | None = None, t
     side = max(360, min(900, 160 + 22 * max(tq, tk)))
     fig.update_layout(title=dict(text=title), width=side + 120, height=side, template="plotly_white",
                       margin=dict(l=10, r=10, t=50, b=10))
-    _ticks(fig.layout.xaxis, xlab, "key")
-    _ticks(fig.layout.yaxis, ylab, "query")
+    _ticks(fig.layout.xaxis, xlab, "key", max_ticks)
+    _ticks(fig.layout.yaxis, ylab, "query", max_ticks)
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(tickangle=-60)
     return fig

@@ -9,7 +9,9 @@ import plotly.graph_objects as go
 import torch
 
 from .errors import InputError
-from .kv_cache import CachePolicy, CacheStats, KVCache, StepContext
+from .hook_names import hook_name
+from .kv_cache import CachePolicy, CacheStats, KVCache, StepContext, check_policy
+from .session import attention_observer_hooks
 
 
 @dataclass
@@ -85,8 +87,7 @@ def _validate(model, max_new_tokens, temperature, top_k, top_p, use_cache, cache
     if cache_policy is not None:
         if not use_cache:
             raise InputError("A cache_policy needs use_cache=True: without a cache there is nothing to compress.")
-        if not isinstance(cache_policy, CachePolicy):
-            raise InputError(f"cache_policy must have an apply(cache, ctx) method, got {type(cache_policy).__name__}.")
+        check_policy(cache_policy)
 
 
 def _choose(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, top_p, gen) -> int:
@@ -122,10 +123,10 @@ def cached_forward(model, cache: KVCache, inp: torch.Tensor) -> torch.Tensor:
                if (b := cache.blocked_slots(l, n_new, longest)) is not None}
     if blocked:
         with _score_masks(model, blocked):
-            logits = model.bridge(inp, return_type="logits", past_key_values=cache.hf, use_cache=True,
+            logits = model.forward_tokens(inp, past_key_values=cache.hf_cache, use_cache=True,
                                   position_ids=pos[None], cache_position=cpos)
     else:
-        logits = model.bridge(inp, return_type="logits", past_key_values=cache.hf, use_cache=True,
+        logits = model.forward_tokens(inp, past_key_values=cache.hf_cache, use_cache=True,
                               position_ids=pos[None], cache_position=cpos)
     cache._record_new(n_new)
     return logits
@@ -139,7 +140,7 @@ def _score_masks(model, blocked: dict):
 
     session = HookSession(model._points, model._dormant)
     for l, b in blocked.items():
-        name = f"blocks.{l}.attn.hook_attn_scores"
+        name = hook_name("scores", l)
         if name not in model._points:
             raise InputError(f"This model exposes no {name!r}: it cannot attend over per-head (ragged) caches or "
                              f"feed several tokens into layers of different lengths.")
@@ -156,12 +157,11 @@ def _score_masks(model, blocked: dict):
 
 
 def _observe_attention(model, session, cache_policy) -> None:
-    """Feed every layer's pattern (B, H, Tq, Tk) to ``cache_policy.observe_attention`` if it has one."""
-    observe = getattr(cache_policy, "observe_attention", None)
-    if observe is None:
+    """Feed every layer's pattern (B, H, Tq, Tk) to ``cache_policy.observe_attention`` when it observes."""
+    if cache_policy is None:
         return
-    for l in range(model.info.n_layers):
-        session.add(f"blocks.{l}.attn.hook_pattern", (lambda l: lambda x, _n: observe(l, x.detach()))(l))
+    for name, fn in attention_observer_hooks(model, cache_policy.observe_attention):
+        session.add(name, fn)
 
 
 def prefill(model, prompt, cache_policy: CachePolicy | None = None, interventions=(), return_logits: bool = False):
@@ -223,7 +223,7 @@ def generate(model, prompt, max_new_tokens: int = 20, *, do_sample: bool = False
             seq = ids
             for step in range(max_new_tokens):
                 if cache is None:
-                    logits = model.bridge(seq, return_type="logits")[0, -1]
+                    logits = model.forward_tokens(seq)[0, -1]
                 else:
                     inp = seq if step == 0 else seq[:, -1:]
                     logits = cached_forward(model, cache, inp)[0, -1]
@@ -241,4 +241,4 @@ def generate(model, prompt, max_new_tokens: int = 20, *, do_sample: bool = False
                     break
     new_t = torch.tensor(new, dtype=torch.long)
     return Generation(prompt, ids[0].cpu(), new_t, model.to_string(new), torch.stack(step_logits), stats, cache,
-                      getattr(cache_policy, "name", type(cache_policy).__name__) if cache_policy else "full cache")
+                      cache_policy.name if cache_policy else "full cache")

@@ -12,6 +12,7 @@ Positions are selected on the ``t`` or ``q`` axis; ``k`` always spans the whole 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 
 from .errors import HookError
@@ -65,6 +66,28 @@ RESIDUAL = ("resid_pre", "resid_mid", "resid_post")
 ATTENTION_MAPS = ("scores", "pattern")
 
 
+def hook_name(short: str, layer: int | None = None) -> str:
+    """The full TransformerLens hook name of a canonical short name: ``hook_name("resid_post", 3)`` ->
+    ``"blocks.3.hook_resid_post"``; ``hook_name("final_resid")`` -> ``"ln_final.hook_normalized"``.
+
+    The one source of hook names: code never spells ``f"blocks.{l}..."`` itself. ``head_out`` (a
+    capture derived from ``z``) is not a hook of its own and is refused.
+    """
+    spec = SPECS.get(short)
+    if spec is None:
+        raise HookError(f"Unknown short hook name {short!r}.{suggest(str(short), SPECS)} Short names: {', '.join(SPECS)}.")
+    if spec.derived_from:
+        raise HookError(f"{short!r} is computed from {spec.derived_from!r}, not a hook of its own; "
+                        f"use hook_name({spec.derived_from!r}, layer).")
+    if spec.per_layer:
+        if not isinstance(layer, int) or isinstance(layer, bool) or layer < 0:
+            raise HookError(f"{short!r} is per layer: give a non-negative layer index, got {layer!r}.")
+        return spec.full_name(layer)
+    if layer is not None:
+        raise HookError(f"{short!r} is not per layer; call hook_name({short!r}) without a layer.")
+    return spec.template
+
+
 def suggest(name: str, candidates) -> str:
     close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.5)
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -84,6 +107,12 @@ def spec_for_full_name(full: str) -> tuple[HookSpec | None, int | None]:
         elif full == spec.template:
             return spec, None
     return None, None
+
+
+def layer_of_hook(full: str) -> int | None:
+    """The block index of a full per-block hook name (``"blocks.8.hook_mlp_out"`` -> 8), else None."""
+    m = re.match(r"blocks\.(\d+)\.", full)
+    return int(m.group(1)) if m else None
 
 
 def unknown_name_error(name: str, available, dormant=frozenset()) -> HookError:

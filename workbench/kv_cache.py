@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import pandas as pd
 import torch
@@ -178,15 +178,49 @@ class StepContext:
 
 @runtime_checkable
 class CachePolicy(Protocol):
-    """Anything with ``apply(cache, ctx)``; it edits ``cache`` in place.
+    """What every cache policy has; callers use these members and never probe for others.
 
-    Optional: ``name`` (str); ``observe_attention(layer, pattern)``: when present, the generator
-    calls it during every forward pass with each layer's attention rows of the tokens being
-    processed, pattern (B, n_heads, n_new, N_l + n_new), so the policy can keep the reductions it
-    needs (column sums for H2O, a last-row window for SnapKV) without anyone holding all patterns.
+    name: a label naming the policy and the settings that matter.
+    observe_attention: None, or a callable (layer, pattern) that the generator feeds during every
+        forward pass with each layer's attention rows of the tokens being processed, pattern
+        (B, n_heads, n_new, N_l + n_new), so the policy keeps the reductions it needs (column sums
+        for H2O, a last-row window for SnapKV) without anyone holding all patterns.
+    prepare(cache, ctx): fold what the last forward produced into the policy's running state
+        without evicting (``Sequential`` prepares every policy before any applies).
+    apply(cache, ctx): edit ``cache`` in place (drop, merge, quantize entries).
+
+    Subclass ``PolicyBase`` to get the defaults (no attention, nothing to prepare).
     """
 
+    name: str
+    observe_attention: Callable[[int, torch.Tensor], None] | None
+
+    def prepare(self, cache: "KVCache", ctx: StepContext) -> None: ...
+
     def apply(self, cache: "KVCache", ctx: StepContext) -> None: ...
+
+
+def check_policy(policy) -> None:
+    """Raise InputError unless ``policy`` follows the ``CachePolicy`` protocol."""
+    if not isinstance(policy, CachePolicy):
+        raise InputError(f"A cache policy must follow workbench.CachePolicy (name, observe_attention, prepare, apply; "
+                         f"subclass workbench.PolicyBase), got {type(policy).__name__}.")
+
+
+class PolicyBase:
+    """Defaults of the ``CachePolicy`` members: named after the class, observes no attention, prepares nothing."""
+
+    observe_attention = None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def prepare(self, cache: "KVCache", ctx: StepContext) -> None:
+        return None
+
+    def apply(self, cache: "KVCache", ctx: StepContext) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement apply(cache, ctx).")
 
 
 @dataclass(frozen=True)
@@ -221,7 +255,7 @@ class KVCache:
     """
 
     def __init__(self, hf_cache: DynamicCache, n_layers: int, n_kv_heads: int, d_head: int):
-        self.hf = hf_cache
+        self.hf_cache = hf_cache
         self.n_layers = n_layers
         self.n_kv_heads = n_kv_heads
         self.d_head = d_head
@@ -237,10 +271,33 @@ class KVCache:
         """An independent copy: every cache layer (any layer type) and the positions are cloned, so
         editing or extending the copy leaves this cache untouched (for trying several policies on one
         prefill)."""
-        new = KVCache(copy.deepcopy(self.hf), self.n_layers, self.n_kv_heads, self.d_head)
+        new = KVCache(copy.deepcopy(self.hf_cache), self.n_layers, self.n_kv_heads, self.d_head)
         new.positions = [p.clone() for p in self.positions]
         new.next_position = self.next_position
         return new
+
+    def expand(self, k: int) -> None:
+        """Broadcast a batch-1 cache to batch ``k`` in place (views; the next forward's append copies)."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InputError(f"expand(): k must be a positive integer, got {k!r}.")
+        for l, lay in enumerate(self.hf_cache.layers):
+            if isinstance(lay, RaggedLayer):
+                raise InputError("expand(): a cache with per-head (ragged) layers supports batch size 1 only.")
+            if lay.keys.shape[0] != 1:
+                raise InputError(f"expand(): the cache already has batch size {lay.keys.shape[0]}; expand a batch-1 cache.")
+            lay.keys = lay.keys.expand(k, *lay.keys.shape[1:])
+            lay.values = lay.values.expand(k, *lay.values.shape[1:])
+            self.positions[l] = self.positions[l].expand(k, *self.positions[l].shape[1:])
+
+    def select(self, i: int) -> None:
+        """Keep batch row ``i`` only, in place (a contiguous copy, so the other rows' storage is freed)."""
+        for l, lay in enumerate(self.hf_cache.layers):
+            b = lay.keys.shape[0]
+            if not 0 <= i < b:
+                raise InputError(f"select(): row {i} is out of range for batch size {b}.")
+            lay.keys = lay.keys[i: i + 1].contiguous()
+            lay.values = lay.values[i: i + 1].contiguous()
+            self.positions[l] = self.positions[l][i: i + 1].contiguous()
 
     # ---------------------------------------------------------------- bookkeeping
     def _record_new(self, n_new: int) -> None:
@@ -260,13 +317,23 @@ class KVCache:
             raise InputError(f"Layer {layer} is out of range: the cache has {self.n_layers} layers.")
 
     # ---------------------------------------------------------------- reading
+    def layer(self, layer: int):
+        """The cache-layer object of ``layer`` (a transformers ``DynamicLayer``, a ``RaggedLayer``, or a
+        policy's own layer such as a quantized one); replace it with ``set_layer``."""
+        self._check_layer(layer)
+        return self.hf_cache.layers[layer]
+
+    def layers(self) -> list:
+        """Every layer object, in order (see ``layer``)."""
+        return list(self.hf_cache.layers)
+
     def keys(self, layer: int) -> torch.Tensor:
         self._check_layer(layer)
-        return self.hf.layers[layer].keys
+        return self.hf_cache.layers[layer].keys
 
     def values(self, layer: int) -> torch.Tensor:
         self._check_layer(layer)
-        return self.hf.layers[layer].values
+        return self.hf_cache.layers[layer].values
 
     def seq_len(self, layer: int) -> int:
         return int(self.positions[layer].shape[-1]) if layer < len(self.positions) else 0
@@ -326,7 +393,7 @@ class KVCache:
             lens.append(int(valid[off:off + ln].sum()))
             off += ln
         lay = RaggedLayer(ks[valid].contiguous(), vs[valid].contiguous(), lens)
-        self.hf.layers[layer] = lay
+        self.hf_cache.layers[layer] = lay
         self.positions[layer] = lay.padded_positions(ps[valid].reshape(1, 1, -1))
 
     def set_entries(self, layer: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
@@ -337,23 +404,23 @@ class KVCache:
         self._check_layer(layer)
         if keys.shape != values.shape or keys.shape[:3] != positions.shape:
             raise InputError("set_entries(): keys, values and positions must agree in (B, G, N).")
-        lay = self.hf.layers[layer]
+        lay = self.hf_cache.layers[layer]
         if positions.numel() and bool((positions < 0).any()):
             new = RaggedLayer.from_padded(keys, values, positions)
-            self.hf.layers[layer] = new
+            self.hf_cache.layers[layer] = new
             self.positions[layer] = new.padded_positions(positions)
             return
         if isinstance(lay, RaggedLayer):
             lay = DynamicLayer()
             lay.lazy_initialization(keys, values)
-            self.hf.layers[layer] = lay
+            self.hf_cache.layers[layer] = lay
         lay.keys, lay.values = keys, values
         self.positions[layer] = positions
 
     def is_ragged(self, layer: int) -> bool:
         """Whether ``layer`` is stored per head (``RaggedLayer``)."""
         self._check_layer(layer)
-        return isinstance(self.hf.layers[layer], RaggedLayer)
+        return isinstance(self.hf_cache.layers[layer], RaggedLayer)
 
     def head_counts(self, layer: int) -> torch.Tensor:
         """(B, G) entries each KV head of ``layer`` really holds (padding slots excluded)."""
@@ -386,7 +453,7 @@ class KVCache:
     def set_layer(self, layer: int, layer_obj) -> None:
         """Install a custom cache-layer object (a transformers ``CacheLayerMixin``), e.g. quantized."""
         self._check_layer(layer)
-        self.hf.layers[layer] = layer_obj
+        self.hf_cache.layers[layer] = layer_obj
 
     # ---------------------------------------------------------------- measuring
     def stats(self) -> CacheStats:
@@ -395,7 +462,7 @@ class KVCache:
         b = self.keys(0).shape[0] if self.positions else 1
         logical = int(tokens.sum()) * b * self.d_head * 2 * dtype_bytes
         seen, physical = set(), 0
-        for lay in self.hf.layers:
+        for lay in self.hf_cache.layers:
             for t in tensors_of(lay):
                 key = _storage_key(t)
                 if key not in seen and t.numel():

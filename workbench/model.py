@@ -5,7 +5,6 @@ of the project lives in ``workbench/``; the rest of the code talks to ``Model`` 
 """
 from __future__ import annotations
 
-import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -13,6 +12,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from . import edits as _edits
 from .capture import (
     AttentionSummary,
     CaptureEstimate,
@@ -26,9 +26,12 @@ from .capture import (
     summarize_pattern,
 )
 from .errors import InputError
+from .hook_names import layer_of_hook
 from .hooks import HookSession, workbench_hooks_on
 from .intervention import Compose, Intervention
 from .run import Run
+from .session import ForwardSession, attention_observer_hooks
+from .weights import Weights, read_weights
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,19 @@ class ModelInfo:
     normalization: str  # "RMS" or "LN"
     positional: str  # "rotary" or "standard"
     rope_theta: float | None
+    # Architecture traits analyses must know about (all off for Llama-like models):
+    logit_softcap: float | None = None   # final logits = cap · tanh(logits / cap) (Gemma 2)
+    attn_softcap: float | None = None    # attention scores soft-capped before the softmax (Gemma 2)
+    parallel_attn_mlp: bool = False      # attention and MLP read the same residual (GPT-NeoX, GPT-J)
+    post_norms: bool = False             # norms after attention and after the MLP (Gemma)
+    qk_norm: bool = False                # per-head norms of queries and keys (Qwen 3, Gemma 3)
+    rotary_dim: int | None = None        # dims of each head that RoPE rotates (< d_head: partial rotary)
+    sliding_window: int | None = None    # window of the sliding-window layers
+    layer_types: tuple[str, ...] | None = None  # per layer "full_attention" / "sliding_attention"
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether ``layer`` attends over a sliding window only."""
+        return bool(self.layer_types) and self.layer_types[layer] == "sliding_attention"
 
     @property
     def group_size(self) -> int:
@@ -80,9 +96,9 @@ def _block_of(it: CaptureItem, n_layers: int) -> int:
     """
     if it.layer is not None:
         return it.layer
-    m = re.match(r"blocks\.(\d+)\.", it.hook)  # full names with no short spec
-    if m:
-        return int(m.group(1))
+    layer = layer_of_hook(it.hook)  # full names with no short spec
+    if layer is not None:
+        return layer
     return -1 if it.hook.startswith(_BEFORE_BLOCKS) else n_layers
 
 
@@ -120,6 +136,14 @@ class Model:
         # this model never computes, and a hook on one of those would silently capture nothing.
         self._dormant, self._points = _split_dormant(bridge, torch.zeros((1, 2), dtype=torch.long, device=device))
         self._active: list[Intervention] = []
+        self._editors: list[_edits.WeightEditor] = []
+        self._weights: Weights | None = None
+        self._weights_key: tuple | None = None
+        self._weights_version = 0
+        self._linear_kinds: tuple[str, ...] | None = None
+        #: forward passes run so far (every run, generation step, session forward): for tests and
+        #: benchmarks that check work is not repeated
+        self.forward_count = 0
 
     # ------------------------------------------------------------------ introspection
     def hook_names(self) -> list[str]:
@@ -135,6 +159,162 @@ class Model:
         self.check_layer(layer)
         w = self.bridge.blocks[layer].attn.W_O
         return self.bridge._reshape_o(w)
+
+    # ------------------------------------------------------------------ weights
+    def _param_key(self) -> tuple:
+        # identity, storage and in-place version of every parameter: changes on any edit (a swapped
+        # tensor, an in-place write, a replaced module), costs microseconds
+        return tuple((id(p), p.data_ptr(), p._version) for p in self.hf.parameters())
+
+    @property
+    def weights_version(self) -> int:
+        """A counter that grows whenever the model's weights change (edits, replaced modules, in-place writes)."""
+        key = self._param_key()
+        if key != self._weights_key:
+            self._weights_key = key
+            self._weights_version += 1
+            self._weights = None
+        return self._weights_version
+
+    def weights(self) -> Weights:
+        """The weights analyses read, in TransformerLens layouts (``workbench.weights``), rebuilt when they
+        change: inside ``intervene(...)`` this is what the edited model runs with. Tensors are detached
+        views; treat them as read-only and edit through ``edit_weights()``."""
+        version = self.weights_version
+        if self._weights is None:
+            self._weights = read_weights(self.bridge, self.info, version)
+        return self._weights
+
+    def edit_weights(self, label: str = ""):
+        """``with model.edit_weights() as ed:`` edit weights/components until the block ends, then restore
+        exactly (see ``workbench.edits.WeightEditor``)."""
+        return _edits.editing(self, label)
+
+    def active_edits(self) -> list[tuple[str, str]]:
+        """(target, what) of every weight edit in force right now (e.g. ("L3.down", "replaced by ...")),
+        so a method can refuse to quantize an already-quantized linear."""
+        return [r for ed in self._editors for r in ed.records]
+
+    @property
+    def linear_kinds(self) -> tuple[str, ...]:
+        """Layer-wise linears that can be read and edited by kind on this model, among
+        q, k, v, o (attention) and gate, up, down (MLP)."""
+        if self._linear_kinds is None:
+            blk = self.bridge.blocks[0]
+            used = {id(m) for m in _edits.original(blk).modules()}
+            kinds = []
+            for kind, (part, child) in _edits.LINEAR_KINDS.items():
+                wrapper = getattr(getattr(blk, part, None), "_modules", {}).get(child)
+                if wrapper is not None and (id(wrapper) in used or id(_edits.original(wrapper)) in used):
+                    kinds.append(kind)
+            self._linear_kinds = tuple(kinds)
+        return self._linear_kinds
+
+    def _check_kind(self, kind: str) -> str:
+        if kind not in self.linear_kinds:
+            from .hook_names import suggest
+
+            raise InputError(f"Linear kind {kind!r} is not available on this model.{suggest(str(kind), self.linear_kinds)} "
+                             f"Available: {', '.join(self.linear_kinds) or 'none'}.")
+        return kind
+
+    def linear_wrapper(self, layer: int, kind: str) -> nn.Module:
+        """The TransformerBridge component around one linear (for ``workbench.edits`` only)."""
+        layer = self.check_layer(layer)
+        part, child = _edits.LINEAR_KINDS[self._check_kind(kind)]
+        return getattr(self.bridge.blocks[layer], part)._modules[child]
+
+    def linear_module(self, layer: int, kind: str) -> nn.Module:
+        """The module that computes one linear now (for ``workbench.edits`` only)."""
+        return _edits.original(self.linear_wrapper(layer, kind))
+
+    def linear_weight(self, layer: int, kind: str) -> torch.Tensor:
+        """(out, in) weight of one linear, as ``nn.Linear`` stores it (a detached view: read-only)."""
+        mod = self.linear_module(layer, kind)
+        w = getattr(mod, "weight", None)
+        if callable(w):  # torch.ao dynamic quantized linears expose weight() as a method
+            w = w()
+        if not isinstance(w, torch.Tensor):
+            raise InputError(f"Linear L{layer}.{kind} is a {type(mod).__name__} that exposes no weight tensor.")
+        if w.is_quantized:
+            w = w.dequantize()
+        w = w.detach()
+        return w.t() if _edits.is_conv1d(mod) else w
+
+    def linear_bias(self, layer: int, kind: str) -> torch.Tensor | None:
+        """(out,) bias of one linear, or None."""
+        b = getattr(self.linear_module(layer, kind), "bias", None)
+        if callable(b):
+            b = b()
+        return None if b is None else b.detach()
+
+    def norm_module(self, layer: int | None, which: str = "ln1") -> nn.Module:
+        """The HF norm module ``which`` ("ln1"/"ln2") of ``layer``, or the final norm for layer=None
+        (for ``workbench.edits`` only)."""
+        if layer is None:
+            return _edits.original(self.bridge.ln_final)
+        if which not in ("ln1", "ln2"):
+            raise InputError(f"which must be 'ln1' (before attention) or 'ln2' (before the MLP), got {which!r}.")
+        return _edits.original(getattr(self.bridge.blocks[self.check_layer(layer)], which))
+
+    def embedding_module(self) -> nn.Module:
+        return _edits.original(self.bridge.embed)
+
+    def unembedding_module(self) -> nn.Module:
+        return _edits.original(self.bridge.unembed)
+
+    def component_wrapper(self, layer: int, part: str) -> nn.Module:
+        """The TransformerBridge wrapper of ``part`` ("block", "attn", "mlp") of ``layer`` (``workbench.edits``)."""
+        blk = self.bridge.blocks[self.check_layer(layer)]
+        return blk if part == "block" else getattr(blk, part)
+
+    def is_shared_parameter(self, p: torch.Tensor) -> bool:
+        """Whether ``p`` is held by more than one module (tied embeddings)."""
+        owners = 0
+        for m in self.hf.modules():
+            owners += sum(1 for q in m._parameters.values() if q is p)
+            if owners > 1:
+                return True
+        return False
+
+    def parameter_bytes(self) -> int:
+        """Bytes of every distinct tensor the model holds now (parameters and buffers, quantized modules'
+        packed weights included): the physical size of the weights."""
+        from .kv_cache import _storage_key
+
+        seen, total = set(), 0
+        tensors = list(self.hf.parameters()) + list(self.hf.buffers())
+        for m in self.hf.modules():  # torch.ao quantized linears keep packed weights outside parameters
+            if type(m).__name__ == "LinearPackedParams" and callable(getattr(m, "_weight_bias", None)):
+                w, b = m._weight_bias()  # unpacks a copy: counted by size, once per module
+                tensors += [w] + ([b] if b is not None else [])
+            extra = getattr(m, "stored_tensors", None)
+            if callable(extra):
+                tensors += list(extra())
+        for t in tensors:
+            key = _storage_key(t) if not t.is_quantized else ("q", id(t))
+            if key in seen:
+                continue
+            seen.add(key)
+            total += t.numel() * t.element_size() if t.is_quantized else t.untyped_storage().nbytes()
+        return total
+
+    def rope_inv_freq(self, layer: int | None = None) -> tuple[torch.Tensor, str] | None:
+        """(inv_freq (d_rot/2,), where it was read) of the rotary embedding that ``layer`` uses (its
+        ``inv_freq`` buffer, RoPE scaling included; models with several, e.g. Gemma 3's local and global
+        layers, keep one per layer type), or None when the model has no rotary embedding."""
+        kind = None
+        if layer is not None and self.info.layer_types:
+            kind = self.info.layer_types[self.check_layer(layer)]
+        found = None
+        for name, buf in self.hf.named_buffers():
+            leaf = name.rsplit(".", 1)[-1]
+            if not leaf.endswith("inv_freq") or "original" in leaf or buf.ndim != 1 or not buf.numel():
+                continue
+            if kind is not None and leaf == f"{kind}_inv_freq":
+                return buf.detach(), f"hf:{name}"
+            found = found or (buf.detach(), f"hf:{name}")
+        return found
 
     def check_layer(self, layer) -> int:
         n = self.info.n_layers
@@ -240,6 +420,55 @@ class Model:
             stack.enter_context(call.applied(self))
             yield session
 
+    @contextmanager
+    def session(self, interventions: Sequence[Intervention] = (), hooks=(), observe_attention=None,
+                required: bool = True, grad: bool = False) -> Iterator[ForwardSession]:
+        """Several forward passes under one set of hooks: ``with model.session(...) as s: s.forward(ids)``.
+
+        interventions: applied for the block, after those of an enclosing ``intervene``.
+        hooks: (full hook name, fn(tensor, name) -> tensor | None) pairs, run after the interventions'
+            hooks; with ``required`` each must fire at least once before the block ends.
+        observe_attention: callable (layer, pattern (B, H, n_new, N)) fed every layer's attention rows
+            (see ``workbench.session``); ``grad``: keep autograd on (for Jacobians through the model).
+        """
+        with self._session(interventions) as hs:
+            for name, fn in hooks:
+                hs.add(name, fn, required)
+            for name, fn in attention_observer_hooks(self, observe_attention):
+                hs.add(name, fn)
+            with hs, torch.set_grad_enabled(grad):
+                yield ForwardSession(self, hs)
+
+    def forward_tokens(self, ids: torch.Tensor, stop_at_layer: int | None = None, **kwargs) -> torch.Tensor | None:
+        """One forward pass of (B, T) ids under whatever hooks are attached (inside ``session``); logits (B, T, V)."""
+        self.forward_count += 1
+        return self.bridge(ids, return_type="logits", stop_at_layer=stop_at_layer, **kwargs)
+
+    @contextmanager
+    def frozen_parameters(self) -> Iterator["Model"]:
+        """Parameters stop requiring grad inside the block (only inputs' gradients are computed); restored after."""
+        params = [p for p in self.hf.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield self
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    @contextmanager
+    def without_interventions(self) -> Iterator["Model"]:
+        """The clean model for the duration of the block: hook interventions of enclosing ``intervene``
+        blocks are suspended and weight edits in force are undone, then everything is put back."""
+        saved, self._active = self._active, []
+        try:
+            with ExitStack() as stack:
+                for ed in reversed(self._editors):
+                    stack.enter_context(ed.suspended())
+                yield self
+        finally:
+            self._active = saved
+
     def describe_interventions(self, extra: Sequence[Intervention] = ()) -> str:
         parts = self._active + list(extra if not isinstance(extra, Intervention) else [extra])
         return " + ".join(p.describe() for p in parts)
@@ -321,7 +550,7 @@ class Model:
                 session.add(it.hook, self._capture_fn(it, pos, captures, summaries, skip_queries, last_rows, lengths,
                                                       buffers.get(it.name)))
             with session, torch.set_grad_enabled(grad):
-                out = self.bridge(tokens, return_type="logits", stop_at_layer=stop_at_layer)
+                out = self.forward_tokens(tokens, stop_at_layer=stop_at_layer)
         kept = None
         if logits == "all":
             kept = out

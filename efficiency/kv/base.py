@@ -315,7 +315,7 @@ class AttentionScorePolicy(ScorePolicy):
                 raise InputError(
                     f"{type(self).__name__} scores entries from attention, but no attention pattern was observed "
                     f"for layer {layer}. Use it through model.generate/prefill(cache_policy=...) on a model whose "
-                    f"attention exposes 'blocks.{{l}}.attn.hook_pattern'; otherwise use a policy that needs no "
+                    f"attention exposes the 'pattern' hook in every layer; otherwise use a policy that needs no "
                     f"attention (streaming_llm, key_norm, random).")
             self._state_pos[layer] = pos.clone()
             self._seen[layer] = int(pos.max()) if pos.numel() else -1

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from workbench.errors import InputError
-from workbench.kv_cache import CachePolicy
+from workbench.kv_cache import CachePolicy, PolicyBase
+from workbench.session import AttentionFanout
 
 
-class Sequential:
+class Sequential(PolicyBase):
     """Apply ``policies`` in order after every forward pass, e.g. ``Sequential(H2O(ratio=.5), KeyNorm(budget=64))``.
 
     Every policy first updates its running state (``prepare``) from what the forward pass produced,
@@ -20,30 +21,25 @@ class Sequential:
             raise InputError("Sequential() needs at least one policy.")
         for p in policies:
             if not isinstance(p, CachePolicy):
-                raise InputError(f"Sequential(): {type(p).__name__} has no apply(cache, ctx) method.")
+                raise InputError(f"Sequential(): {type(p).__name__} is not a cache policy (workbench.CachePolicy: name, "
+                                 "observe_attention, prepare, apply).")
         self.policies = tuple(policies)
 
     @property
     def name(self) -> str:
-        return " → ".join(getattr(p, "name", type(p).__name__) for p in self.policies)
+        return " → ".join(p.name for p in self.policies)
 
     @property
     def observe_attention(self):
-        observers = [p.observe_attention for p in self.policies if getattr(p, "observe_attention", None)]
-        if not observers:
-            return None
+        fan = AttentionFanout([p.observe_attention for p in self.policies])
+        return fan if fan else None
 
-        def observe(layer, pattern):
-            for o in observers:
-                o(layer, pattern)
-
-        return observe
+    def prepare(self, cache, ctx) -> None:
+        for p in self.policies:
+            p.prepare(cache, ctx)
 
     def apply(self, cache, ctx) -> None:
-        for p in self.policies:
-            prepare = getattr(p, "prepare", None)
-            if prepare is not None:
-                prepare(cache, ctx)
+        self.prepare(cache, ctx)
         for p in self.policies:
             p.apply(cache, ctx)
 

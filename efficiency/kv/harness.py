@@ -2,7 +2,7 @@
 perplexity with a compressed prefix.
 
 ``sweep(model, samples, policies, ratios)``
-    For every sample (a ``PasskeySample`` or ``TaskSample`` from ``workbench.tasks``) the prompt
+    For every sample (a ``PasskeySample`` or ``TaskSample`` from ``workbench.texts.tasks``) the prompt
     runs through the model **once**. During that one forward every layer's attention rows are fed
     to ``observe_attention`` of every policy instance that has it (one fresh instance per policy
     and ratio; each keeps only its own summary, so no full pattern is stored). Then, for each
@@ -12,7 +12,7 @@ perplexity with a compressed prefix.
     decoding steps' attention is observed for that policy only). As in ``generate``, the first
     answer token comes from the prefill's logits (the full context), so compression affects the
     answer from its second token on. The same decoding on an uncompressed copy gives the
-    full-cache reference. Scores: ``workbench.tasks.score_text`` (exact match, or fraction of the
+    full-cache reference. Scores: ``workbench.texts.tasks.score_text`` (exact match, or fraction of the
     values produced for multi-value tasks).
 
 ``perplexity(model, texts, policy, prefix=0.5, chunk=None)``
@@ -36,7 +36,7 @@ perplexity with a compressed prefix.
 ``long_texts(model, n, n_tokens)``
     ``n`` windows of ``n_tokens`` tokens from ``pydoc_data.topics`` (the Python reference topics that
     ship with CPython, 465k characters, offline), spread evenly over the corpus: long enough
-    texts for perplexity with a compressed cache (the bundled ``probes.domains`` texts are ~100 tokens).
+    texts for perplexity with a compressed cache (the bundled ``workbench.texts.domains`` texts are ~100 tokens).
 """
 from __future__ import annotations
 
@@ -52,25 +52,15 @@ import plotly.graph_objects as go
 import torch
 
 from workbench.errors import InputError
-from workbench.generation import _observe_attention, cached_forward
+from workbench.progress import progress
 from workbench.kv_cache import CachePolicy, KVCache, StepContext
-from workbench.tasks import PasskeySample, TaskSample, score_text
+from workbench.session import AttentionFanout
+from workbench.texts.tasks import PasskeySample, TaskSample, score_text
 
 from .registry import get_policy
 
 DEFAULT_RATIOS = (0.25, 0.5, 0.75, 0.875)
 FULL = "full cache"
-
-
-class _Fanout:
-    """Feeds one forward's attention to several policies."""
-
-    def __init__(self, observers):
-        self.observers = observers
-
-    def observe_attention(self, layer, pattern):
-        for o in self.observers:
-            o(layer, pattern)
 
 
 def _policy_label(p) -> str:
@@ -87,7 +77,7 @@ def _instances(policies, ratios) -> list[tuple[str, float | None, object]]:
             extra = {"budget": None} if any(f.name == "budget" for f in dataclasses.fields(p)) else {}
             out += [(_policy_label(p), r, dataclasses.replace(p, ratio=r, **extra)) for r in ratios]
         elif isinstance(p, CachePolicy):
-            out.append((getattr(p, "name", "") or type(p).__name__, None, p))  # settings matter: full name
+            out.append((p.name, None, p))  # settings matter: full name
         else:
             raise InputError(f"sweep(): a policy must be a registered name or a cache policy object, got {p!r}.")
     return out
@@ -109,16 +99,14 @@ def _decode(model, cache: KVCache, policy, first_logits: torch.Tensor, n_new: in
     if n_new == 1 or toks[-1] == eos:
         return toks
     device = first_logits.device
-    with model._session(()) as session:
-        _observe_attention(model, session, policy)
-        with session, torch.no_grad():
-            for step in range(1, n_new):
-                logits = cached_forward(model, cache, torch.tensor([[toks[-1]]], device=device))[0, -1]
-                if policy is not None:
-                    policy.apply(cache, StepContext(step, 1))
-                toks.append(int(logits.argmax()))
-                if toks[-1] == eos:
-                    break
+    with model.session(observe_attention=None if policy is None else policy.observe_attention) as session:
+        for step in range(1, n_new):
+            logits = session.forward_cached(cache, torch.tensor([[toks[-1]]], device=device))[0, -1]
+            if policy is not None:
+                policy.apply(cache, StepContext(step, 1))
+            toks.append(int(logits.argmax()))
+            if toks[-1] == eos:
+                break
     return toks
 
 
@@ -189,7 +177,7 @@ def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snap
     """
     samples = list(samples) if not isinstance(samples, (PasskeySample, TaskSample)) else [samples]
     if not samples or not all(isinstance(s, (PasskeySample, TaskSample)) for s in samples):
-        raise InputError("sweep() needs a non-empty list of PasskeySample/TaskSample (workbench.tasks).")
+        raise InputError("sweep() needs a non-empty list of PasskeySample/TaskSample (workbench.texts.tasks).")
     if isinstance(policies, str) or not isinstance(policies, Sequence):
         policies = [policies]
     if not policies:
@@ -200,9 +188,9 @@ def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snap
         raise InputError(f"sweep(): max_new_tokens must be a positive integer or None, got {max_new_tokens!r}.")
     _instances(policies, ratios)  # validate names and arguments before any forward pass
     result = SweepResult()
-    for i, s in enumerate(samples):
+    for i, s in enumerate(progress(samples, desc="KV sweep", unit="sample")):
         runs = _instances(policies, ratios)
-        observers = [p.observe_attention for _, _, p in runs if getattr(p, "observe_attention", None)]
+        fanout = AttentionFanout([p.observe_attention for _, _, p in runs])
         ids, _ = model.tokenize(s.prompt)
         n_new = max_new_tokens or len(s.answer_token_ids)
         if ids.shape[1] + n_new > model.info.n_ctx:
@@ -210,10 +198,8 @@ def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snap
                              f"model's context of {model.info.n_ctx}.")
         t0 = time.perf_counter()
         full = KVCache.empty(model)
-        with model._session(()) as session:
-            _observe_attention(model, session, _Fanout(observers) if observers else None)
-            with session, torch.no_grad():
-                first = cached_forward(model, full, ids)[0, -1]
+        with model.session(observe_attention=fanout if fanout else None) as session:
+            first = session.forward_cached(full, ids)[0, -1]
         result.prefill_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         base = {"sample": i, "kind": getattr(s, "kind", "passkey"), "n_tokens": int(ids.shape[1]),
@@ -233,30 +219,6 @@ def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snap
 
 
 # ---------------------------------------------------------------------------------------------- perplexity
-def long_texts(model, n: int = 4, n_tokens: int = 2048, corpus: str | None = None) -> list[str]:
-    """``n`` texts of about ``n_tokens`` tokens cut from ``pydoc_data.topics`` (see the module docstring),
-    or from ``corpus`` when given (e.g. the bundled corpus joined: ``probes.transcoders.load_corpus``).
-
-    The topics are joined in key order with blank lines, tokenized once, and cut into ``n`` windows
-    starting at evenly spaced token offsets; each window is decoded back to text (re-tokenizing it
-    gives ``n_tokens`` tokens up to a few at the edges).
-    """
-    for name, v in (("n", n), ("n_tokens", n_tokens)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise InputError(f"long_texts(): {name} must be a positive integer, got {v!r}.")
-    if n_tokens > model.info.n_ctx:
-        raise InputError(f"long_texts(): n_tokens={n_tokens} exceeds the model's context of {model.info.n_ctx}.")
-    if corpus is None:
-        from pydoc_data.topics import topics
-
-        corpus = "\n\n".join(topics[k].strip() for k in sorted(topics))
-    ids = model.tokenizer(corpus, add_special_tokens=False)["input_ids"]
-    if n * n_tokens > len(ids):
-        raise InputError(f"long_texts(): the corpus has {len(ids)} tokens, fewer than n * n_tokens.")
-    step = (len(ids) - n_tokens) // max(n - 1, 1)
-    return [model.tokenizer.decode(ids[i * step:i * step + n_tokens]) for i in range(n)]
-
-
 @dataclass
 class PerplexityResult:
     """Perplexity of the scored part of each text (see the module docstring for what is scored).
@@ -313,7 +275,7 @@ def perplexity(model, texts: Sequence[str], policy=None, *, prefix: float = 0.5,
     if policy is not None and not isinstance(policy, CachePolicy):
         raise InputError(f"perplexity(): policy must be None, a name or a cache policy, got {policy!r}.")
     rows = []
-    for t in texts:
+    for t in progress(texts, desc="perplexity", unit="text"):
         ids, _ = model.tokenize(t)
         n = ids.shape[1]
         if n < 2:
@@ -321,24 +283,22 @@ def perplexity(model, texts: Sequence[str], policy=None, *, prefix: float = 0.5,
         p = min(max(1, math.floor(prefix * n)), n - 1)
         cache = KVCache.empty(model)
         logits = []
-        with model._session(()) as session:
-            _observe_attention(model, session, policy)
-            with session, torch.no_grad():
-                logits.append(cached_forward(model, cache, ids[:, :p])[0, -1:])
+        with model.session(observe_attention=None if policy is None else policy.observe_attention) as session:
+            logits.append(session.forward_cached(cache, ids[:, :p])[0, -1:])
+            if policy is not None:
+                policy.apply(cache, StepContext(0, p))
+            st = cache.stats()
+            step, size = 1, chunk or (n - p)
+            for a in range(p, n - 1, size):
+                inp = ids[:, a: min(a + size, n - 1)]  # the last token's logits predict nothing scored
+                logits.append(session.forward_cached(cache, inp)[0])
                 if policy is not None:
-                    policy.apply(cache, StepContext(0, p))
-                st = cache.stats()
-                step, size = 1, chunk or (n - p)
-                for a in range(p, n - 1, size):
-                    inp = ids[:, a: min(a + size, n - 1)]  # the last token's logits predict nothing scored
-                    logits.append(cached_forward(model, cache, inp)[0])
-                    if policy is not None:
-                        policy.apply(cache, StepContext(step, inp.shape[1]))
-                    step += 1
+                    policy.apply(cache, StepContext(step, inp.shape[1]))
+                step += 1
         lp = torch.log_softmax(torch.cat(logits).double(), -1)  # (n - p, V) predicting ids[p:]
         target = ids[0, p:]
         nll = float(-lp[torch.arange(len(target)), target].sum())
         rows.append({"text": t[:40], "n_tokens": n, "n_prefix": p, "n_scored": n - p, "nll": nll,
                      "perplexity": math.exp(nll / (n - p)), "kept_fraction": st.compression,
                      "physical_bytes": st.physical_bytes})
-    return PerplexityResult(getattr(policy, "name", FULL) if policy is not None else FULL, pd.DataFrame(rows))
+    return PerplexityResult(policy.name if policy is not None else FULL, pd.DataFrame(rows))

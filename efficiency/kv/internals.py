@@ -36,8 +36,9 @@ import plotly.graph_objects as go
 import torch
 
 from workbench.errors import InputError
-from workbench.generation import _validate, cached_forward, prefill
-from workbench.kv_cache import CachePolicy, KVCache
+from workbench.generation import prefill
+from workbench.hook_names import hook_name
+from workbench.kv_cache import CachePolicy, KVCache, check_policy
 
 from .registry import get_policy
 
@@ -211,20 +212,14 @@ def output_figure(c: CacheComparison, probe: int = 0) -> go.Figure:
 
 
 # ---------------------------------------------------------------------- computation
-def _capture_rows(model, session, rows: dict) -> None:
-    for l in range(model.info.n_layers):
-        session.add(f"blocks.{l}.attn.hook_pattern",
-                    (lambda l: lambda x, _n: rows.__setitem__(l, x[0, :, -1].detach().float().cpu()))(l))
-
-
 def _probe(model, cache: KVCache, token: int) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """Feed one token; returns per layer its attention row (H, N_l + 1), positions (G, N_l + 1), logits (V,)."""
     rows: dict[int, torch.Tensor] = {}
-    with model._session() as session:
-        _capture_rows(model, session, rows)
-        with session, torch.no_grad():
-            dev = cache.keys(0).device
-            logits = cached_forward(model, cache, torch.tensor([[token]], device=dev))[0, -1]
+    hooks = [(hook_name("pattern", l), (lambda l: lambda x, _n: rows.__setitem__(l, x[0, :, -1].detach().float().cpu()))(l))
+             for l in range(model.info.n_layers)]
+    with model.session(hooks=hooks) as session:
+        dev = cache.keys(0).device
+        logits = session.forward_cached(cache, torch.tensor([[token]], device=dev))[0, -1]
     L = model.info.n_layers
     if sorted(rows) != list(range(L)):
         raise InputError("compare_cache needs hookable attention patterns in every layer (eager attention).")
@@ -304,7 +299,7 @@ def compare_cache(model, prompt: str, policy, n_probe: int = 1, *, ratio: float 
     ``reference`` (from ``full_reference(model, prompt, n_probe)``) skips recomputing the full side.
     """
     pol = _resolve(policy, ratio)
-    _validate(model, 1, 1.0, None, None, True, pol)
+    check_policy(pol)
     if reference is None:
         reference = full_reference(model, prompt, n_probe)
     elif reference.prompt != prompt:
@@ -335,7 +330,7 @@ def compare_cache(model, prompt: str, policy, n_probe: int = 1, *, ratio: float 
     out_kl = (lf.exp() * (lf - lc)).sum(-1).clamp(min=0)
     tok = model.tokenizer
     top5 = lambda lg: [[tok.decode([i]) for i in torch.topk(row, 5).indices.tolist()] for row in lg]  # noqa: E731
-    name = getattr(pol, "name", None) or getattr(pol, "registry_name", None) or type(pol).__name__
+    name = pol.name
     c = CacheComparison(
         policy=str(name), prompt=prompt, str_tokens=[tok.decode([i]) for i in ids[0].tolist()],
         probe_tokens=reference.probe_tokens, probe_str=[tok.decode([i]) for i in reference.probe_tokens],

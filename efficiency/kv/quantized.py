@@ -35,7 +35,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from workbench.errors import InputError
-from workbench.kv_cache import KVCache, StepContext
+from workbench.kv_cache import KVCache, PolicyBase, StepContext
 
 from .registry import register
 from .packing import check_bits, check_group_size, dequantize_groups, pack, quantize_groups, unpack
@@ -245,7 +245,7 @@ def bytes_formula(n_tokens: int, *, n_layers: int, n_kv_heads: int, d_head: int,
 
 
 @register(POLICY_NAME)
-class KIVIQuantization:
+class KIVIQuantization(PolicyBase):
     """Cache policy: quantize the KV cache KIVI-style (keys per channel, values per token) with packed storage.
 
     bits: 2, 4 or 8. group_size: tokens per key group (and the default channels per value group,
@@ -265,7 +265,10 @@ class KIVIQuantization:
         if param_dtype not in _PARAM_DTYPES:
             raise InputError(f"param_dtype must be one of {_PARAM_DTYPES}, got {param_dtype!r}.")
         self.param_dtype = param_dtype
-        self.name = f"KIVI {bits}-bit (g{group_size}, r{residual})"
+
+    @property
+    def name(self) -> str:
+        return f"KIVI {self.bits}-bit (g{self.group_size}, r{self.residual})"
 
     def layer_kwargs(self, d_head: int) -> dict:
         return dict(bits=self.bits, group_size=self.group_size, residual=self.residual,
@@ -282,7 +285,7 @@ class KIVIQuantization:
     def apply(self, cache: KVCache, ctx: StepContext) -> None:
         kw = self.layer_kwargs(cache.d_head)
         for l in range(cache.n_layers):
-            lay = cache.hf.layers[l]
+            lay = cache.layer(l)
             if isinstance(lay, KIVILayer):
                 lay.flush()
             else:

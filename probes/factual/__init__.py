@@ -6,7 +6,7 @@ from .attribution_patching import (AttributionComparison, AttributionPatchingRes
                                    compare_attribution)
 from .explorer import fact_explorer
 from .ffn_updates import FFNLayerSummary, FFNSubUpdates, ffn_layer_summary, ffn_sub_updates
-from .lenses import (LensComparison, LensTrajectory, LinearLens, compare_lenses, default_corpus, fit_linear_lens,
+from .lenses import (LensComparison, LensTrajectory, LinearLens, compare_lenses, lens_corpus, fit_linear_lens,
                      lens_trajectory, logits_from_resid)
 from .lre import LREResult, RelationSample, country_relation, fit_lre
 from .mechanisms import (HeadClassification, HeadScale, MotifTable, SuppressionResult, additive_motif,
@@ -23,7 +23,7 @@ __all__ = [
     "ActivationPatch", "PatchingPair", "patching_pair", "corrupt_subject", "patch_residual", "patch_heads",
     "ResidualPatchingResult", "HeadPatchingResult", "attribution_patching", "compare_attribution",
     "AttributionPatchingResult", "AttributionComparison",
-    "compare_lenses", "fit_linear_lens", "lens_trajectory", "default_corpus", "logits_from_resid", "LinearLens",
+    "compare_lenses", "fit_linear_lens", "lens_trajectory", "lens_corpus", "logits_from_resid", "LinearLens",
     "LensComparison", "LensTrajectory", "ffn_sub_updates", "ffn_layer_summary", "FFNSubUpdates", "FFNLayerSummary",
     "fit_lre", "country_relation", "LREResult", "RelationSample", "sat_probe", "fit_sat_probe", "SATProbeResult",
 ]

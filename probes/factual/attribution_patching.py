@@ -35,11 +35,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.hook_names import hook_name
 from workbench.capture import resolve_layers
+from interventions.activation_patch import patch_positions
 from workbench.errors import InputError
 from workbench.intervention import Intervention
 
-from .patching import (HeadPatchingResult, PatchingPair, _head_heatmap, _ld, _normaliser, _pos_desc, _positions,
+from .patching import (HeadPatchingResult, PatchingPair, _head_heatmap, _ld, _normaliser, _pos_desc,
                        _source_target, patch_heads)
 
 
@@ -65,7 +67,7 @@ def activation_grads(model, ids: torch.Tensor, pair: PatchingPair, sites: dict[s
     sites: short name -> layers, e.g. {"z": [0, 1], "resid_pre": [0, 1]}.
     Returns (LD, acts, grads) with acts/grads: (site, layer) -> (T, ...) tensors (no grad).
     """
-    names = {(s, l): f"blocks.{l}.attn.hook_z" if s == "z" else f"blocks.{l}.hook_{s}"
+    names = {(s, l): hook_name(s, l)
              for s, ls in sites.items() for l in ls}
     probe = _GradProbe(list(names.values()))
     with torch.enable_grad():
@@ -259,7 +261,7 @@ def attribution_patching(model, pair: PatchingPair, layers=None, heads=None, pos
     t0 = time.perf_counter()
     layer_list = resolve_layers(layers, model.info.n_layers)
     head_list = list(range(model.info.n_heads)) if heads is None else model.check_heads(heads)
-    pos = _positions(positions, pair.n_tokens)
+    pos = patch_positions(positions, pair.n_tokens)
     src_ids, tgt_ids = _source_target(pair, direction)
     sites = {"z": layer_list, **({"resid_pre": layer_list} if resid else {})}
     with torch.no_grad():  # pass 1: the source run's activations and logit difference

@@ -38,7 +38,6 @@ answer for every prompt or a list with one answer per prompt (strings or token i
 from __future__ import annotations
 
 import html
-import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -287,42 +286,21 @@ class _Unembed:
 
 
 def _unembed(model) -> _Unembed:
-    b = model.bridge
-    ln = b.ln_final
-    comp = getattr(ln, "_original_component", ln)
-    gain = getattr(comp, "weight", None)
-    if gain is None:
-        gain = torch.ones(model.info.d_model, device=b.W_U.device)
-    bias = getattr(comp, "bias", None)
-    b_u = getattr(b, "b_U", None)
-    return _Unembed(gain.detach().double(), None if bias is None else bias.detach().double(), b.W_U.detach(),
-                    None if b_u is None else b_u.detach().double(), model.info.normalization == "LN")
+    W = model.weights()
+    fn = W.final_norm
+    gain = fn.w if fn.w is not None else torch.ones(model.info.d_model, device=W.W_U.device)
+    return _Unembed(gain.double(), None if fn.b is None else fn.b.double(), W.W_U,
+                    None if W.b_U is None else W.b_U.double(), fn.kind == "LN")
 
 
 def _attn_bias(model, layer: int) -> torch.Tensor | None:
-    try:
-        bo = model.bridge.blocks[layer].attn.b_O
-    except AttributeError:
-        return None
-    return None if bo is None else bo.detach().double()
-
-
-_W_O_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+    bo = model.weights().layers[layer].b_O
+    return None if bo is None else bo.double()
 
 
 def _stacked_w_o(model) -> torch.Tensor:
-    """(L, H, e, d) float32 W_O of every layer, cached per model until a weight changes.
-
-    ``model.W_O(l)`` is a view of the output-projection weight, so (data_ptr, _version) changes
-    whenever the weight is replaced or edited in place (weight-editing interventions included).
-    """
-    views = [model.W_O(l).detach() for l in range(model.info.n_layers)]
-    key = tuple((v.data_ptr(), v._version) for v in views)
-    hit = _W_O_CACHE.get(model)
-    if hit is None or hit[0] != key:
-        hit = (key, torch.stack(views).float())
-        _W_O_CACHE[model] = hit
-    return hit[1]
+    """(L, H, e, d) float32 W_O of every layer, from ``model.weights()`` (rebuilt whenever a weight changes)."""
+    return model.weights().stacked("W_O").float()
 
 
 def capture_names(model) -> list[str]:

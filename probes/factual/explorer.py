@@ -21,7 +21,8 @@ import html
 import numpy as np
 
 from workbench.errors import InputError
-from workbench.figures import attention_pattern_figure, token_label
+from workbench.figures import token_label
+from workbench.view_layout import VIEW_WIDTH, fit_figure, pattern_figure, wrap_row
 
 from .dla import METRICS, SOURCE_GROUPS, DLAResult, direct_logit_attribution
 
@@ -57,6 +58,7 @@ def fact_explorer(model, items, answers=None, alternatives=None, n_top: int = 8)
     """
     import ipywidgets as widgets
     import plotly.graph_objects as go
+    from workbench.figure_widget import FigureWidget, resync  # plotly.js loaded once per page
 
     items = list(items) if not isinstance(items, str) else [items]
     if not items:
@@ -87,17 +89,18 @@ def fact_explorer(model, items, answers=None, alternatives=None, n_top: int = 8)
         return patterns[(i, layer)]
 
     first = result(0)
-    bars = go.FigureWidget(first.figure())
-    rows_fig = go.FigureWidget(go.Figure(go.Heatmap(colorscale="Blues", zmin=0, zmax=1, colorbar=dict(title="attn"))))
-    rows_fig.update_layout(template="plotly_white", width=1000, height=120 + 24 * n_top,
-                           margin=dict(l=10, r=10, t=50, b=10))
+    bars = FigureWidget(fit_figure(first.figure(), width=VIEW_WIDTH))
+    rows_fig = FigureWidget(go.Figure(go.Heatmap(colorscale="Blues", zmin=0, zmax=1, colorbar=dict(title="attn"))))
+    rows_fig.update_layout(template="plotly_white")
+    fit_figure(rows_fig, width=VIEW_WIDTH, height=130 + 24 * n_top)
     rows_fig.update_yaxes(autorange="reversed")
     rows_fig.update_xaxes(tickangle=-60)
-    pat_fig = go.FigureWidget(attention_pattern_figure(pattern(0, 0)[0], first.str_tokens, ""))
+    pat_fig = FigureWidget(pattern_figure(pattern(0, 0)[0], first.str_tokens, ""))
     summary = widgets.HTML()
     prompt_dd = widgets.Dropdown(options=[(_label(i, it), i) for i, it in enumerate(items)], value=0,
-                                 description="prompt", layout=widgets.Layout(width="520px"))
-    metric_tb = widgets.ToggleButtons(options=list(METRICS), value="logit", description="metric")
+                                 description="prompt", layout=widgets.Layout(width="520px", max_width="100%"))
+    metric_tb = widgets.ToggleButtons(options=list(METRICS), value="logit", description="metric",
+                                      style={"button_width": "64px"})
     head_dd = widgets.Dropdown(description="head")
     state = {"prompt": None, "metric": None, "head": None, "syncing": False}
 
@@ -115,7 +118,7 @@ def fact_explorer(model, items, answers=None, alternatives=None, n_top: int = 8)
         g = r.source_groups(metric)
         custom = np.array([[list(g[l, h])] * len(labels) for l, h in top])
         full = pattern(i, head[0])[head[1]]
-        pref = attention_pattern_figure(full, r.str_tokens, "")
+        pref = pattern_figure(full, r.str_tokens, "", width=pat_fig.layout.width, height=pat_fig.layout.height)
         with bars.batch_update(), rows_fig.batch_update(), pat_fig.batch_update():
             for tr, new in zip(bars.data, ref.data):
                 tr.x, tr.y = new.x, new.y
@@ -167,8 +170,9 @@ def fact_explorer(model, items, answers=None, alternatives=None, n_top: int = 8)
     for w in (prompt_dd, metric_tb, head_dd):
         w.observe(on_change, names="value")
     render(0, "logit", None)
-    box = widgets.VBox([widgets.HBox([prompt_dd, metric_tb]), widgets.HBox([bars, summary]), rows_fig,
-                        widgets.HBox([head_dd]), pat_fig])
+    resync(bars, rows_fig, pat_fig)
+    box = widgets.VBox([wrap_row([prompt_dd, metric_tb]), wrap_row([bars, summary]), rows_fig,
+                        wrap_row([head_dd]), pat_fig])
     box.show, box.result = show, result
     box.bars_figure, box.rows_figure, box.pattern_figure, box.summary = bars, rows_fig, pat_fig, summary
     box.prompt_dropdown, box.metric_buttons, box.head_dropdown = prompt_dd, metric_tb, head_dd

@@ -35,12 +35,7 @@ def final_norm_direction(model, scale: torch.Tensor, vocab_dir: torch.Tensor) ->
     vocab_dir: (d_model,) or (d_model, k) columns of W_U. RMS: u = g ⊙ w / s; LayerNorm: the same,
     centred over d_model (centring the input equals centring the read direction).
     """
-    oc = model.bridge.ln_final._original_component
-    g = getattr(oc, "weight", None)
-    w = vocab_dir if g is None else (g[:, None] * vocab_dir if vocab_dir.ndim == 2 else g * vocab_dir)
-    if model.info.normalization == "LN":
-        w = w - w.mean(0, keepdim=True)
-    return w / scale
+    return model.weights().final_norm.read_direction(vocab_dir, scale)
 
 
 @dataclass
@@ -165,26 +160,26 @@ def ffn_sub_updates(model, prompt, layer: int, answer=None, position: int = -1, 
 
 def _build(model, run, prompt, layer, pos, a, top_k, top_tokens, rank_by, through_norm) -> FFNSubUpdates:
     """FFNSubUpdates of ``layer`` from a run that captured mlp_hidden/mlp_out/final_norm_scale at [pos]."""
-    mlp = model.bridge.blocks[layer].mlp
+    W = model.weights()
+    lw = W.layers[layer]
     with torch.no_grad():
         m = run["mlp_hidden", layer][0, 0].float()
         out = run["mlp_out", layer][0, 0].float()
-        w_out = mlp.W_out.detach().float()  # (d_mlp, d_model)
-        b_out = mlp.b_out.detach().float() if getattr(mlp, "b_out", None) is not None else torch.zeros(w_out.shape[1])
+        w_out = lw.W_out.float()  # (d_mlp, d_model)
+        b_out = lw.b_out.float() if lw.b_out is not None else torch.zeros(w_out.shape[1], device=w_out.device)
         norms = w_out.norm(dim=-1)
-        w_u = model.bridge.W_U.detach().float()
+        w_u = W.W_U.float()
         contrib = None
         if a is not None:
             u = final_norm_direction(model, run["final_norm_scale"][0, 0, 0].float(), w_u[:, a])
             contrib = m * (w_out @ u)
         score = (m.abs() * norms) if rank_by == "magnitude" else contrib.abs()
         top = score.topk(top_k).indices.tolist()
-        oc = model.bridge.ln_final._original_component
-        g = getattr(oc, "weight", None)
+        g = W.final_norm.w
         v = w_out[top] * torch.sign(m[top])[:, None]  # the direction each sub-update is actually added in
         if through_norm and g is not None:
             v = v * g.detach().float()
-        if through_norm and model.info.normalization == "LN":
+        if through_norm and W.final_norm.kind == "LN":
             v = v - v.mean(-1, keepdim=True)
         proj = v @ w_u  # (top_k, vocab)
         tv = proj.topk(min(top_tokens, proj.shape[-1]), -1)

@@ -33,6 +33,7 @@ import torch
 
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
+from workbench.texts import lens_corpus
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -41,13 +42,7 @@ def logits_from_resid(model, resid: torch.Tensor) -> torch.Tensor:
 
     Differentiable (used by the LRE); at the last layer it equals the model's logits.
     """
-    b = model.bridge
-    w_u = b.W_U
-    x = b.ln_final(resid.to(w_u.dtype))
-    out = x @ w_u
-    if getattr(b, "b_U", None) is not None:
-        out = out + b.b_U
-    return out
+    return model.weights().unembed(resid)
 
 
 def token_id(model, answer) -> int:
@@ -174,32 +169,12 @@ class LinearLens:
 
 
 # ---------------------------------------------------------------------------------------------- corpus
-def default_corpus(n_pydoc: int = 24, chunk_chars: int = 500) -> list[str]:
-    """The bundled domain texts (prose, code) plus ``n_pydoc`` chunks of CPython's ``pydoc_data.topics``.
-
-    Deterministic; everything ships offline (the topics come with CPython itself).
-    """
-    from pydoc_data.topics import topics
-
-    from ..domains import DOMAINS, load_domain
-    texts = [t for d in DOMAINS for t in load_domain(d)]
-    chunks = []
-    for key in sorted(topics):
-        body = " ".join(topics[key].split())
-        if len(body) >= chunk_chars:
-            cut = body[:chunk_chars]
-            chunks.append(cut[: cut.rfind(" ")] if " " in cut else cut)
-        if len(chunks) >= n_pydoc:
-            break
-    return texts + chunks
-
-
 def _check_texts(texts) -> list[str]:
     if isinstance(texts, str):
         texts = [texts]
     texts = [getattr(t, "prompt", t) for t in (texts or [])]
     if not texts:
-        raise InputError("The lens corpus is empty: pass a list of texts (e.g. probes.factual.lenses.default_corpus()).")
+        raise InputError("The lens corpus is empty: pass a list of texts (e.g. probes.factual.lenses.lens_corpus()).")
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
     if bad:
         raise InputError(f"Corpus entries {bad[:5]} are not non-empty strings.")
@@ -333,11 +308,11 @@ def compare_lenses(model, texts=None, layers=None, eval_fraction: float = 0.25, 
                    seed: int = 0, lens: LinearLens | None = None) -> LensComparison:
     """Fit the linear lens on part of ``texts`` and compare it with the logit lens on the rest.
 
-    texts: corpus (default ``default_corpus()``); split by text with ``eval_fraction`` held out.
+    texts: corpus (default ``lens_corpus()``); split by text with ``eval_fraction`` held out.
     max_eval_tokens: held-out tokens scored (evenly subsampled; each costs L·2 unembeddings).
     lens: a lens fitted before (then all of ``texts`` is held out and nothing is fitted).
     """
-    texts = _check_texts(default_corpus() if texts is None else texts)
+    texts = _check_texts(lens_corpus() if texts is None else texts)
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise InputError(f"ks must be positive integers, got {ks!r}.")

@@ -20,9 +20,7 @@ builds few-shot prompts from the other samples; here the instruct prompt format 
 """
 from __future__ import annotations
 
-import copy
 import html
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -31,7 +29,9 @@ import pandas as pd
 import torch
 
 from workbench.errors import InputError
+from workbench.hook_names import hook_name
 from workbench.intervention import Intervention
+from workbench.kv_cache import KVCache
 
 from .lenses import logits_from_resid, token_id
 
@@ -184,23 +184,10 @@ class _SubjectToOutput(Intervention):
         def grab(x, _name):
             self.store["o"] = x[:, self.last_pos]
 
-        hooks = [(f"blocks.{self.layer}.hook_resid_post", replace)]
+        hooks = [(hook_name("resid_post", self.layer), replace)]
         if self.layer != self.last_layer:
-            hooks.append((f"blocks.{self.last_layer}.hook_resid_post", grab))
+            hooks.append((hook_name("resid_post", self.last_layer), grab))
         return hooks
-
-
-@contextmanager
-def _frozen_params(model):
-    """Parameters stop requiring grad for the block (only the input's gradient is needed); restored after."""
-    params = [p for p in model.hf.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 def subject_map(model, prompt: str, subject_pos: int, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -209,31 +196,26 @@ def subject_map(model, prompt: str, subject_pos: int, layer: int) -> Callable[[t
     Tokens before the subject do not depend on s, so they run once (a KV-cache prefill); each call
     runs only the suffix from the subject's last token on, for C copies at once.
     """
-    from transformers import DynamicCache
     ids, lengths = model.tokenize(prompt)
     n = lengths[0]
     if not 0 <= subject_pos < n:
         raise InputError(f"Subject position {subject_pos} is outside the prompt's {n} tokens.")
     L = model.info.n_layers
     prefix, suffix = ids[:, :subject_pos], ids[:, subject_pos:n]
-    cache = DynamicCache()
+    cache = KVCache.empty(model)
     if subject_pos > 0:
-        with model._session(()) as session, session, torch.no_grad():
-            model.bridge(prefix, return_type=None, past_key_values=cache, use_cache=True,
-                         position_ids=torch.arange(subject_pos, device=ids.device)[None],
-                         cache_position=torch.arange(subject_pos, device=ids.device))
-    pos = torch.arange(subject_pos, n, device=ids.device)
+        with model.session() as sess:
+            sess.forward_cached(cache, prefix)
 
     def fn(s: torch.Tensor) -> torch.Tensor:
         c = len(s)
-        kv = copy.deepcopy(cache)
+        kv = cache.copy()
         if subject_pos > 0:
-            kv.batch_repeat_interleave(c)
+            kv.expand(c)
         store: dict = {}
         iv = _SubjectToOutput(layer, 0, L - 1, n - 1 - subject_pos, s, store)
-        with model._session([iv]) as session, session:
-            model.bridge(suffix.expand(c, -1), return_type=None, past_key_values=kv, use_cache=True,
-                         position_ids=pos[None].expand(c, -1), cache_position=pos)
+        with model.session([iv], grad=torch.is_grad_enabled()) as sess:
+            sess.forward_cached(kv, suffix.expand(c, -1))
         return store["o"]
 
     return fn
@@ -335,7 +317,7 @@ def fit_lre(model, train, test, layer: int, beta: float = 2.5, betas: Sequence[f
     s_train, _ = _subject_states(model, tr, layer)
     fns = [subject_map(model, smp.prompt, subject_token_positions(model, smp.prompt, smp.subject)[-1], layer)
            for smp in tr]
-    with _frozen_params(model):
+    with model.frozen_parameters():
         w, b, _ = estimate_lre(fns, s_train, chunk)
     s_test, preds = _subject_states(model, te, layer)
     by_beta = {}

@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from interventions.head_scale import HeadScale
 from workbench.errors import InputError
-from workbench.intervention import Intervention
 
 from .dla import DLAResult
 
@@ -274,43 +274,6 @@ def additive_motif(results: Sequence[DLAResult], classification: HeadClassificat
 
 
 # ---------------------------------------------------------------------- suppression
-class HeadScale(Intervention):
-    """Multiply the outputs of the given (layer, head) pairs by ``alpha`` (their z slice, every position).
-
-    alpha = 0 is zero-ablation, alpha = 1 the identity. Heads: a list of (layer, head) pairs.
-    """
-
-    def __init__(self, heads: Sequence[tuple[int, int]], alpha: float):
-        self.heads = [(int(l), int(h)) for l, h in heads]
-        if not self.heads:
-            raise InputError("HeadScale needs at least one (layer, head) pair.")
-        if not np.isfinite(alpha):
-            raise InputError(f"alpha must be a finite number, got {alpha!r}.")
-        self.alpha = float(alpha)
-
-    def validate(self, model):
-        for l, h in self.heads:
-            model.check_layer(l)
-            model.check_heads([h])
-
-    def hooks(self, model):
-        by_layer: dict[int, list[int]] = {}
-        for l, h in self.heads:
-            by_layer.setdefault(model.check_layer(l), []).append(h)
-        out = []
-        for l, hs in by_layer.items():
-            def fn(z: torch.Tensor, _name: str, hs=hs) -> torch.Tensor:  # (B, T, H, d_head)
-                z = z.clone()
-                z[:, :, hs] = z[:, :, hs] * self.alpha
-                return z
-
-            out.append((f"blocks.{l}.attn.hook_z", fn))
-        return out
-
-    def __repr__(self) -> str:
-        return f"HeadScale({', '.join(f'L{l}H{h}' for l, h in self.heads)} × {self.alpha:g})"
-
-
 def suppressive_heads(results: Sequence[DLAResult], last_layers: int = 3, threshold: float = -0.1,
                       max_heads: int = 3, metric: str = "logit") -> list[tuple[int, int]]:
     """Heads of the last ``last_layers`` layers with mean DLA below ``threshold``, most negative first."""

@@ -40,9 +40,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from interventions.activation_patch import ActivationPatch, patch_positions, patch_site_spec
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
-from workbench.hook_names import SPECS
+from workbench.progress import progress
 from workbench.intervention import Intervention
 
 DIRECTIONS = ("denoise", "noise")
@@ -204,75 +205,6 @@ def patching_pair(model, clean, corrupted=None, *, subject: str | None = None, s
 
 
 # ---------------------------------------------------------------------------------- interventions
-def _site_spec(site: str):
-    spec = SPECS.get(site)
-    if spec is None or not spec.per_layer or spec.derived_from or not spec.layout.startswith("bt"):
-        ok = [s.short for s in SPECS.values() if s.per_layer and not s.derived_from and s.layout.startswith("bt")]
-        raise InputError(f"Cannot patch {site!r}: pick a per-layer, per-position site: {', '.join(ok)}.")
-    return spec
-
-
-def _positions(positions, n: int) -> torch.Tensor:
-    """None/"all" -> all n positions; "last" -> [n-1]; ints (negative allowed) -> sorted unique (P,)."""
-    if positions is None or (isinstance(positions, str) and positions == "all"):
-        return torch.arange(n)
-    if isinstance(positions, str):
-        if positions == "last":
-            return torch.tensor([n - 1])
-        raise InputError(f"positions must be 'all', 'last', an int or a list of ints, got {positions!r}.")
-    if isinstance(positions, int) and not isinstance(positions, bool):
-        positions = [positions]
-    out = []
-    for p in positions:
-        if not isinstance(p, (int, np.integer)) or isinstance(p, bool) or not -n <= p < n:
-            raise InputError(f"Position {p!r} is out of range for a {n}-token prompt (0..{n - 1}, or negative).")
-        out.append(int(p) % n)
-    if not out:
-        raise InputError("No positions given.")
-    return torch.tensor(sorted(set(out)))
-
-
-class ActivationPatch(Intervention):
-    """Overwrite ``site`` at ``layer`` with ``source`` at ``positions`` (and ``heads``) in every batch row.
-
-    site: a per-layer short name ("resid_pre", "attn_out", "z", "v", ...). source: the activation
-    of one prompt, (T, ...) as captured (``run[site, layer][0]``), or (B, T, ...) per row.
-    positions: None for all, else ints. heads: for head-indexed sites ("z", "q", ... axis 2),
-    only these heads are overwritten. The patched run must have the source's length T.
-    """
-
-    def __init__(self, site: str, layer: int, source: torch.Tensor, positions=None, heads=None):
-        self.site, self.layer, self.source = site, layer, source.detach()
-        self.positions, self.heads = positions, heads
-        self.spec = _site_spec(site)
-
-    def validate(self, model):
-        model.check_layer(self.layer)
-        if self.heads is not None:
-            if self.spec.layout[2:3] not in ("h", "g"):
-                raise InputError(f"heads= only applies to head-indexed sites (z, q, k, v, ...), not {self.site!r}.")
-            model.check_heads(self.heads)
-
-    def hooks(self, model):
-        name = self.spec.full_name(model.check_layer(self.layer))
-        heads = None if self.heads is None else torch.tensor(model.check_heads(self.heads))
-
-        def fn(x: torch.Tensor, _name: str) -> torch.Tensor:
-            src = self.source.to(x)
-            if src.shape[-(x.ndim - 1):] != x.shape[1:]:
-                raise InputError(f"ActivationPatch({self.site}, L{self.layer}): source has shape {tuple(src.shape)}, "
-                                 f"the patched run has {tuple(x.shape)} (batch first); the prompts must have the "
-                                 "same number of tokens.")
-            pos = _positions(self.positions, x.shape[1]).to(x.device)
-            x = x.clone()
-            src = src.expand_as(x)
-            if heads is None:
-                x[:, pos] = src[:, pos]
-            else:
-                x[:, pos[:, None], heads[None, :].to(x.device)] = src[:, pos[:, None], heads[None, :].to(x.device)]
-            return x
-
-        return [(name, fn)]
 
     def __repr__(self):
         h = "" if self.heads is None else f" heads {self.heads}"
@@ -291,7 +223,7 @@ class _RowPatch(Intervention):
     """Batch row i gets its own patch ``cells[i]`` from ``source[layer]`` (T, ...); one hook per layer."""
 
     def __init__(self, site: str, source: dict[int, torch.Tensor], cells: list[_Cell]):
-        self.spec, self.source, self.cells = _site_spec(site), source, cells
+        self.spec, self.source, self.cells = patch_site_spec(site), source, cells
 
     def hooks(self, model):
         by_layer: dict[int, list[tuple[int, _Cell]]] = {}
@@ -358,7 +290,7 @@ def patched_logit_diffs(model, pair: PatchingPair, site: str, target_ids: torch.
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
     out = []
     with torch.no_grad():
-        for i in range(0, len(cells), batch_size):
+        for i in progress(range(0, len(cells), batch_size), desc=f"patch {len(cells)} cells", unit="batch"):
             chunk = cells[i:i + batch_size]
             ids = target_ids.to(model.device)[None].expand(len(chunk), -1)
             run = model.run(ids, logits="last", interventions=[_RowPatch(site, source, chunk)])
@@ -561,7 +493,7 @@ def patch_residual(model, pair: PatchingPair, site: str = "resid_pre", layers=No
                          "for per-head outputs.")
     t0 = time.perf_counter()
     layer_list = resolve_layers(layers, model.info.n_layers)
-    pos = _positions(positions, pair.n_tokens).tolist()
+    pos = patch_positions(positions, pair.n_tokens).tolist()
     _, tgt_ids = _source_target(pair, direction)
     ld_clean, ld_corr, acts = _baselines(model, pair, site, layer_list)
     norm = _normaliser(ld_clean, ld_corr)
@@ -586,7 +518,7 @@ def patch_heads(model, pair: PatchingPair, layers=None, heads=None, positions="a
     t0 = time.perf_counter()
     layer_list = resolve_layers(layers, model.info.n_layers)
     head_list = list(range(model.info.n_heads)) if heads is None else model.check_heads(heads)
-    pos = _positions(positions, pair.n_tokens)
+    pos = patch_positions(positions, pair.n_tokens)
     _, tgt_ids = _source_target(pair, direction)
     ld_clean, ld_corr, acts = _baselines(model, pair, "z", layer_list)
     norm = _normaliser(ld_clean, ld_corr)

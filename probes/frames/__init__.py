@@ -8,12 +8,13 @@
 - ``scores``: concept scores along a text (windows of last hidden states).
 - ``bias_probe``: gender shift of completions under guidance, with bootstrap CIs.
 - ``explorer``: the interactive widget.
-Guided decoding itself lives in ``interventions.concept_guidance``. Method and numbers: docs/frames.md.
+Guided decoding: ``guided_generate`` (``guidance.py``). Method and numbers: docs/frames.md.
 """
 from .bias_probe import OCCUPATION_PROMPTS, BiasProbeResult, bias_probe, bootstrap_ci, gender_counts
 from .concepts import Concept, ConceptBank, combine, concept, concept_bank, procrustes
 from .correlation import ConceptWordCorrelation, concept_word_correlation, correlation_matrix, frame_correlation
 from .explorer import frames_explorer
+from .guidance import DIRECTIONS, GuidedDecoding, guided_generate
 from .scores import ConceptScores, concept_scores, windows
 from .token_space import TokenSpace, token_space
 from .word_frames import VARIATIONS, RankStatistics, WordFrame, rank_statistics, word_frame, wordnet_lemmas
@@ -24,5 +25,5 @@ __all__ = [
     "VARIATIONS", "Concept", "ConceptBank", "concept", "concept_bank", "combine", "procrustes", "frame_correlation",
     "correlation_matrix", "ConceptWordCorrelation", "concept_word_correlation", "ConceptScores", "concept_scores",
     "windows", "bias_probe", "BiasProbeResult", "OCCUPATION_PROMPTS", "gender_counts", "bootstrap_ci",
-    "frames_explorer", "get_wordnet", "prepare_wordnet", "wordnet_available", "synset_table", "WordNetMissingError",
+    "frames_explorer", "guided_generate", "GuidedDecoding", "DIRECTIONS", "get_wordnet", "prepare_wordnet", "wordnet_available", "synset_table", "WordNetMissingError",
 ]

@@ -14,14 +14,16 @@ shifts (the notes found steering weak at this size).
 """
 from __future__ import annotations
 
-import html
 import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from workbench.result import Result
 from workbench.errors import InputError
+
+from .guidance import guided_generate
 
 # Gender-neutral openings about occupations, each leaving room for a pronoun.
 OCCUPATION_PROMPTS = (
@@ -81,7 +83,7 @@ CONDITIONS = ("greedy", "toward", "away")
 
 
 @dataclass
-class BiasProbeResult:
+class BiasProbeResult(Result):
     """Per prompt and condition (greedy / toward / away): the continuation and its gender counts.
 
     texts[c][i], female[c][i], male[c][i] for condition c and prompt i; score = female − male.
@@ -150,15 +152,14 @@ class BiasProbeResult:
         return (f"BiasProbeResult({self.model_name}, {self.concept}, k={self.k}, {len(self.prompts)} prompts × "
                 f"{self.max_new_tokens} tokens; score = #female − #male words, 95% bootstrap CI)\n" + "\n".join(lines))
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>" + self.summary().round(3).to_html(index=False)
+    def html_table(self):
+        return self.summary().round(3)
 
 
 def bias_probe(model, prompts=None, concept="woman.n.01 - man.n.01", k: int = 3, max_new_tokens: int = 16,
                n_prompts: int | None = None, chat: bool = False, n_boot: int = 2000, seed: int = 0,
                frame_k: int = 3) -> BiasProbeResult:
     """Continue each prompt greedily, guided toward ``concept`` and away from it; count gender words."""
-    from interventions.concept_guidance import guided_generate
 
     from .scores import resolve_concepts
 

@@ -18,14 +18,15 @@ with ≥ 3 lemmas take seconds.
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
+from workbench.result import Result
 from workbench.errors import InputError
+from workbench.progress import progress
 
 from .token_space import TokenSpace, token_space
 from .word_frames import DEFAULT_K, VARIATIONS, _check_k, tokenize_words
@@ -40,7 +41,7 @@ def procrustes(m: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class Concept:
+class Concept(Result):
     """An orthonormal concept frame (d, k) with where it came from."""
 
     name: str
@@ -76,9 +77,8 @@ class Concept:
         lem = ", ".join(self.lemmas[:6]) + (" …" if len(self.lemmas) > 6 else "")
         return f"Concept({self.name}: k={self.k}, {self.n_rows} word rows; lemmas {lem})"
 
-    def _repr_html_(self) -> str:
-        d = f"<br><i>{html.escape(self.definition)}</i>" if self.definition else ""
-        return f"<pre>{html.escape(repr(self))}</pre>{d}"
+    def html_table(self):
+        return pd.DataFrame([{"definition": self.definition}]) if self.definition else None
 
 
 def combine(a: Concept, b: Concept) -> Concept:
@@ -128,7 +128,7 @@ def concept(model, synset: str, k: int = DEFAULT_K, space: TokenSpace | None = N
 
 
 @dataclass
-class ConceptBank:
+class ConceptBank(Result):
     """Concept frames of many synsets.
 
     names: n synset names; frames: (n, d, k) float32 orthonormal; n_lemmas / n_rows: (n,) counts;
@@ -187,8 +187,8 @@ class ConceptBank:
         return (f"ConceptBank({self.model_name}: {len(self):,} synsets with ≥ {self.min_lemmas} lemmas fitting "
                 f"k={self.k} tokens; built in {self.seconds:.1f} s)")
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>"
+    def html_table(self):
+        return None
 
 
 def concept_bank(model, min_lemmas: int = 3, k: int = DEFAULT_K, pos: str | None = None,
@@ -216,9 +216,11 @@ def concept_bank(model, min_lemmas: int = 3, k: int = DEFAULT_K, pos: str | None
     # the chunks stop as soon as enough synsets qualify.
     names, lemmas, lexn, rows_of = [], [], [], []
     nv = len(VARIATIONS)
-    chunk = 1 << 16 if max_synsets is None else max(64, 2 * max_synsets)
+    chunk = 1 << 12 if max_synsets is None else max(64, 2 * max_synsets)
+    bar = progress(total=len(cands), desc="concept bank", unit="synset")
     for start in range(0, len(cands), chunk):
         part = cands[start: start + chunk]
+        bar.update(len(part))
         lem = [[l.replace("_", " ") for l in c[1]] for c in part]
         ids = tokenize_words(model.tokenizer, [v.replace("{w}", w) for ls in lem for w in ls for v in VARIATIONS])
         pos_i = 0
@@ -236,6 +238,7 @@ def concept_bank(model, min_lemmas: int = 3, k: int = DEFAULT_K, pos: str | None
                     break
         if max_synsets is not None and len(names) >= max_synsets:
             break
+    bar.close()
     if not names:
         raise InputError(f"No synset has ≥ {min_lemmas} lemmas fitting in k={k} tokens; lower min_lemmas or raise k.")
     n_syn = len(names)

@@ -9,13 +9,13 @@ so correlations between concept and word frames are not bounded by 1.
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from workbench.result import Result
 from workbench.errors import InputError
 
 
@@ -45,7 +45,7 @@ def correlation_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class ConceptWordCorrelation:
+class ConceptWordCorrelation(Result):
     """Each concept's correlation with its own lemmas' word frames versus other concepts' words.
 
     concepts: n synset names; own: (n,) mean correlation with its own word frames; other: (n,) mean
@@ -86,8 +86,8 @@ class ConceptWordCorrelation:
                 f"with own words {self.own.mean():.2f} vs other concepts' words {self.other.mean():.2f}; "
                 f"own > other for {100 * self.share_own_higher:.1f}%)")
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>"
+    def html_table(self):
+        return None
 
 
 def concept_word_correlation(model, bank, n_concepts: int = 200, seed: int = 0, space=None) -> ConceptWordCorrelation:

@@ -16,6 +16,9 @@ from __future__ import annotations
 import html
 
 from workbench.errors import InputError
+from workbench.view_layout import VIEW_WIDTH, fit_figure, wrap_row
+
+from .guidance import DIRECTIONS, guided_generate
 
 DEFAULT_CONCEPTS = ("woman.n.01 - man.n.01", "woman.n.01", "man.n.01", "dog.n.01", "food.n.01", "sadness.n.01",
                     "happiness.n.01", "france.n.01")
@@ -26,9 +29,8 @@ DEFAULT_PROMPT = "The nurse finished the night shift and"
 def frames_explorer(model, concepts=DEFAULT_CONCEPTS, text: str = DEFAULT_TEXT, prompt: str = DEFAULT_PROMPT,
                     frame_k: int = 3, k: int = 2, max_new_tokens: int = 12, max_k: int = 8):
     import ipywidgets as widgets
-    import plotly.graph_objects as go
+    from workbench.figure_widget import FigureWidget  # plotly.js loaded once per page
 
-    from interventions.concept_guidance import DIRECTIONS, guided_generate
 
     from .concepts import concept as build_concept
     from .scores import concept_scores
@@ -45,7 +47,7 @@ def frames_explorer(model, concepts=DEFAULT_CONCEPTS, text: str = DEFAULT_TEXT, 
         return built[name]
 
     first = concept_scores(model, text, get_concept(concepts[0]))  # fails loudly on bad initial input
-    fig = go.FigureWidget(first.figure())
+    fig = FigureWidget(fit_figure(first.figure(), width=VIEW_WIDTH))
     text_box = widgets.Textarea(value=text, description="text", layout=widgets.Layout(width="95%", height="60px"),
                                 continuous_update=False)
     concept_box = widgets.Combobox(value=concepts[0], options=concepts, description="concept", ensure_option=False,
@@ -92,9 +94,10 @@ def frames_explorer(model, concepts=DEFAULT_CONCEPTS, text: str = DEFAULT_TEXT, 
     concept_box.observe(score, names="value")
     button.on_click(generate)
     fig.layout.title.text = f"{first.concepts[0]}: total {float(first.scores.sum()):.2f}"
-    box = widgets.VBox([widgets.HBox([concept_box]), text_box, fig, status,
+    fig.resync()
+    box = widgets.VBox([wrap_row([concept_box]), text_box, fig, status,
                         widgets.HTML("<b>Concept-guided decoding</b> (guided vs greedy)"), prompt_box,
-                        widgets.HBox([k_slider, steps]), direction, button, output])
+                        wrap_row([k_slider, steps]), direction, button, output])
     box.figure, box.text, box.concept, box.prompt = fig, text_box, concept_box, prompt_box
     box.k_slider, box.direction, box.steps, box.generate_button = k_slider, direction, steps, button
     box.output, box.status = output, status

@@ -12,13 +12,13 @@ scores are therefore comparable between concepts on one model, not across models
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from workbench.result import Result
 from workbench.errors import InputError
 
 from .concepts import Concept, concept
@@ -65,7 +65,7 @@ def hidden_states(model, text) -> tuple[torch.Tensor, list[str]]:
 
 
 @dataclass
-class ConceptScores:
+class ConceptScores(Result):
     """Per-token concept scores of one text: scores (n_concepts, T); score_t uses positions t..t+k-1."""
 
     model_name: str
@@ -104,8 +104,8 @@ class ConceptScores:
         tot = ", ".join(f"{c}: {v:.2f}" for c, v in self.totals().items())
         return f"ConceptScores({self.model_name}: {len(self.str_tokens)} tokens, k={self.k}; totals {tot})"
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>"
+    def html_table(self):
+        return None
 
 
 def concept_scores(model, text: str, concepts, k: int | None = None, space=None) -> ConceptScores:

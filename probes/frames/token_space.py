@@ -17,19 +17,19 @@ against these whitened vectors; no Σ^{1/2} is applied on the hidden side.
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
+from workbench.result import Result
 from workbench.errors import InputError
 
 DEFAULT_TOL = 1e-6
 
 
 @dataclass
-class TokenSpace:
+class TokenSpace(Result):
     """Whitened, centred unembedding rows of one model.
 
     vectors: (V, d) float32 g(y); PAD row zero (when ``pad_id`` is not None).
@@ -83,16 +83,13 @@ class TokenSpace:
         return (f"TokenSpace({self.model_name}: {self.n_tokens} tokens × {self.d_model} dims, "
                 f"{self.kept} eigenvalues kept (tol {self.tol:g}), Σ eigenvalues {float(ev[0]):.2e}..{float(ev[-1]):.2e})")
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>"
+    def html_table(self):
+        return None
 
 
 def unembedding(model) -> torch.Tensor:
     """(V, d) unembedding rows (``lm_head.weight``; tied embeddings included)."""
-    head = model.hf.get_output_embeddings()
-    if head is None:
-        raise InputError(f"{model.info.name} has no output embedding (lm_head); frames need one.")
-    return head.weight.detach()
+    return model.weights().W_U.T
 
 
 def whiten(u: torch.Tensor, tol: float = DEFAULT_TOL):
@@ -123,7 +120,7 @@ def token_space(model, tol: float = DEFAULT_TOL, zero_pad: bool = True) -> Token
     zero_pad: set the PAD row (the tokenizer's pad token, if it has one distinct from every real
     word piece) to 0, as the reference does; padded frame slots are masked anyway.
     """
-    key = (model.fingerprint, id(model.hf), float(tol), bool(zero_pad))
+    key = (model.fingerprint, id(model), model.weights_version, float(tol), bool(zero_pad))
     if key in _CACHE:
         return _CACHE[key]
     g, w, mean, ev, qk = whiten(unembedding(model), tol)

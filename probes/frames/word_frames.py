@@ -14,13 +14,13 @@ by ``word_frame`` and dropped by the batch builders. The reference tokenises eve
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from workbench.result import Result
 from workbench.errors import InputError
 
 from .token_space import TokenSpace, token_space
@@ -69,7 +69,7 @@ def frames_from_ids(vectors: torch.Tensor, ids: list[list[int]], k: int) -> tupl
 
 
 @dataclass
-class WordFrame:
+class WordFrame(Result):
     """One word's frame: tokens (t,), frame (d, k) with k - t zero columns, rank of the t vectors."""
 
     word: str
@@ -117,8 +117,8 @@ class WordFrame:
         return (f"WordFrame({self.word!r}: tokens {self.str_tokens}, k={self.k}, rank {self.rank}"
                 f"{' (full)' if self.full_rank else ' (deficient)'})")
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>"
+    def html_table(self):
+        return None
 
 
 def word_frame(model, word: str, k: int = DEFAULT_K, space: TokenSpace | None = None) -> WordFrame:
@@ -162,7 +162,7 @@ def wordnet_lemmas(pos: str | None = None) -> list[str]:
 
 
 @dataclass
-class RankStatistics:
+class RankStatistics(Result):
     """Ranks of word frames: n_tokens (n,) and rank (n,) per word; full rank means rank == n_tokens."""
 
     model_name: str
@@ -217,8 +217,8 @@ class RankStatistics:
                 f"tokens (variation {self.variation!r}), {100 * self.full_rank_share:.2f}% full rank, "
                 f"{int((self.ranks < self.n_tokens).sum())} deficient)")
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>"
+    def html_table(self):
+        return None
 
 
 def rank_statistics(model, words: list[str] | None = None, min_tokens: int = 2, max_tokens: int = 8,

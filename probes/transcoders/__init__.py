@@ -22,7 +22,7 @@ from .checkpoint import load_transcoder, save_transcoder
 from .config import TranscoderTrainingConfig
 from .corpus import load_corpus, token_windows
 from .evaluate import EvalReport, ReplacementEval, as_sae, evaluate
-from .feature_browser import feature_browser
+from .feature_explorer import feature_explorer
 from .features import DeEmbedding, FeatureContexts, LogitEffects, de_embeddings, feature_contexts, logit_effects
 from .harvest import (
     HarvestStats,
@@ -52,7 +52,7 @@ __all__ = [
     "load_pretrained_sae", "shipped_layers", "TrainingDivergedError", "TrainResult", "TranscoderTrainer", "fit_many",
     "model_metadata", "train_transcoder",
     "feature_contexts", "FeatureContexts", "de_embeddings", "DeEmbedding", "logit_effects", "LogitEffects",
-    "feature_browser", "circuit_explorer", "AttributionGraph", "ConnectionReport", "Contributions", "PromptCache",
+    "feature_explorer", "circuit_explorer", "AttributionGraph", "ConnectionReport", "Contributions", "PromptCache",
     "attribution_graph", "build_graph", "capture_prompt", "connection_strengths", "feature_contributions",
     "graph_figure", "logit_contributions", "one_step", "top_features",
 ]

@@ -38,6 +38,8 @@ import pandas as pd
 import torch
 
 from interventions.transcoder_splice import check_transcoders, transcoder_out
+from workbench.result import Result
+from workbench.hook_names import hook_name
 from workbench.errors import InputError
 
 from .connections import ModelWeights, model_weights
@@ -106,7 +108,7 @@ def capture_prompt(model, transcoders: dict, prompt, interventions=()) -> Prompt
         raise InputError("Attribution takes one prompt (a string), not a list.")
     L = model.info.n_layers
     names = ["resid_pre", "resid_mid", "attn_norm_scale", "mlp_norm_scale", "v", "pattern", "mlp_in", "mlp_out"]
-    run = model.run(prompt, capture=names + ["final_norm_scale", f"blocks.{L - 1}.hook_resid_post"],
+    run = model.run(prompt, capture=names + ["final_norm_scale", hook_name("resid_post", L - 1)],
                     logits="all", interventions=interventions)
 
     def st(name):
@@ -116,7 +118,7 @@ def capture_prompt(model, transcoders: dict, prompt, interventions=()) -> Prompt
     c = PromptCache(
         str_tokens=run.str_tokens[0], tokens=run.tokens[0].cpu(), resid0=run["resid_pre", 0][0].detach().float().cpu(),
         resid_pre=st("resid_pre"), resid_mid=st("resid_mid"),
-        final=run[f"blocks.{L - 1}.hook_resid_post"][0].detach().float().cpu(),
+        final=run[hook_name("resid_post", L - 1)][0].detach().float().cpu(),
         s1=st("attn_norm_scale")[..., 0], s2=st("mlp_norm_scale")[..., 0],
         s_final=run["final_norm_scale"][0, :, 0].detach().float().cpu(),
         v=st("v"), pattern=st("pattern"), mlp_in=mlp_in, mlp_out=st("mlp_out"),
@@ -287,7 +289,7 @@ class Node:
 
 
 @dataclass
-class AttributionGraph:
+class AttributionGraph(Result):
     """Nodes and weighted edges (child -> parent, value = the child's contribution to the parent).
 
     target: the target node's key. Conservation per expanded node n:

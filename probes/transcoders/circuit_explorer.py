@@ -10,6 +10,7 @@ import html
 
 from workbench.errors import InputError
 from workbench.figures import token_label
+from workbench.view_layout import VIEW_WIDTH, fit_figure, wrap_row
 
 from .attribution_graph import build_graph, capture_prompt, top_features
 from .circuit_figure import graph_figure
@@ -50,7 +51,7 @@ def circuit_explorer(model, transcoders: dict, prompt: str, n_targets: int = 8, 
     (``widgets.HTML``), ``.position_dropdown``, ``.target_dropdown``, ``.depth_slider``,
     ``.top_k_slider``, ``.cache``."""
     import ipywidgets as widgets
-    import plotly.graph_objects as go
+    from workbench.figure_widget import FigureWidget  # plotly.js loaded once per page
 
     if not isinstance(prompt, str) or not prompt:
         raise InputError("circuit_explorer takes one non-empty prompt string.")
@@ -68,7 +69,7 @@ def circuit_explorer(model, transcoders: dict, prompt: str, n_targets: int = 8, 
     depth_sl = widgets.IntSlider(value=max_depth, min=1, max=8, description="max depth")
     topk_sl = widgets.IntSlider(value=top_k, min=1, max=12, description="top k")
     details = widgets.HTML()
-    fig = go.FigureWidget()
+    fig = FigureWidget()
     state = {"graph": None, "syncing": False}
 
     def render(pos: int, target: tuple) -> None:
@@ -78,7 +79,10 @@ def circuit_explorer(model, transcoders: dict, prompt: str, n_targets: int = 8, 
             g = build_graph(cache, logit=int(target[1]), pos=pos, **kw)
         else:
             g = build_graph(cache, feature=(int(target[1]), pos, int(target[2])), **kw)
-        ref = graph_figure(g)
+        ref = fit_figure(graph_figure(g), width=VIEW_WIDTH, height=640, title_lines=2)
+        ref.layout.title.text = ref.layout.title.text.replace(" (", "<br>(", 1)
+        # legend on the right, below the toolbar band (graph_figure puts it above the plot)
+        ref.update_layout(legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
         with fig.batch_update():
             fig.data = []
             fig.add_traces(list(ref.data))
@@ -133,8 +137,9 @@ def circuit_explorer(model, transcoders: dict, prompt: str, n_targets: int = 8, 
     for sl in (depth_sl, topk_sl):
         sl.observe(lambda _ch: render(pos_dd.value, tgt_dd.value), names="value")
     render(T - 1, tgt_dd.value)
-    box = widgets.VBox([widgets.HBox([pos_dd, tgt_dd]), widgets.HBox([depth_sl, topk_sl]), fig,
-                        widgets.HBox([node_dd]), details])
+    fig.resync()
+    box = widgets.VBox([wrap_row([pos_dd, tgt_dd]), wrap_row([depth_sl, topk_sl]), fig,
+                        wrap_row([node_dd]), details])
     box.show, box.graph = show, lambda: state["graph"]
     box.figure, box.node_dropdown, box.details = fig, node_dd, details
     box.position_dropdown, box.target_dropdown, box.cache = pos_dd, tgt_dd, cache

@@ -21,7 +21,6 @@ that head's OV circuit with all attention on the source: (g₁ ⊙ P W_dec^l[i])
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +28,7 @@ import pandas as pd
 import torch
 
 from interventions.transcoder_splice import check_transcoder
+from workbench.result import Result
 from workbench.errors import InputError
 
 
@@ -92,55 +92,41 @@ class ModelWeights:
         return u @ self._derived[key].T
 
 
-def _get(module, *names):
-    for n in names:
-        w = getattr(module, n, None)
-        if isinstance(w, torch.Tensor):
-            return w.detach().float().cpu()
-    return None
+_CACHE: dict[tuple, ModelWeights] = {}
 
 
-_CACHE: dict[str, ModelWeights] = {}
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().float().cpu()
 
 
 def model_weights(model) -> ModelWeights:
-    """The ``ModelWeights`` of a ``wb.Model`` (cached per fingerprint)."""
-    key = model.fingerprint
+    """The ``ModelWeights`` of a ``wb.Model``, built from ``model.weights()`` and cached per weight version
+    (so weights edited inside ``model.intervene(...)`` are seen)."""
+    key = (model.fingerprint, id(model), model.weights_version)
     if key in _CACHE:
         return _CACHE[key]
-    br, info = model.bridge, model.info
-    d, L = info.d_model, info.n_layers
+    W, info = model.weights(), model.info
+    d = info.d_model
     zeros = torch.zeros(d)
+    ones = torch.ones(d)
     g1, b1, g2, b2, W_V, b_V, W_O, b_O = ([] for _ in range(8))
-    for l in range(L):
-        blk = br.blocks[l]
-        g1.append(_get(blk.ln1, "w", "weight"))
-        b1.append(_get(blk.ln1, "b", "bias") if info.normalization == "LN" else zeros)
-        g2.append(_get(blk.ln2, "w", "weight"))
-        b2.append(_get(blk.ln2, "b", "bias") if info.normalization == "LN" else zeros)
-        wv = _get(blk.attn, "W_V")  # (G, d, e)
-        if wv.shape[0] != info.n_kv_heads:
-            wv = wv[:: info.group_size]  # a bridge that expanded GQA: keep one copy per KV head
-        W_V.append(wv)
-        bv = _get(blk.attn, "b_V")
-        b_V.append(torch.zeros(wv.shape[0], wv.shape[2]) if bv is None else bv.reshape(-1, wv.shape[2])[: wv.shape[0]])
-        W_O.append(model.W_O(l).detach().float().cpu())
-        bo = _get(blk.attn, "b_O")
-        b_O.append(zeros if bo is None else bo)
-    for lst in (b1, b2):
-        for i, b in enumerate(lst):
-            if b is None:
-                lst[i] = zeros
-    bu = _get(br, "b_U")
+    for lw in W.layers:
+        g1.append(ones if lw.ln1.w is None else _f32(lw.ln1.w))
+        b1.append(zeros if lw.ln1.b is None else _f32(lw.ln1.b))
+        g2.append(ones if lw.ln2.w is None else _f32(lw.ln2.w))
+        b2.append(zeros if lw.ln2.b is None else _f32(lw.ln2.b))
+        W_V.append(_f32(lw.W_V))
+        b_V.append(torch.zeros(lw.W_V.shape[0], lw.W_V.shape[2]) if lw.b_V is None else _f32(lw.b_V))
+        W_O.append(_f32(lw.W_O))
+        b_O.append(zeros if lw.b_O is None else _f32(lw.b_O))
+    fn = W.final_norm
     w = ModelWeights(
-        W_E=_get(br, "W_E"), W_pos=_get(br, "W_pos") if info.positional != "rotary" else None,
-        W_U=_get(br, "W_U"), b_U=torch.zeros(info.d_vocab) if bu is None else bu,
-        g_final=_get(br.ln_final, "w", "weight"),
-        b_final=(_get(br.ln_final, "b", "bias") if info.normalization == "LN" else None),
+        W_E=_f32(W.W_E), W_pos=_f32(W.W_pos), W_U=_f32(W.W_U),
+        b_U=torch.zeros(info.d_vocab) if W.b_U is None else _f32(W.b_U),
+        g_final=ones if fn.w is None else _f32(fn.w), b_final=zeros if fn.b is None else _f32(fn.b),
         g1=g1, b1=b1, g2=g2, b2=b2, W_V=W_V, b_V=b_V, W_O=W_O, b_O=b_O,
-        layer_norm=info.normalization == "LN", group_size=info.group_size)
-    if w.b_final is None:
-        w.b_final = zeros
+        layer_norm=fn.kind == "LN", group_size=info.group_size)
+    _CACHE.clear()  # one model's weights at a time (about 0.6 GB for SmolLM2)
     _CACHE[key] = w
     return w
 
@@ -158,7 +144,7 @@ def dec_rows(tc, features=None) -> torch.Tensor:
 
 
 @dataclass
-class ConnectionReport:
+class ConnectionReport(Result):
     """Input-invariant connections from features of ``up_layer`` to features of ``down_layer``.
 
     strengths: (F_up, F_down) W_dec^up[i] · P W_enc^down[:, j] through the residual stream.
@@ -219,8 +205,8 @@ class ConnectionReport:
         return (f"ConnectionReport(L{self.up_layer} ({len(self.up_features)} features) → L{self.down_layer} "
                 f"({len(self.down_features)} features), {len(self.heads)} head paths)")
 
-    def _repr_html_(self):
-        return f"<b>{html.escape(repr(self))}</b>" + self.top(10).to_html(index=False)
+    def html_table(self):
+        return self.top(10)
 
 
 def connection_strengths(model, transcoders: dict, up_layer: int, down_layer: int, up_features=None,

@@ -32,6 +32,8 @@ import pandas as pd
 import torch
 
 from interventions.transcoder_splice import check_transcoder
+from workbench.result import Result
+from workbench.hook_names import hook_name
 from workbench.errors import InputError
 from workbench.figures import token_label
 
@@ -49,7 +51,7 @@ def _check_feature(tc, feature) -> int:
 
 # ---------------------------------------------------------------------------------------- contexts
 @dataclass
-class FeatureContexts:
+class FeatureContexts(Result):
     """Top activating contexts and activation statistics of transcoder features over a corpus.
 
     features: the feature indices tracked (F); top_values (F, k) descending (0 where fewer than k
@@ -161,9 +163,6 @@ class FeatureContexts:
         return (f"FeatureContexts(L{self.layer}, {len(self.features)} features, top {self.top_values.shape[1]}, "
                 f"{self.n_tokens} tokens)")
 
-    def _repr_html_(self):
-        return f"<b>{html.escape(repr(self))}</b>" + self.to_frame().head(20).to_html(index=False)
-
 
 def _windows(model, texts: Iterable[str], context: int):
     """Yield (text index, position offset, ids (n,)) windows of at most ``context`` tokens."""
@@ -211,7 +210,7 @@ def feature_contexts(model, transcoder, layer: int, texts: Iterable[str], featur
     max_act = torch.zeros(F)
     n_tokens = 0
     W_enc = transcoder.W_enc.detach()
-    hook = f"blocks.{layer}.ln2.hook_normalized"
+    hook = hook_name("mlp_in", layer)
 
     def process(batch):
         nonlocal top_v, top_tok, top_act, top_where, n_tokens
@@ -278,31 +277,27 @@ def feature_contexts(model, transcoder, layer: int, texts: Iterable[str], featur
 
 # ---------------------------------------------------------------------------------------- de-embeddings
 def _norm_eps(model) -> float:
-    cfg = model.hf.config
-    for a in ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps"):
-        v = getattr(cfg, a, None)
-        if v is not None:
-            return float(v)
-    return 1e-5
+    return model.weights().layers[0].ln1.eps
 
 
-_NORMALIZED: dict[str, torch.Tensor] = {}
+_NORMALIZED: dict[tuple, torch.Tensor] = {}
 
 
 def normalized_embeddings(model) -> torch.Tensor:
     """(V, d) each token embedding through the norm with its own scale: P e / sqrt(mean((P e)²) + eps).
 
-    Cached per model fingerprint (one (V, d) float32 tensor, 113 MB for SmolLM2)."""
-    if model.fingerprint not in _NORMALIZED:
+    Cached per model and weight version (one (V, d) float32 tensor, 113 MB for SmolLM2)."""
+    key = (model.fingerprint, model.weights_version)
+    if key not in _NORMALIZED:
         W = model_weights(model)
         e = W.center(W.W_E)
         _NORMALIZED.clear()  # keep one model's table at most
-        _NORMALIZED[model.fingerprint] = e / torch.sqrt(e.pow(2).mean(-1, keepdim=True) + _norm_eps(model))
-    return _NORMALIZED[model.fingerprint]
+        _NORMALIZED[key] = e / torch.sqrt(e.pow(2).mean(-1, keepdim=True) + _norm_eps(model))
+    return _NORMALIZED[key]
 
 
 @dataclass
-class DeEmbedding:
+class DeEmbedding(Result):
     """De-embeddings of one feature (see the module docstring).
 
     direct (V,): per-token score through the residual; heads {(layer, head): (V,)} through each
@@ -347,8 +342,8 @@ class DeEmbedding:
         toks = ", ".join(repr(t) for t in self.top(5)["token"])
         return f"DeEmbedding(L{self.layer} feature {self.feature}: direct top {toks})"
 
-    def _repr_html_(self):
-        return f"<b>{html.escape(repr(self))}</b>" + self.to_frame(8).to_html(index=False)
+    def html_table(self):
+        return self.to_frame(8)
 
 
 def _vocab_fn(model):
@@ -392,7 +387,7 @@ def de_embeddings(model, transcoder, layer: int, feature: int, normalize: bool =
 
 # ---------------------------------------------------------------------------------------- logit effects
 @dataclass
-class LogitEffects:
+class LogitEffects(Result):
     """Direct logit effect of one feature per unit of activation: effects (V,) = (g_f ⊙ P W_dec[i]) W_U."""
 
     layer: int
@@ -426,8 +421,8 @@ class LogitEffects:
         up = ", ".join(repr(t) for t in self.top(5)["token"])
         return f"LogitEffects(L{self.layer} feature {self.feature}: promotes {up})"
 
-    def _repr_html_(self):
-        return f"<b>{html.escape(repr(self))}</b>" + self.to_frame(8).to_html(index=False)
+    def html_table(self):
+        return self.to_frame(8)
 
 
 def logit_effects(model, transcoder, layer: int, feature: int) -> LogitEffects:

@@ -16,17 +16,17 @@ from typing import Iterator, Sequence
 
 import torch
 
+from workbench.hook_names import hook_name
 from workbench.errors import InputError
+from workbench.progress import progress
 
 from .corpus import load_corpus, token_windows
 
-IN_HOOK = "blocks.{l}.ln2.hook_normalized"
-OUT_HOOK = "blocks.{l}.hook_mlp_out"
 
 
 def hook_names(layer: int) -> tuple[str, str]:
     """(input hook, output hook) full TransformerLens names of the transcoder at ``layer``."""
-    return IN_HOOK.format(l=layer), OUT_HOOK.format(l=layer)
+    return hook_name("mlp_in", layer), hook_name("mlp_out", layer)
 
 
 @dataclass
@@ -189,16 +189,18 @@ def harvest_cache(model, layers, n_tokens: int, texts: Sequence[str] | None = No
     out = {l: (torch.empty(n_tokens, d, dtype=dtype), torch.empty(n_tokens, d, dtype=dtype)) for l in layers}
     windows = token_windows(model.tokenizer, texts, context=context, batch_prompts=batch_prompts, seed=seed)
     n = 0
-    for chunk in harvest_windows(model, windows, layers, exclude_first=exclude_first, stats=stats):
-        take = min(n_tokens - n, chunk[layers[0]][0].shape[0])
-        for l in layers:
-            out[l][0][n:n + take] = chunk[l][0][:take]
-            out[l][1][n:n + take] = chunk[l][1][:take]
-        n += take
-        if log is not None:
-            log(f"harvested {n}/{n_tokens} tokens")
-        if n >= n_tokens:
-            return out
+    with progress(total=n_tokens, desc=f"harvest layers {layers}", unit="tok") as bar:
+        for chunk in harvest_windows(model, windows, layers, exclude_first=exclude_first, stats=stats):
+            take = min(n_tokens - n, chunk[layers[0]][0].shape[0])
+            for l in layers:
+                out[l][0][n:n + take] = chunk[l][0][:take]
+                out[l][1][n:n + take] = chunk[l][1][:take]
+            n += take
+            bar.update(take)
+            if log is not None:
+                log(f"harvested {n}/{n_tokens} tokens")
+            if n >= n_tokens:
+                return out
     raise InputError(f"The corpus gave only {n} tokens, fewer than the {n_tokens} requested; "
                      "lower n_tokens or pass more text.")
 

@@ -26,6 +26,7 @@ from sae_lens.saes.sae import SAEMetadata
 from sae_lens.saes.transcoder import Transcoder
 
 from workbench.errors import InputError, WorkbenchError
+from workbench.progress import progress
 
 from .architectures import build_transcoder
 from .checkpoint import STATE, load_training_state, read_metadata, save_transcoder
@@ -309,32 +310,36 @@ def fit_many(trainers: dict[Any, TranscoderTrainer], data: Iterable[dict[Any, tu
     t_start = time.perf_counter()
     n_batches = 0
     it: Iterator = iter(data)
-    for i, batch in enumerate(it):
-        n_batches += 1
-        if i < skip:
-            continue
-        active = [k for k, t in trainers.items() if t.n_steps < t.cfg.total_steps]
-        if not active:
-            break
-        for k in active:
-            tr = trainers[k]
-            if k not in batch:
-                raise InputError(f"The data stream has no batch for {k!r} (keys {list(batch)}).")
-            try:
-                m = tr.step(*batch[k])
-            except TrainingDivergedError as e:
-                ck = dirs.get(k)
-                kept = ck if _has_state(ck) else None
-                raise TrainingDivergedError(
-                    str(e) + (f" Last good checkpoint kept at {kept} (step "
-                              f"{json_step(kept)})." if kept else " No checkpoint had been written."),
-                    e.step, kept) from None
-            if log is not None and (tr.n_steps % tr.cfg.log_every == 0 or tr.n_steps == tr.cfg.total_steps):
-                log(f"[{k}] step {m['step']} loss {m['loss']:.4f} mse {m['mse']:.4f} l0 {m['l0']:.1f} "
-                    f"dead {m['dead']} lr {m['lr']:.2e} ({time.perf_counter() - t_start:.0f} s)")
-            ce = tr.cfg.checkpoint_every
-            if k in dirs and ce and tr.n_steps % ce == 0 and tr.n_steps < tr.cfg.total_steps:
-                tr.save(dirs[k])
+    goal = max(t.cfg.total_steps for t in trainers.values())
+    with progress(total=goal, initial=min(t.n_steps for t in trainers.values()), unit="step",
+                  desc=f"train {len(trainers)} transcoder(s)") as bar:
+        for i, batch in enumerate(it):
+            n_batches += 1
+            if i < skip:
+                continue
+            active = [k for k, t in trainers.items() if t.n_steps < t.cfg.total_steps]
+            if not active:
+                break
+            bar.update(1)
+            for k in active:
+                tr = trainers[k]
+                if k not in batch:
+                    raise InputError(f"The data stream has no batch for {k!r} (keys {list(batch)}).")
+                try:
+                    m = tr.step(*batch[k])
+                except TrainingDivergedError as e:
+                    ck = dirs.get(k)
+                    kept = ck if _has_state(ck) else None
+                    raise TrainingDivergedError(
+                        str(e) + (f" Last good checkpoint kept at {kept} (step "
+                                  f"{json_step(kept)})." if kept else " No checkpoint had been written."),
+                        e.step, kept) from None
+                if log is not None and (tr.n_steps % tr.cfg.log_every == 0 or tr.n_steps == tr.cfg.total_steps):
+                    log(f"[{k}] step {m['step']} loss {m['loss']:.4f} mse {m['mse']:.4f} l0 {m['l0']:.1f} "
+                        f"dead {m['dead']} lr {m['lr']:.2e} ({time.perf_counter() - t_start:.0f} s)")
+                ce = tr.cfg.checkpoint_every
+                if k in dirs and ce and tr.n_steps % ce == 0 and tr.n_steps < tr.cfg.total_steps:
+                    tr.save(dirs[k])
     if n_batches == 0:
         raise InputError("The data provider yielded no batches (empty corpus?): nothing to train on.")
     out = {}

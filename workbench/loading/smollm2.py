@@ -37,13 +37,13 @@ def gguf_path() -> Path:
     )
 
 
-def _strip_gguf_marks(hf) -> None:
-    # The weights are plain fp32 after dequantization, but the config still says "gguf":
-    # without this, save_pretrained refuses and TransformerLens rejects the model.
+def strip_gguf_marks(hf) -> None:
+    """Make a model dequantized from GGUF a plain model: the weights are plain floats, but the config still
+    says "gguf" (save_pretrained refuses, TransformerLens rejects it) and names no architecture."""
     hf.config.__dict__.pop("quantization_config", None)
     hf.hf_quantizer = None
     hf.is_quantized = False
-    hf.config.architectures = ["LlamaForCausalLM"]
+    hf.config.architectures = [type(hf).__name__]
 
 
 def _build_from_gguf():
@@ -53,7 +53,7 @@ def _build_from_gguf():
     hf = AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
     ).eval()
-    _strip_gguf_marks(hf)
+    strip_gguf_marks(hf)
     return hf, tok
 
 

@@ -21,7 +21,7 @@ Panels, for prompt p, layer l, head h (A the (T, T) pattern, s = ``skip_queries`
   and of position 0), the value norm of position 0 against the rest, and the sink flags.
 
 Prompts longer than ``max_tokens`` are refused: the explorer holds L × H full T × T patterns per
-prompt. For long prompts use ``probes.sink_report`` (attention summaries, never full patterns).
+prompt. For long prompts use ``probes.sinks.sink_report`` (attention summaries, never full patterns).
 """
 from __future__ import annotations
 
@@ -32,9 +32,10 @@ import numpy as np
 
 from workbench.capture import summarize_pattern
 from workbench.errors import InputError
-from workbench.figures import attention_pattern_figure, token_label
+from workbench.figures import token_label
+from workbench.view_layout import VIEW_WIDTH, fit_figure, pattern_figure, wrap_row
 
-from .sinks import COL_ENTROPY_MIN, ROW_ENTROPY_MAX, SinkReport, check_prompt_lengths, sink_report_from_run
+from .report import COL_ENTROPY_MIN, ROW_ENTROPY_MAX, SinkReport, check_prompt_lengths, sink_report_from_run
 from .value_drains import ValueDrainReport, value_drain_from_run
 
 DEFAULT_MAX_TOKENS = 256
@@ -159,6 +160,7 @@ def sink_explorer(model, prompts, max_tokens: int = DEFAULT_MAX_TOKENS, skip_que
     """
     import ipywidgets as widgets
     import plotly.graph_objects as go
+    from workbench.figure_widget import FigureWidget, resync  # plotly.js loaded once per page
 
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -182,7 +184,7 @@ def sink_explorer(model, prompts, max_tokens: int = DEFAULT_MAX_TOKENS, skip_que
         raise InputError(
             f"{desc}: more than max_tokens={max_tokens} for the sink explorer (it holds all "
             f"{model.info.n_layers} layers x {model.info.n_heads} heads of full T x T patterns per prompt). "
-            "Shorten the prompt, raise max_tokens=, or use probes.sink_report(model, prompts) for long prompts "
+            "Shorten the prompt, raise max_tokens=, or use probes.sinks.sink_report(model, prompts) for long prompts "
             "(attention summaries, no full patterns).")
     n_layers, n_heads, group = model.info.n_layers, model.info.n_heads, model.info.group_size
     cache: dict[int, PromptCapture] = {}
@@ -194,31 +196,32 @@ def sink_explorer(model, prompts, max_tokens: int = DEFAULT_MAX_TOKENS, skip_que
         return cache[p]
 
     first = data(0)
-    pattern_fig = go.FigureWidget(attention_pattern_figure(first.patterns[0, 0], first.str_tokens, ""))
-    pattern_fig.update_layout(width=640, height=560)
-    mass_fig = go.FigureWidget(data=[
-        go.Bar(name="mass received", hovertemplate="%{text}<br>mass %{y:.4f}<extra></extra>"),
+    pattern_size = dict(width=560, height=520)
+    pattern_fig = FigureWidget(pattern_figure(first.patterns[0, 0], first.str_tokens, "", **pattern_size))
+    # No legend: the title names the colours (a legend above the plot would sit under plotly's toolbar).
+    mass_fig = FigureWidget(data=[
+        go.Bar(name="mass received", hovertemplate="%{text}<br>mass %{y:.4f}<extra></extra>", textposition="none"),
         go.Scatter(name="uniform attention", mode="lines", line=dict(color="gray", dash="dot"),
                    hovertemplate="uniform %{y:.4f}<extra></extra>"),
     ])
-    mass_fig.update_layout(template="plotly_white", width=900, height=320, margin=dict(l=10, r=10, t=50, b=10),
-                           yaxis=dict(title=dict(text="mean attention received")), bargap=0.1,
-                           legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
-    value_fig = go.FigureWidget(data=[go.Bar(name="‖v W_O‖",
+    mass_fig.update_layout(template="plotly_white", yaxis=dict(title=dict(text="mean attention received")),
+                           bargap=0.1, showlegend=False)
+    fit_figure(mass_fig, width=VIEW_WIDTH, height=340, title_lines=2)
+    value_fig = FigureWidget(data=[go.Bar(name="‖v W_O‖", textposition="none",  # text: hover only
                                              hovertemplate="%{text}<br>‖v W_O^h‖ %{y:.4g}<extra></extra>")])
-    value_fig.update_layout(template="plotly_white", width=900, height=300, margin=dict(l=10, r=10, t=50, b=10),
-                            yaxis=dict(title=dict(text="‖v_j W_O^h‖")), bargap=0.1)
+    value_fig.update_layout(template="plotly_white", yaxis=dict(title=dict(text="‖v_j W_O^h‖")), bargap=0.1)
+    fit_figure(value_fig, width=VIEW_WIDTH, height=300)
     stats = widgets.HTML()
 
     prompt_dd = widgets.Dropdown(options=[(_prompt_label(i, t, n), i) for i, (t, n) in enumerate(zip(texts, lengths))],
-                                 value=0, description="prompt", layout=widgets.Layout(width="520px"))
+                                 value=0, description="prompt", layout=widgets.Layout(width="520px", max_width="100%"))
     slider = widgets.IntSlider(value=0, min=0, max=n_layers - 1, step=1, description="layer", continuous_update=True)
     head_dd = widgets.Dropdown(options=[(f"head {h}", h) for h in range(n_heads)], value=0, description="head")
     state = {"prompt": None, "layer": 0, "head": 0, "syncing": False}
 
     def set_prompt_axes(d: PromptCapture) -> None:
         """Per-prompt parts (token axes, sizes, baseline): only when the prompt changes."""
-        ref = attention_pattern_figure(d.patterns[0, 0], d.str_tokens, "")
+        ref = pattern_figure(d.patterns[0, 0], d.str_tokens, "", **pattern_size)
         t = d.n_tokens
         labels = [f"{token_label(s)} ({i})" for i, s in enumerate(d.str_tokens)]
         heat = pattern_fig.data[0]
@@ -248,8 +251,8 @@ def sink_explorer(model, prompts, max_tokens: int = DEFAULT_MAX_TOKENS, skip_que
                                              f"{m0:.0%} of attention on position 0")
             mass_fig.data[0].y = mass
             mass_fig.data[0].marker.color = _bar_colours(d.n_tokens, top)
-            mass_fig.layout.title.text = (f"L{layer}H{head}: attention mass received per key (queries ≥ "
-                                          f"{skip_queries}; red: position 0, orange: top sink keys)")
+            mass_fig.layout.title.text = (f"L{layer}H{head}: attention mass received per key (queries ≥ {skip_queries})"
+                                          "<br>red: position 0 · orange: top sink keys · dotted: uniform attention")
             value_fig.data[0].y = d.norms[layer, head]
             value_fig.data[0].marker.color = _bar_colours(d.n_tokens, [])
             value_fig.layout.title.text = (f"L{layer}H{head}: value norm ‖v_j W_O^h‖ per token "
@@ -277,8 +280,9 @@ def sink_explorer(model, prompts, max_tokens: int = DEFAULT_MAX_TOKENS, skip_que
         w.observe(on_change, names="value")
     render(0, 0, 0)
 
-    box = widgets.VBox([widgets.HBox([prompt_dd]), widgets.HBox([slider, head_dd]),
-                        widgets.HBox([pattern_fig, stats]), mass_fig, value_fig])
+    resync(pattern_fig, mass_fig, value_fig)
+    box = widgets.VBox([wrap_row([prompt_dd]), wrap_row([slider, head_dd]),
+                        wrap_row([pattern_fig, stats]), mass_fig, value_fig])
     box.show = show
     box.data = data
     box.pattern_figure, box.mass_figure, box.value_figure, box.stats = pattern_fig, mass_fig, value_fig, stats

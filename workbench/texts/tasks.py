@@ -20,7 +20,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 INTRO = ("There is a pass key hidden inside a lot of irrelevant text. Find it and memorize it. "
          "I will quiz you about the pass key.")

@@ -20,13 +20,13 @@ when its row entropy <= ``row_entropy_max`` and its column entropy >= ``col_entr
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from workbench.result import Result
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
 
@@ -78,7 +78,7 @@ def _nanmean(x: torch.Tensor, dim) -> torch.Tensor:
 
 
 @dataclass
-class SinkReport:
+class SinkReport(Result):
     """Sink statistics of L layers × H heads over B prompts (T = longest prompt).
 
     received: (B, L, H, T) mass m_j on each key (NaN for padding / keys no query counts for).
@@ -374,9 +374,8 @@ class SinkReport:
             f"  top sink tokens (mean mass over heads): {toks}",
         ])
 
-    def _repr_html_(self) -> str:
-        return (f"<pre>{html.escape(repr(self))}</pre>" + "<b>Sink heads</b>"
-                + self.sink_heads().head(20).to_html(index=False))
+    def html_table(self):
+        return self.sink_heads().head(20)
 
 
 def _check_params(threshold, top_k, row_entropy_max, col_entropy_min) -> None:

@@ -32,9 +32,11 @@ import pandas as pd
 import torch
 
 from interventions.ablation import HeadAblation
+from workbench.result import Result
 from workbench.errors import InputError
+from workbench.progress import progress
 
-from .domains import load_domain
+from workbench.texts.domains import load_domain
 
 LABELS = ("dormant", "active", "mixed")
 
@@ -77,7 +79,7 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 @dataclass
-class ActiveDormantReport:
+class ActiveDormantReport(Result):
     """Per-head, per-domain sink mass and loss change under zero-ablation.
 
     heads: the N analysed (layer, head) pairs; domains: the D domain names.
@@ -158,10 +160,6 @@ class ActiveDormantReport:
                          f"{counts}; Spearman(sink mass, |ΔCE|) = {self.spearman.get(d, float('nan')):+.3f}")
         return "\n".join(lines)
 
-    def _repr_html_(self) -> str:
-        return (f"<pre>{html.escape(repr(self))}</pre>"
-                + self.to_frame().to_html(index=False, float_format=lambda v: f"{v:.4g}"))
-
 
 def _resolve_domains(domains) -> dict[str, list[str]]:
     if isinstance(domains, str):
@@ -211,7 +209,7 @@ def active_dormant(model, domains=("prose", "code"), heads=None, skip_queries: i
                    dormant_mass: float = 0.7, dormant_dce: float = 0.005, seed: int = 0) -> ActiveDormantReport:
     """Sink mass and zero-ablation ΔCE for each head on each domain; see the module docstring.
 
-    domains: {name: [texts]} or bundled names (``probes.domains.DOMAINS``). heads: None (all),
+    domains: {name: [texts]} or bundled names (``workbench.texts.domains.DOMAINS``). heads: None (all),
     an int (that many random heads, drawn with ``seed``) or a list of (layer, head).
     Every text needs more than ``skip_queries`` tokens.
     """
@@ -237,7 +235,7 @@ def active_dormant(model, domains=("prose", "code"), heads=None, skip_queries: i
         for i, (l, h) in enumerate(pairs):
             sink[i, j] = float(torch.nanmean(clean.summaries[l].received[:, h, 0]))
         del clean
-        for i, (l, h) in enumerate(pairs):
+        for i, (l, h) in enumerate(progress(pairs, desc=f"ablate heads ({name})", unit="head")):
             run = model.run(texts, logits="all", interventions=[HeadAblation(l, h)])
             dce[i, j] = token_cross_entropy(run.logits, run.tokens, run.lengths)[0] / count - clean_ce[j]
     rho = {name: _spearman(sink[:, j], np.abs(dce[:, j])) for j, name in enumerate(doms)}

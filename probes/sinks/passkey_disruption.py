@@ -1,7 +1,7 @@
 """Contextual versus parametric knowledge under Q/K massive-dim disruption (Jin et al., ICML 2025).
 
 ``qk_disruption_effect`` scores a model on passkey retrieval (the answer is in the context;
-``workbench.tasks.passkey_prompts``) and on short factual prompts (the answer is in the weights;
+``workbench.texts.tasks.passkey_prompts``) and on short factual prompts (the answer is in the weights;
 ``FACTUAL_PROMPTS``) three times: clean, with ``DisruptQKDims`` (top-n concentration dims per
 head set to their token mean, all layers, prefill) and with the control (the n lowest dims).
 The paper's finding: disruption breaks contextual tasks far more than parametric recall, and the
@@ -22,8 +22,9 @@ from typing import Sequence
 import pandas as pd
 
 from interventions.qk_dims import DisruptQKDims
+from workbench.result import Result
 from workbench.errors import InputError
-from workbench.tasks import AnswerScore, PasskeySample, passkey_prompts, score_answers, score_passkey
+from workbench.texts.tasks import AnswerScore, PasskeySample, passkey_prompts, score_answers, score_passkey
 
 # Hand-written (prompt, answer) pairs that SmolLM2-135M-Instruct completes correctly by greedy decoding.
 FACTUAL_PROMPTS: tuple[tuple[str, str], ...] = (
@@ -43,7 +44,7 @@ TASKS = ("passkey", "factual")
 
 
 @dataclass
-class QKDisruptionReport:
+class QKDisruptionReport(Result):
     """Scores per condition ("clean", "disrupt", "control") and task ("passkey", "factual").
 
     scores[(condition, task)]: the AnswerScore (per-prompt correctness and answer log-probs).
@@ -98,9 +99,6 @@ class QKDisruptionReport:
             parts = [f"{t} acc {self.accuracy(c, t):.2f}, logp {self.logprob(c, t):+.3f}" for t in TASKS]
             lines.append(f"  {c:8s} " + " | ".join(parts))
         return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>" + self.to_frame().to_html(index=False)
 
 
 def qk_disruption_effect(model, passkey_samples: Sequence[PasskeySample] | None = None,

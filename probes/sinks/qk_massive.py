@@ -22,7 +22,6 @@ of Q rises from 0.23 at layer 2 to 0.63 at layer 20.
 """
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass
 
@@ -30,10 +29,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.result import Result
+from workbench.hook_names import hook_name
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
 
-from .sinks import check_prompt_lengths
+from .report import check_prompt_lengths
 
 KINDS = ("q", "k", "v")
 
@@ -71,10 +72,10 @@ def rope_inv_freq(model) -> tuple[torch.Tensor | None, str]:
     rope_theta^(-2p/d_head) from the config; (None, "no rotary embeddings") for other models."""
     if model.info.positional != "rotary":
         return None, "no rotary embeddings"
-    for name, mod in model.hf.named_modules():
-        f = getattr(mod, "inv_freq", None)
-        if isinstance(f, torch.Tensor) and f.ndim == 1 and f.numel() > 0:
-            return f.detach().float().cpu().clone(), f"hf:{name}.inv_freq"
+    found = model.rope_inv_freq()
+    if found is not None:
+        f, where = found
+        return f.detach().float().cpu().clone(), where
     theta, e = model.info.rope_theta, model.info.d_head
     if theta is None:
         return None, "rotary model without inv_freq or rope_theta"
@@ -97,7 +98,7 @@ def dim_frequencies(inv_freq: torch.Tensor | None, d_head: int) -> tuple[torch.T
 
 
 @dataclass
-class QKConcentrationReport:
+class QKConcentrationReport(Result):
     """Concentration maps of Q, K (after RoPE when rotary) and V over L layers.
 
     q_maps: (L, H, e); k_maps, v_maps: (L, G, e). inv_freq: (r/2,) or None.
@@ -244,8 +245,8 @@ class QKConcentrationReport:
                          + " ".join(f"{l}:{v:.2f}" for l, v in zip(s.layer, s[f'{kind}_low_share'])))
         return "\n".join(lines)
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>" + self.layer_summary().round(3).to_html(index=False)
+    def html_table(self):
+        return self.layer_summary().round(3)
 
 
 def qk_concentration(model, prompts, exclude_first: bool = True, layers=None,
@@ -265,7 +266,7 @@ def qk_concentration(model, prompts, exclude_first: bool = True, layers=None,
 
 def qk_names(model) -> tuple[str, str]:
     """("q_rot", "k_rot") on a rotary model whose bridge exposes them, else ("q", "k")."""
-    rotary = model.info.positional == "rotary" and "blocks.0.attn.hook_rot_q" in model.hook_names()
+    rotary = model.info.positional == "rotary" and hook_name("q_rot", 0) in model.hook_names()
     return ("q_rot", "k_rot") if rotary else ("q", "k")
 
 

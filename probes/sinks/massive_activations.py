@@ -29,21 +29,22 @@ earlier bump (norm about 650 in dim 507 after blocks 2-8, ratio 4-8) crosses fac
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from workbench.result import Result
+from workbench.hook_names import hook_name
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
 
-from .sinks import check_prompt_lengths
+from .report import check_prompt_lengths
 
 
 @dataclass
-class MassiveActivationReport:
+class MassiveActivationReport(Result):
     """Residual norms over S = L + 1 stages (embedding, then each block's output) for B prompts.
 
     norms: (B, S, T) L2 norm per token; NaN at padded positions.
@@ -183,8 +184,8 @@ class MassiveActivationReport:
                          f"({self.stage_labels[s]}, norm {float(self.norms[b, s, p]):.4g}; dims {dims}); {where}")
         return "\n".join(lines)
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>"
+    def html_table(self):
+        return None
 
 
 def _median_max_other(norms: torch.Tensor, p: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,7 +224,7 @@ def massive_activations(model, prompts, factor: float = 10.0, top_k: int = 3, la
         raise InputError(f"top_k must be an integer in 1..{model.info.d_model}, got {top_k!r}.")
     layer_list = resolve_layers(layers, model.info.n_layers)
     texts, lengths = check_prompt_lengths(model, prompts, 1, "massive_activations (a peak versus the other tokens)")
-    run = model.run(prompts, capture=["blocks.0.hook_resid_pre", "resid_post"], layers=layer_list, logits=None,
+    run = model.run(prompts, capture=[hook_name("resid_pre", 0), "resid_post"], layers=layer_list, logits=None,
                     stop_at_layer=max(layer_list) + 1, max_bytes=max_bytes)
     return massive_activations_from_run(model, run, layer_list, texts, factor=factor, top_k=top_k)
 
@@ -233,7 +234,7 @@ def massive_activations_from_run(model, run, layers: list[int], texts: list[str]
     """Build a MassiveActivationReport from a Run that captured ``blocks.0.hook_resid_pre`` and
     ``resid_post`` at ``layers`` (all positions)."""
     layer_list, lengths = list(layers), list(run.lengths)
-    xs = [run["blocks.0.hook_resid_pre"]] + [run["resid_post", l] for l in layer_list]  # S × (B, T, d)
+    xs = [run[hook_name("resid_pre", 0)]] + [run["resid_post", l] for l in layer_list]  # S × (B, T, d)
     b, t = run.tokens.shape
     norms = torch.stack([x.detach().float().norm(dim=-1).cpu() for x in xs], 1)  # (B, S, T)
     pad = torch.arange(t)[None, :] >= torch.tensor(lengths)[:, None]

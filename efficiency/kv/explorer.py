@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 
 from workbench.errors import InputError
+from workbench.view_layout import fit_figure, wrap_row
 
 from .base import ScorePolicy
 from .internals import CacheComparison, compare_cache, divergence_figure, full_reference, output_figure, \
@@ -47,7 +48,7 @@ def kv_compare_explorer(model, prompt: str, policies=None, ratios=DEFAULT_RATIOS
     means every registered eviction policy. Prompts longer than ``max_tokens`` are refused.
     """
     import ipywidgets as widgets
-    import plotly.graph_objects as go
+    from workbench.figure_widget import FigureWidget, resync  # plotly.js loaded once per page
 
     if not isinstance(prompt, str) or not prompt:
         raise InputError("kv_compare_explorer takes one non-empty prompt string.")
@@ -87,11 +88,11 @@ def kv_compare_explorer(model, prompt: str, policies=None, ratios=DEFAULT_RATIOS
         return results[key]
 
     first = comparison(names[0], ratios[0])
-    ret_fig = go.FigureWidget(retention_figure(first))
-    div_fig = go.FigureWidget(divergence_figure(first, "tv"))
-    out_fig = go.FigureWidget(output_figure(first, 0))
-    for f in (ret_fig, div_fig, out_fig):
-        f.update_layout(width=430, height=380, margin={"l": 50, "r": 10, "t": 50, "b": 40})
+    ret_fig = FigureWidget(retention_figure(first))
+    div_fig = FigureWidget(divergence_figure(first, "tv"))
+    out_fig = FigureWidget(output_figure(first, 0))
+    for f in (ret_fig, div_fig, out_fig):  # two per row at an ordinary window; the row wraps
+        fit_figure(f, width=415, height=380, margin={"l": 50, "r": 10, "b": 40})
     summary = widgets.HTML()
     dropdown = widgets.Dropdown(options=names, value=names[0], description="policy")
     slider = widgets.SelectionSlider(options=list(ratios), value=ratios[0], description="ratio",
@@ -132,7 +133,8 @@ def kv_compare_explorer(model, prompt: str, policies=None, ratios=DEFAULT_RATIOS
     slider.observe(on_change, names="value")
     render(names[0], ratios[0])
 
-    box = widgets.VBox([widgets.HBox([dropdown, slider]), widgets.HBox([ret_fig, div_fig, out_fig]), summary])
+    resync(ret_fig, div_fig, out_fig)
+    box = widgets.VBox([wrap_row([dropdown, slider]), wrap_row([ret_fig, div_fig, out_fig]), summary])
     box.show = show
     box.comparison = comparison
     box.computed = lambda: sorted(results)

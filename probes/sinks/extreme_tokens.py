@@ -8,20 +8,21 @@ the builders are shared). One pass instead of four; on SmolLM2 the forward domin
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
+from workbench.result import Result
+from workbench.hook_names import hook_name
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
 
 from .massive_activations import MassiveActivationReport, massive_activations_from_run
 from .qk_massive import QKConcentrationReport, qk_concentration_from_run, qk_names
-from .sinks import COL_ENTROPY_MIN, ROW_ENTROPY_MAX, SinkReport, check_prompt_lengths, sink_report_from_run
+from .report import COL_ENTROPY_MIN, ROW_ENTROPY_MAX, SinkReport, check_prompt_lengths, sink_report_from_run
 from .value_drains import ValueDrainReport, value_drain_from_run
 
 
 @dataclass
-class ExtremeTokenReport:
+class ExtremeTokenReport(Result):
     """The four reports of one pass: ``sinks``, ``values``, ``massive``, ``qk``."""
 
     sinks: SinkReport
@@ -36,11 +37,25 @@ class ExtremeTokenReport:
         return {"sink_mass": self.sinks.figure(), "value_drain": self.values.figure(),
                 "residual_norms": self.massive.figure(), f"qk_dims_L{layer}": self.qk.figure(layer)}
 
+    def figure(self, panel: str = "sink_mass", qk_layer: int | None = None):
+        """One of ``figures()`` by name: "sink_mass", "value_drain", "residual_norms" or "qk_dims"."""
+        figs = self.figures(qk_layer)
+        key = next((k for k in figs if k == panel or k.startswith(panel + "_L")), None)
+        if key is None:
+            raise InputError(f"panel must be one of sink_mass, value_drain, residual_norms, qk_dims; got {panel!r}.")
+        return figs[key]
+
+    def to_frame(self, panel: str = "sinks"):
+        """The table of one of the four reports: "sinks", "values", "massive" or "qk"."""
+        if panel not in ("sinks", "values", "massive", "qk"):
+            raise InputError(f"panel must be one of sinks, values, massive, qk; got {panel!r}.")
+        return getattr(self, panel).to_frame()
+
     def __repr__(self) -> str:
         return "\n".join(repr(r) for r in (self.sinks, self.values, self.massive, self.qk))
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>"
+    def html_table(self):
+        return None
 
 
 def extreme_token_report(model, prompts, skip_queries: int = 4, threshold: float = 0.3, top_k: int = 5,
@@ -61,7 +76,7 @@ def extreme_token_report(model, prompts, skip_queries: int = 4, threshold: float
     texts, _ = check_prompt_lengths(model, prompts, max(skip_queries, 1), f"extreme_token_report(skip_queries="
                                     f"{skip_queries})", "Use longer prompts or a smaller skip_queries.")
     qn, kn = qk_names(model)
-    capture = ["pattern", "v", qn, kn, "blocks.0.hook_resid_pre", "resid_post"]
+    capture = ["pattern", "v", qn, kn, hook_name("resid_pre", 0), "resid_post"]
     run = model.run(prompts, capture=capture, layers=layer_list, attention="summary", skip_queries=skip_queries,
                     last_rows=1, logits=None, stop_at_layer=max(layer_list) + 1, max_bytes=max_bytes)
     return ExtremeTokenReport(

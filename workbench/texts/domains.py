@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.errors import InputError
+from ..errors import InputError
 
 DATA_DIR = Path(__file__).parent / "data" / "domains"
 DOMAINS: tuple[str, ...] = tuple(sorted(p.name for p in DATA_DIR.iterdir() if p.is_dir())) if DATA_DIR.is_dir() else ()

@@ -12,17 +12,17 @@ the ratio of position 0 to the rest is 0.17-0.26 in layers 3-9 and 0.10-0.39 in 
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from workbench.result import Result
 from workbench.capture import resolve_layers
 from workbench.errors import InputError
 
-from .sinks import check_prompt_lengths
+from .report import check_prompt_lengths
 
 
 def drain_norms(v: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def drain_norms(v: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class ValueDrainReport:
+class ValueDrainReport(Result):
     """Drain norms of L layers × H heads over B prompts (T = longest prompt).
 
     norms: (B, L, H, T) ‖v_j W_O^h‖; NaN at padded positions.
@@ -138,8 +138,8 @@ class ValueDrainReport:
         return (f"ValueDrainReport({self.model_name}, {len(self.prompts)} prompt(s), {len(self.layers)} layers × "
                 f"{self.n_heads} heads)\n  ‖v₀W_O‖ / mean of the rest, per layer: {per_layer}")
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(repr(self))}</pre>"
+    def html_table(self):
+        return None
 
 
 def value_drain(model, prompts, layers=None, max_bytes: int | None = None) -> ValueDrainReport:

@@ -1,9 +1,9 @@
-"""Interactive notebook widgets (ipywidgets 8 + plotly ``go.FigureWidget``, which needs anywidget)."""
+"""The attention explorer: an interactive notebook view (ipywidgets 8 + a plotly FigureWidget, which needs anywidget)."""
 from __future__ import annotations
 
 
 from .errors import InputError
-from .figures import attention_pattern_figure
+from .view_layout import pattern_figure, wrap_row
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -21,7 +21,7 @@ def attention_explorer(model, prompt: str, max_tokens: int = DEFAULT_MAX_TOKENS)
     layer, and a heatmap of more than a few hundred tokens is unreadable anyway.
     """
     import ipywidgets as widgets
-    import plotly.graph_objects as go
+    from .figure_widget import FigureWidget  # plotly.js loaded once per page
 
     if not isinstance(prompt, str):
         raise InputError("attention_explorer takes one prompt string.")
@@ -42,7 +42,7 @@ def attention_explorer(model, prompt: str, max_tokens: int = DEFAULT_MAX_TOKENS)
     def title(layer: int, head: int | None) -> str:
         return f"Layer {layer}, {'mean over heads' if head is None else f'head {head}'}"
 
-    fig = go.FigureWidget(attention_pattern_figure(patterns[0, 0], str_tokens, title(0, 0)))
+    fig = FigureWidget(pattern_figure(patterns[0, 0], str_tokens, title(0, 0)))
     slider = widgets.IntSlider(value=0, min=0, max=n_layers - 1, step=1, description="layer",
                                continuous_update=True)
     options = [(f"head {h}", h) for h in range(n_heads)] + [("mean over heads", -1)]
@@ -59,7 +59,8 @@ def attention_explorer(model, prompt: str, max_tokens: int = DEFAULT_MAX_TOKENS)
 
     slider.observe(on_change, names="value")
     dropdown.observe(on_change, names="value")
-    box = widgets.VBox([widgets.HBox([slider, dropdown]), fig])
+    fig.resync()
+    box = widgets.VBox([wrap_row([slider, dropdown]), fig])
     box.figure = fig
     box.layer_slider = slider
     box.head_dropdown = dropdown

@@ -26,29 +26,16 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from workbench.result import Result
 from workbench.errors import InputError
-from workbench.generation import cached_forward
-from workbench.hook_names import SPECS
+from workbench.hook_names import hook_name
 from workbench.kv_cache import KVCache
 
+from .correlation import frame_correlation
+from .scores import resolve_concepts, windows
+
 DIRECTIONS = ("toward", "away")
-_FINAL = SPECS["final_resid"].full_name(None)
-
-
-def _expand(cache: KVCache, k: int) -> None:
-    """Broadcast a batch-1 cache to batch k (views: the next forward's concatenation copies)."""
-    for l, lay in enumerate(cache.hf.layers):
-        lay.keys = lay.keys.expand(k, *lay.keys.shape[1:])
-        lay.values = lay.values.expand(k, *lay.values.shape[1:])
-        cache.positions[l] = cache.positions[l].expand(k, *cache.positions[l].shape[1:])
-
-
-def _select(cache: KVCache, i: int) -> None:
-    """Keep row i of a batch-k cache (a contiguous copy, so the k-row storage is freed)."""
-    for l, lay in enumerate(cache.hf.layers):
-        lay.keys = lay.keys[i: i + 1].contiguous()
-        lay.values = lay.values[i: i + 1].contiguous()
-        cache.positions[l] = cache.positions[l][i: i + 1].contiguous()
+_FINAL = hook_name("final_resid")
 
 
 def _window_scores(tail: torch.Tensor, cand: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
@@ -90,32 +77,30 @@ def _decode(model, ids: torch.Tensor, frame: torch.Tensor, k: int, max_new_token
     tokens, hidden, cands_all, ranks, step_scores = [], [], [], [], []
     t0 = time.perf_counter()
     cache = KVCache.empty(model)
-    with model._session(interventions) as session:
-        session.add(_FINAL, grab)
-        with session, torch.no_grad():
-            logits = cached_forward(model, cache, ids)[0, -1]
-            for _ in range(max_new_tokens):
-                top = torch.topk(logits.float(), k).indices
-                top[0] = logits.argmax()  # exact greedy first candidate, whatever topk does with ties
-                cands = top
-                if k > 1:
-                    _expand(cache, k)
-                out = cached_forward(model, cache, cands[:, None].to(ids.device))  # (k, 1, V)
-                h = captured["h"].cpu()  # (k, d)
-                tail = torch.stack(hidden[-(kk - 1):]) if hidden and kk > 1 else h.new_zeros((0, h.shape[1]))
-                sc = _window_scores(tail, h, frame)
-                i = int(sc.argmax()) if k > 1 else 0  # k = 1: the argmax token, i.e. greedy
-                if k > 1:
-                    _select(cache, i)
-                tok = int(cands[i])
-                tokens.append(tok)
-                hidden.append(h[i])
-                cands_all.append([int(c) for c in cands])
-                ranks.append(i)
-                step_scores.append(float(sc[i]))
-                logits = out[i, -1]
-                if stop_at_eos and tok == eos:
-                    break
+    with model.session(interventions, hooks=[(_FINAL, grab)]) as session:
+        logits = session.forward_cached(cache, ids)[0, -1]
+        for _ in range(max_new_tokens):
+            top = torch.topk(logits.float(), k).indices
+            top[0] = logits.argmax()  # exact greedy first candidate, whatever topk does with ties
+            cands = top
+            if k > 1:
+                cache.expand(k)
+            out = session.forward_cached(cache, cands[:, None].to(ids.device))  # (k, 1, V)
+            h = captured["h"].cpu()  # (k, d)
+            tail = torch.stack(hidden[-(kk - 1):]) if hidden and kk > 1 else h.new_zeros((0, h.shape[1]))
+            sc = _window_scores(tail, h, frame)
+            i = int(sc.argmax()) if k > 1 else 0  # k = 1: the argmax token, i.e. greedy
+            if k > 1:
+                cache.select(i)
+            tok = int(cands[i])
+            tokens.append(tok)
+            hidden.append(h[i])
+            cands_all.append([int(c) for c in cands])
+            ranks.append(i)
+            step_scores.append(float(sc[i]))
+            logits = out[i, -1]
+            if stop_at_eos and tok == eos:
+                break
     return _Decode(tokens, hidden, cands_all, ranks, step_scores, time.perf_counter() - t0)
 
 
@@ -123,15 +108,12 @@ def _total_score(hidden: list[torch.Tensor], frame: torch.Tensor) -> float:
     """Σ over all windows of the continuation of ⟨window, frame⟩ (the concept_scores total)."""
     if not hidden:
         return 0.0
-    from probes.frames.correlation import frame_correlation
-    from probes.frames.scores import windows
-
     w = windows(torch.stack(hidden), frame.shape[1])
     return float(frame_correlation(w, frame[None].to(w.dtype)).sum())
 
 
 @dataclass
-class GuidedDecoding:
+class GuidedDecoding(Result):
     """Guided and greedy continuations of one prompt, side by side.
 
     guided_tokens / greedy_tokens: new token ids; candidates: (steps, k) candidate ids per guided
@@ -234,7 +216,6 @@ def guided_generate(model, prompt: str, concept, k: int = 2, max_new_tokens: int
     built with width ``frame_k``. direction: 'toward' or 'away'. chat: wrap the prompt in the chat
     template. greedy=False skips the greedy baseline (its fields are then empty).
     """
-    from probes.frames.scores import resolve_concepts
 
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise InputError(f"k (candidates per step) must be a positive integer, got {k!r}.")

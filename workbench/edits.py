@@ -1,0 +1,234 @@
+"""Editing weights and components of a model for a while, with an exact restore.
+
+``with model.edit_weights() as ed:`` yields a ``WeightEditor``; every change made through it is
+undone when the block ends, in reverse order, also when the block raises or is interrupted. A
+restore is bit-exact: parameters are edited by swapping the tensor a ``Parameter`` holds (the
+original tensor is never written), and replaced modules are put back as the same objects.
+
+What can be edited (layer-wise linears are addressed by ``kind``, see ``Model.linear_kinds``):
+
+    set_linear(layer, kind, weight=(out, in), bias=(out,))   new values, same shapes
+    replace_linear(layer, kind, module)   any nn.Module mapping (..., in) -> (..., out) (an int8 or
+        low-rank linear, a sparse GEMV...); give it ``weight`` (out, in) and ``bias`` attributes holding
+        the effective weights so analyses (``Model.weights()``) keep working
+    set_norm(layer, which, weight, bias=None)   which: "ln1" | "ln2"; layer=None for the final norm
+    set_embedding(W_E (V, d)), set_unembedding(W_U (d, V))   untie tied embeddings for the block
+    replace_component(layer, part, module)   part: "block" | "attn" | "mlp": the HF module the
+        layer's wrapper calls (skip a block, swap an attention implementation); the module must
+        accept and return what the original does
+
+``WeightEdit`` is the ``Intervention`` base for methods that edit weights: implement
+``edit(model, editor)``, and the edit holds inside ``model.intervene(...)`` or for one call.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import torch
+from torch import nn
+
+from .errors import InputError
+from .intervention import Intervention
+
+if TYPE_CHECKING:
+    from .model import Model
+
+# kind -> (bridge part, bridge child) for layer-wise linears; HF Llama names in comments
+LINEAR_KINDS: dict[str, tuple[str, str]] = {
+    "q": ("attn", "q"),        # q_proj
+    "k": ("attn", "k"),        # k_proj
+    "v": ("attn", "v"),        # v_proj
+    "o": ("attn", "o"),        # o_proj
+    "gate": ("mlp", "gate"),   # gate_proj
+    "up": ("mlp", "in"),       # up_proj
+    "down": ("mlp", "out"),    # down_proj
+}
+PARTS = ("block", "attn", "mlp")
+
+
+def original(component: nn.Module) -> nn.Module:
+    """The HF module a TransformerBridge component wraps (the component itself when it wraps nothing)."""
+    return component._modules.get("_original_component", None) or component
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's Conv1D stores its weight as (in, out), the transpose of nn.Linear's (out, in)."""
+    return type(module).__name__ == "Conv1D"
+
+
+class WeightEditor:
+    """Changes to one model's weights and components, undone by ``close()`` (see the module docstring)."""
+
+    def __init__(self, model: "Model", label: str = ""):
+        self.model = model
+        self.label = label
+        self._undo: list[Callable[[], None]] = []
+        self._redo: list[Callable[[], None]] = []  # the same edits, to re-apply after a suspension
+        self._records: list[tuple[str, str]] = []
+        self.closed = False
+
+    # ------------------------------------------------------------------ low level
+    def _set_attr(self, owner: nn.Module, name: str, value) -> None:
+        old = owner._parameters.get(name) if name in owner._parameters else owner._modules.get(name)
+        if old is None and not hasattr(owner, name):
+            raise InputError(f"{type(owner).__name__} has no attribute {name!r} to edit.")
+        if old is None:
+            old = getattr(owner, name)
+        setattr(owner, name, value)
+        self._undo.append(lambda: setattr(owner, name, old))
+        self._redo.append(lambda: setattr(owner, name, value))
+
+    def _swap_tensor(self, owner: nn.Module, name: str, new: torch.Tensor, what: str) -> None:
+        """Give ``owner.<name>`` (a Parameter) the values ``new``; tied parameters are untied first."""
+        self._check_open()
+        p = getattr(owner, name, None)
+        if not isinstance(p, torch.Tensor):
+            raise InputError(f"{what}: this model has no such parameter to edit.")
+        new = torch.as_tensor(new)
+        if tuple(new.shape) != tuple(p.shape):
+            raise InputError(f"{what}: expected shape {tuple(p.shape)}, got {tuple(new.shape)}. Weight edits keep "
+                             "shapes; to change a shape, replace the module (replace_linear/replace_component).")
+        if not torch.isfinite(new).all():
+            raise InputError(f"{what}: the new values contain NaN or inf.")
+        new = new.detach().to(device=p.device, dtype=p.dtype).contiguous()
+        if self.model.is_shared_parameter(p):
+            # untie: only this module gets the new Parameter; the shared one stays with the others
+            self._set_attr(owner, name, nn.Parameter(new, requires_grad=p.requires_grad))
+        else:
+            old = p.data
+            p.data = new
+            self._undo.append(lambda: setattr(p, "data", old))
+            self._redo.append(lambda: setattr(p, "data", new))
+
+    def _record(self, target: str, how: str) -> None:
+        self._records.append((target, how))
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise InputError("This WeightEditor is closed: edit weights inside the `with model.edit_weights()` block.")
+
+    # ------------------------------------------------------------------ linears
+    def set_linear(self, layer: int, kind: str, weight: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None) -> None:
+        """New values for one linear: weight (out, in) as in ``nn.Linear``, bias (out,)."""
+        mod = self.model.linear_module(layer, kind)
+        what = f"set_linear(layer={layer}, kind={kind!r})"
+        if weight is None and bias is None:
+            raise InputError(f"{what}: give weight= and/or bias=.")
+        if weight is not None:
+            w = torch.as_tensor(weight)
+            self._swap_tensor(mod, "weight", w.t() if is_conv1d(mod) and w.ndim == 2 else w, what)
+        if bias is not None:
+            if getattr(mod, "bias", None) is None:
+                raise InputError(f"{what}: this linear has no bias.")
+            self._swap_tensor(mod, "bias", bias, what)
+        self._record(f"L{layer}.{kind}", "weights edited")
+
+    def replace_linear(self, layer: int, kind: str, module: nn.Module) -> None:
+        """Run ``module`` instead of the layer's ``kind`` linear (hooks on it keep firing)."""
+        self._check_open()
+        if not isinstance(module, nn.Module):
+            raise InputError(f"replace_linear(): module must be a torch nn.Module, got {type(module).__name__}.")
+        self.model.check_layer(layer)
+        wrapper = self.model.linear_wrapper(layer, kind)
+        self._set_attr(wrapper, "_original_component", module)
+        self._record(f"L{layer}.{kind}", f"replaced by {type(module).__name__}")
+
+    # ------------------------------------------------------------------ norms, embeddings
+    def set_norm(self, layer: int | None, which: str = "ln1", weight: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None) -> None:
+        """New gain (d,) and/or bias (d,) of a norm: ``which`` "ln1"/"ln2" of ``layer``, or layer=None for the
+        final norm."""
+        mod = self.model.norm_module(layer, which)
+        what = f"set_norm(layer={layer}, which={which!r})"
+        if weight is not None:
+            self._swap_tensor(mod, "weight", weight, what)
+        if bias is not None:
+            self._swap_tensor(mod, "bias", bias, what)
+        self._record("final_norm" if layer is None else f"L{layer}.{which}", "norm edited")
+
+    def set_embedding(self, W_E: torch.Tensor) -> None:
+        """New token embedding (V, d); a tied unembedding keeps its old values (the two are untied)."""
+        self._swap_tensor(self.model.embedding_module(), "weight", W_E, "set_embedding()")
+        self._record("embed", "edited")
+
+    def set_unembedding(self, W_U: torch.Tensor) -> None:
+        """New unembedding in TransformerLens layout (d, V); a tied embedding keeps its old values."""
+        mod = self.model.unembedding_module()
+        w = torch.as_tensor(W_U)
+        self._swap_tensor(mod, "weight", w.t() if w.ndim == 2 else w, "set_unembedding()")
+        self._record("unembed", "edited")
+
+    # ------------------------------------------------------------------ components
+    def replace_component(self, layer: int, part: str, module: nn.Module) -> None:
+        """Run ``module`` in place of the HF ``part`` ("block", "attn" or "mlp") of ``layer``; its wrapper's
+        hooks (resid_pre/resid_post for a block, attn_out/mlp_out...) keep firing, hooks inside it do not."""
+        self._check_open()
+        if part not in PARTS:
+            raise InputError(f"replace_component(): part must be one of {PARTS}, got {part!r}.")
+        if not isinstance(module, nn.Module):
+            raise InputError(f"replace_component(): module must be a torch nn.Module, got {type(module).__name__}.")
+        wrapper = self.model.component_wrapper(layer, part)
+        self._set_attr(wrapper, "_original_component", module)
+        self._record(f"L{layer}.{part}", f"replaced by {type(module).__name__}")
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def records(self) -> list[tuple[str, str]]:
+        """(target, what was done) of every edit made so far."""
+        return list(self._records)
+
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """The original weights for the duration of the block (a clean reference pass), then the edits again."""
+        self._check_open()
+        for fn in reversed(self._undo):
+            fn()
+        try:
+            yield
+        finally:
+            for fn in self._redo:
+                fn()
+
+    def close(self) -> None:
+        """Undo every edit, last first; every undo runs even if one fails (the first failure is re-raised)."""
+        err = None
+        self._redo.clear()
+        while self._undo:
+            fn = self._undo.pop()
+            try:
+                fn()
+            except BaseException as exc:  # keep restoring the rest
+                err = err or exc
+        self.closed = True
+        if err is not None:
+            raise err
+
+
+@contextmanager
+def editing(model: "Model", label: str = "") -> Iterator[WeightEditor]:
+    ed = WeightEditor(model, label)
+    model._editors.append(ed)
+    try:
+        yield ed
+    finally:
+        model._editors.remove(ed)
+        ed.close()
+
+
+class WeightEdit(Intervention):
+    """Base of interventions that edit weights or components: implement ``edit(model, editor)``.
+
+    The edit is made when the intervention is applied (``model.intervene(...)`` or one call's
+    ``interventions=``) and undone exactly when that ends.
+    """
+
+    def edit(self, model: "Model", editor: WeightEditor) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement edit(model, editor).")
+
+    @contextmanager
+    def applied(self, model: "Model") -> Iterator[None]:
+        with model.edit_weights(label=self.describe()) as ed:
+            self.edit(model, ed)
+            yield

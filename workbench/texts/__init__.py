@@ -1,0 +1,12 @@
+"""Every text source of the workbench in one place (all offline).
+
+- ``domains``: hand-written prose and code paragraphs (``load_domain``, ``DOMAINS``);
+- ``tasks``: synthetic long-context tasks (passkey, RULER-style needles, variable tracking) with scoring;
+- ``long_texts``: CPython's pydoc topics and windows of a given token length;
+- ``lens_corpus``: the default corpus for fitting lenses.
+"""
+from .domains import DOMAINS, load_domain, load_domains
+from .lens_corpus import lens_corpus
+from .long_texts import long_texts, pydoc_text
+
+__all__ = ["DOMAINS", "load_domain", "load_domains", "lens_corpus", "long_texts", "pydoc_text"]
