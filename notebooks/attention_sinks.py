@@ -217,7 +217,7 @@ values.token_frame(ex_layer, ex_head, prompt=0).head(8).round(3)
 # to 630 (median). **Dimension 507** carries 99.3% of it (dims 247 and 14 follow far behind). It
 # shrinks after block 28 (to 7.6k–10.5k, now dims 507 and 17), falls below 10× the median token
 # after block 29, and the final RMSNorm removes what is left (measured; numbers in
-# `probes/massive_activations.py`). Per-token statistics, probes and SAEs on this model should mask
+# `probes/sinks/massive_activations.py`). Per-token statistics, probes and SAEs on this model should mask
 # position 0.
 
 # %%

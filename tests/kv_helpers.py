@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from workbench import HOOK_SPECS
+from workbench import hook_name
 from workbench.intervention import Intervention
 
 
@@ -30,7 +30,7 @@ class AllowedKeys(Intervention):
                 return x.masked_fill(~keep[None], float("-inf"))
             return fn
 
-        return [(HOOK_SPECS["scores"].full_name(l), make(a)) for l, a in self.allowed.items()]
+        return [(hook_name("scores", l), make(a)) for l, a in self.allowed.items()]
 
 
 def kept_sets(cache) -> dict:

@@ -15,7 +15,7 @@ includes learned positions on GPT-2-like models) and s = l + 1 the residual leav
 - top dims of x_p^s by |value|, with their signed values and the share of ‖x_p^s‖² they carry.
 
 Measured on SmolLM2 (fp32, CPU; 9 prompts of 21-116 tokens: the three integration-test prompts and
-three prose and three code texts of ``probes/data/domains``; checked by ``tests/test_massive.py``):
+three prose and three code texts of ``workbench.texts.load_domain``; checked by ``tests/test_massive.py``):
 p = 0 on every prompt, whatever its first token. ‖x_0‖ is about 130 after block 10 and jumps to
 21.9k-24.9k after block 11 (22.7k when the first token is "The"), then stays within 2% of that
 through block 27. Dim 507 carries 99.3% of it (22.55k of 22.71k for "The"); dims 247 (1.6k-1.8k)
