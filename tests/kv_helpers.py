@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from workbench import hook_name
+from workbench import PolicyBase, hook_name
 from workbench.intervention import Intervention
 
 
@@ -101,7 +101,7 @@ def masked_perplexity(model, texts, prefix: float, chunk: int | None, kept_by_te
     return math.exp(nll / n_scored)
 
 
-class Recorder:
+class Recorder(PolicyBase):
     """Wrap a cache policy and record ``kept_sets`` of the cache after each of its applications,
     one list per sequence (a new list at every step 0)."""
 
@@ -111,11 +111,14 @@ class Recorder:
 
     @property
     def name(self) -> str:
-        return getattr(self.inner, "name", type(self.inner).__name__)
+        return self.inner.name
 
     @property
     def observe_attention(self):
-        return getattr(self.inner, "observe_attention", None)
+        return self.inner.observe_attention
+
+    def prepare(self, cache, ctx) -> None:
+        self.inner.prepare(cache, ctx)
 
     def apply(self, cache, ctx) -> None:
         self.inner.apply(cache, ctx)
