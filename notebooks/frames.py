@@ -199,8 +199,9 @@ toward.to_frame()
 #
 # Over gender-neutral occupation prompts, each continuation (greedy, toward woman − man, away
 # from it) gets the score #female words − #male words. The statistic is the paired shift against
-# greedy, with a bootstrap 95% CI over prompts. At 135M parameters the notes found guidance
-# weak; read the CI, not single samples.
+# greedy, with a bootstrap 95% CI over prompts. At 135M parameters guidance is weak: measured on
+# all 24 prompts (16 tokens, k = 3) the shift toward woman − man is +0.12 [−0.21, +0.50] and away
+# from it 0.00 [−0.50, +0.50]; read the CI, not single samples.
 
 # %%
 t0 = time.perf_counter()
