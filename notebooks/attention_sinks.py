@@ -32,7 +32,7 @@
 # 9. a long prompt through attention summaries, within the memory guard;
 # 10. export of every figure.
 #
-# Methods and the numbers to expect are in the project notes (`methods.md` §5–6). The defaults
+# Formulas, defaults, measured numbers and papers: `docs/sinks.md`. The defaults
 # below take about two minutes on two CPU cores; the size knobs make it faster.
 
 # %% tags=["parameters"]
@@ -99,12 +99,12 @@ print(model.info.name, f"{L} layers × {H} heads ({model.info.n_kv_heads} KV hea
 # concentration (sections 1, 3, 4, 5) from **one forward pass**, keeping attention summaries
 # instead of full patterns.
 #
-# What to expect on SmolLM2: the tokenizer adds **no BOS token**, so position 0 is the first real
-# word, and it becomes the sink *whatever the word is*. Layers 0–1 barely sink (≈ 0.03–0.05),
-# layer 2 ≈ 0.2, layers 3–9 ≈ 0.4–0.47, **layers 10–11 are not sinky** (≈ 0.1 and 0.02), and
-# layers 12–29 put 0.35–0.84 on position 0. In layers ≥ 2 about 84% of heads put more than 0.3 on
-# it. Other keys get far less: spaces and indentation, punctuation and frequent words reach a few
-# times their uniform share in some heads.
+# What to expect on SmolLM2 (measured on 9 prose, code and fact prompts, `docs/sinks.md`): the
+# tokenizer adds **no BOS token**, so position 0 is the first real word, and it becomes the sink
+# *whatever the word is*. Layers 0–1 barely sink (0.03), layer 2 ≈ 0.16, layers 3–9 ≈ 0.37–0.45,
+# **layers 10–11 are not sinky** (0.08 and 0.01), and layers 12–29 put 0.32–0.79 on position 0. In
+# layers ≥ 2, 83% of heads put more than 0.3 on it. Other keys get far less: spaces and
+# indentation, punctuation and frequent words reach a few times their uniform share in some heads.
 
 # %%
 explorer_prompts = [
@@ -192,9 +192,9 @@ figs["explorer_values"]
 # ## 3. Value drains
 #
 # A head that parks its attention on the sink still adds A·v to the residual stream. On SmolLM2
-# the sink's value, after the head's output projection, is **small**: ‖v₀ W_O^h‖ is about 0.1–0.35
-# of the other tokens' mean in layers 3–9 and 12–28 (0.6–1.5 in layers 0–2 and 10–11, where heads
-# do not sink). Attending to the sink is how a head "does nothing".
+# the sink's value, after the head's output projection, is **small**: ‖v₀ W_O^h‖ is 0.10–0.39 of
+# the other tokens' mean in layers 3–9 and 12–29 (0.75–1.35 in layers 0–2 and 10–11, where heads
+# do not sink; measured, mean over heads). Attending to the sink is how a head "does nothing".
 
 # %%
 values = ext.values
@@ -211,12 +211,14 @@ values.token_frame(ex_layer, ex_head, prompt=0).head(8).round(3)
 # %% [markdown]
 # ## 4. The residual peak (massive activation)
 #
-# The residual stream of the sink token explodes: on SmolLM2 ‖x₀‖ is about 600–900 after blocks
-# 2–8, drops after blocks 9–10, then **jumps to about 20,000–25,000 at the output of block 11**
-# and stays there until block 27, while other tokens stay in the hundreds. Nearly all of it sits
-# in **dimension 507** (dims 247 and 14 follow far behind). It shrinks at block 28 (to about 7–10k,
-# now dims 507 and 17), falls below 10× the median token at block 29, and the final RMSNorm removes
-# what is left. Per-token statistics, probes and SAEs on this model should mask position 0.
+# The residual stream of the sink token explodes: on SmolLM2 ‖x₀‖ is about 550–680 after blocks
+# 2–8, drops to about 130–150 after blocks 9–10, then **jumps to 21.9k–24.9k at the output of
+# block 11** and stays within 2% of that until block 27, while the other tokens grow from about 140
+# to 630 (median). **Dimension 507** carries 99.3% of it (dims 247 and 14 follow far behind). It
+# shrinks after block 28 (to 7.6k–10.5k, now dims 507 and 17), falls below 10× the median token
+# after block 29, and the final RMSNorm removes what is left (measured; numbers in
+# `probes/sinks/massive_activations.py`). Per-token statistics, probes and SAEs on this model should mask
+# position 0.
 
 # %%
 massive = ext.massive
@@ -247,11 +249,12 @@ pd.Series({
 # for Q, K and V at one layer, each head's row divided by its mean (the x axis gives each dim's
 # RoPE wavelength λ in tokens). Position 0 is left out (its massive residual would dominate).
 #
-# On SmolLM2 (head size 64, θ = 100,000): the per-head max/mean dim norm is 5–10 for Q and K versus
-# 1.3–4 for V in layers ≥ 5; the arg-max dims sit in the low-frequency pairs, mostly 22–24 (dims
-# 22–24 and 54–56, λ ≈ 17k–35k tokens, beyond the 8k context) and 29–31 (λ up to about 440k); the
-# share of energy in the lowest-frequency quarter of pairs (0.25 if flat) rises with depth, e.g.
-# Q 0.21 → 0.34 → 0.63 at layers 2, 10, 20, while V stays near 0.25.
+# On SmolLM2 (head size 64, θ = 100,000; measured on 9 prompts, `docs/sinks.md`): the per-head
+# max/mean dim norm in layers ≥ 5 has a median of 6.9 for Q and 6.8 for K versus 1.9 for V; the
+# arg-max dims sit in the low-frequency pairs, mostly 22–25 (dims 22–25 and 54–57, λ ≈ 17k–35k
+# tokens for pairs 22–24, beyond the 8k context) and a few at 30–31 (λ up to about 440k); the share
+# of energy in the lowest-frequency quarter of pairs (0.25 if flat) rises with depth, e.g.
+# Q 0.23 → 0.35 → 0.63 at layers 2, 10, 20, while V stays near 0.24.
 
 # %%
 qk = ext.qk
@@ -276,12 +279,13 @@ at[["kind", "head", "concentration", "argmax_dim", "pair", "wavelength"]].round(
 # A head can sink on one kind of text and work on another. For each head and domain: its sink mass
 # and the change in next-token cross-entropy (ΔCE, nats per token) when the head is zeroed.
 # *Dormant* = sinks (mass > 0.7) and removing it barely matters (|ΔCE| < 0.005); *active* = does
-# not sink and removing it hurts. Measured on SmolLM2: **L23H6** sinks on prose (0.80) where
-# zeroing it does nothing, and works on code (ΔCE +0.06); **L14H3** is dormant on prose;
-# **L22H0** goes the other way. Over random heads, Spearman(sink mass, |ΔCE|) is negative (−0.57
-# over 30 random heads on three prose texts in the notes; it moves with the texts and heads drawn):
-# heads that sink more matter less. Each head costs one ablated forward per domain, so this runs on
-# the three named heads plus a random sample.
+# not sink and removing it hurts. Measured on SmolLM2 (three prose and three code texts):
+# **L23H6** sinks on prose (0.74) where zeroing it does nothing (ΔCE −0.001), and works on code
+# (sink 0.54, ΔCE +0.11); **L14H3** is dormant on prose (0.82, +0.003) and active on code (0.67,
+# +0.011); **L22H0** goes the other way (prose: sink 0.37, ΔCE +0.031; code: sink 0.73). Over 30
+# random heads on the prose texts, Spearman(sink mass, |ΔCE|) = −0.27 (it moves with the texts and
+# heads drawn): heads that sink more tend to matter less. Each head costs one ablated forward per
+# domain, so this runs on the three named heads plus a random sample.
 
 # %%
 named = [(l, h) for l, h in [(14, 3), (22, 0), (23, 6)] if l < L and h < H]

@@ -22,8 +22,9 @@
 #
 # 1. the bundled prompts (5 relations, about 900 prompts) and the model's accuracy on them;
 # 2. exact direct logit attribution (DLA) of one prompt: embedding, every head, every MLP, with
-#    the final RMSNorm frozen; each head split by the token it reads (subject / relation / other);
-# 3. DLA over a prompt set; head classes (subject, relation, mixed) with their numbers;
+#    the final RMSNorm frozen; each head split by the token it reads (subject / relation / the last
+#    token itself / other);
+# 3. DLA over a prompt set; head classes (subject, relation, mixed, last) with their numbers;
 # 4. the additive motif: the answer's rank among the relation's candidates under each mechanism
 #    alone and under their sum;
 # 5. final-layer suppression: scale the suppressive heads and watch the answer's probability;
@@ -31,7 +32,7 @@
 # 7. causal checks, lenses and probes;
 # 8. export of every figure.
 #
-# Methods and the numbers to expect are in the project notes (`methods.md` §4). The defaults take
+# Formulas, defaults, measured numbers and papers: `docs/factual.md`. The defaults take
 # a few minutes on two CPU cores; the size knobs make it faster.
 
 # %% tags=["parameters"]
@@ -124,8 +125,9 @@ evals[~evals["correct"]].head(8)[["id", "answer", "top1", "rank_candidates", "p_
 # outputs. With the final RMSNorm's scale frozen at its value in this run, the logit is linear in
 # the residual, so each component's contribution is exact and they add up to the logit. Each
 # head's output is itself a sum over the tokens it reads, `A[END, s] · v_s W_O^h`, which splits its
-# contribution by source token. The `diff` metric is the answer minus the mean of the relation's
-# other candidates.
+# contribution by source token: subject tokens, relation tokens, the last token END itself (always
+# its own group, whatever the spans cover, so that "relation" means the relation words) and the
+# rest. The `diff` metric is the answer minus the mean of the relation's other candidates.
 
 # %%
 t0 = time.perf_counter()
@@ -156,16 +158,16 @@ df.reindex(df["diff"].abs().sort_values(ascending=False).index).head(12).round(3
 # 3.9 − embedding 0.07, and the sum of the components matches the logit to about 1e-5. Most of it
 # comes from the MLPs of layers 23–29. Among the heads, **L23H4** gives +2.7, almost all of it read
 # from the two " France" tokens, with L23H1 (+1.3) and L23H5 (+0.7) doing the same; **L29H1**
-# (+1.9) reads from neither the subject nor the relation words; **L29H0** (−1.1) pushes the answer
-# down.
+# (+1.9) reads the last token itself (+1.96 from it); **L29H0** (−1.1) pushes the answer down.
 #
 # ## 3. Over a prompt set: head classes
 #
 # DLA of every sampled prompt (one forward per batch), then each head's mean DLA from subject,
-# relation and other tokens, on the prompts whose answer the model ranks first among the
-# candidates. With E = |subject| + |relation|: **subject** head if |subject| / E ≥ 0.7, **relation**
-# head if |relation| / E ≥ 0.7, **mixed** otherwise; **other** if |other| > E (it reads neither
-# group: position 0 or the last token itself); **minor** if everything is below 0.1 logit.
+# relation, last-token and other tokens, on the prompts whose answer the model ranks first among the
+# candidates. With SR = |subject| + |relation|: **subject** head if |subject| / SR ≥ 0.7,
+# **relation** head if |relation| / SR ≥ 0.7, **mixed** otherwise; **last** if |last| > SR and
+# |last| ≥ |other| (it reads the token it sits on); **other** if |other| > SR and |other| > |last|
+# (mostly position 0); **minor** if everything is below 0.1 logit.
 
 # %%
 t0 = time.perf_counter()
@@ -195,11 +197,11 @@ cls_frame[cls_frame["class"] != "minor"].head(15).round(3)
 # MLPs carry most of the answer logit in every relation (about 7–12 against 1.4–5 for attention).
 # Seven heads are subject heads, all in layers 23–24: L23H4 (+1.97 from the subject on average),
 # L23H5 (+1.08) and L23H1 (+0.78), plus small negative ones (L24H4 −0.41). At these thresholds
-# there is **no relation head and no mixed head**: every head with a mean effect above 0.1 logit
-# either takes at least 70% of its subject-plus-relation DLA from the subject, or reads mostly from
-# other tokens. The other large heads, L29H1 (+1.9), L29H0 (−1.3) and L29H2 (+0.65), are of the
-# second kind (the `other_from_last_token` and `other_from_position_0` columns say where from).
-# Relation information reaches the answer through the MLPs and through these last-layer heads, not
+# there is **no relation head and no mixed head**: none of the 10 heads above the threshold takes
+# more than 0.05 logit from the relation words. Two large heads read **the last token itself**: L29H1 (+1.45 from it) and the
+# suppressive L29H0 (−1.03); L29H2 splits between the last token (+0.31) and other tokens (+0.34,
+# hardly any from position 0: see the `other_from_position_0` column), so it is "other". Relation
+# information reaches the answer through the MLPs and through heads reading the last token, not
 # through heads that read the relation words.
 #
 # ## 4. The additive motif
@@ -253,7 +255,7 @@ figs.get("suppression", "no suppressive head found at this threshold")
 # ## 6. Explorer
 #
 # Pick a prompt: the DLA bars, the last token's attention for its top heads (S marks subject
-# tokens, R relation tokens) and the full pattern of a chosen head. Each prompt's DLA is computed
+# tokens, R relation tokens, E the last token) and the full pattern of a chosen head. Each prompt's DLA is computed
 # on first selection.
 
 # %%
@@ -464,7 +466,7 @@ figs["lre_faithfulness"]
 # capital prompts (accuracy 0.55): probe AUROC 0.73 (C = 0.3), confidence 0.81, mean attention 0.26
 # (more attention to the subject went with *wrong* answers); 60 well-known countries (accuracy 0.80,
 # only 12 errors): CV picked the smallest C, the probe is constant (AUROC 0.51) and confidence gives
-# 0.70. The notes measured confidence 0.88 versus 0.68 for a probe at C = 0.5 on 60 prompts.
+# 0.70.
 
 # %%
 from probes.factual.sat_probe import sat_probe

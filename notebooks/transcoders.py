@@ -31,7 +31,7 @@
 # 5. features and circuits;
 # 6. export of every figure.
 #
-# Methods and the numbers to expect are in the project notes (`methods.md` §1–2).
+# Formulas, defaults, measured numbers and papers: `docs/transcoders.md`.
 
 # %% tags=["parameters"]
 out_dir = "out/figures"  # where the figures go (relative to the kernel's working directory)

@@ -15,7 +15,7 @@ hand-written landmark -> country table. Relations:
 (A currency relation was tried and dropped: SmolLM2 words currencies as "Japanese yen", "US
 dollar", so the first token of the unit word was its argmax on 1.6% of 190 prompts.)
 
-Prompt format (SmolLM2-Instruct, methods.md §7.3): ``"User: <question>\\nAssistant: <sentence>"``,
+Prompt format (SmolLM2-Instruct, see docs/factual.md): ``"User: <question>\\nAssistant: <sentence>"``,
 the sentence ending right before the answer. Answer tokens follow the first-token rule of
 ``probes.factual.data``: within a relation, a value is kept only if its first SmolLM2 token is
 shared by no other value of that relation (colliding values are dropped with all their prompts,

@@ -131,7 +131,7 @@ def test_active_dormant_on_smollm2(smollm2):
     heads = [(14, 3), (22, 0), (23, 6)]
     r = active_dormant(smollm2, doms, heads=heads)
     sink = dict(zip(heads, r.sink_mass[:, 0]))
-    assert sink[(14, 3)] > 0.7  # notes §5.2: L14H3 sinks on prose (0.92 there)
+    assert sink[(14, 3)] > 0.7  # L14H3 sinks on prose (docs/sinks.md, section 5)
     i = heads.index((14, 3))
     assert r.sink_mass[i, 0] > r.sink_mass[i, 1]  # and less on code
     assert np.isfinite(r.dce).all() and abs(r.dce[i, 0]) < 0.02

@@ -404,12 +404,33 @@ def _corrupt(entry: Path, how: str) -> None:
         (entry / "config.json").write_text("not json")
     elif how == "garbage tokenizer":
         (entry / "tokenizer.json").write_text("{")
+    elif how == "flipped tensor bytes":
+        _flip_tensor_bytes(st)
+    elif how == "bit rot (same mtime)":
+        _flip_tensor_bytes(st, keep_mtime=True)
+    elif how == "missing checksums":
+        (entry / fp32_cache.CHECKSUMS).unlink()
+    elif how == "garbage checksums":
+        (entry / fp32_cache.CHECKSUMS).write_text("{")
     else:
         raise ValueError(how)
 
 
+def _flip_tensor_bytes(st: Path, keep_mtime: bool = False, where: float = 0.5) -> None:
+    """Invert 16 bytes of tensor data (after the safetensors header) in place: same size, valid header."""
+    before = st.stat()
+    data = bytearray(st.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    i = start + int(where * (len(data) - start - 16))
+    data[i:i + 16] = bytes(b ^ 0xFF for b in data[i:i + 16])
+    st.write_bytes(bytes(data))
+    if keep_mtime:
+        os.utime(st, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
 CORRUPTIONS = ["truncated weights", "junk weights", "empty weights", "mangled header", "missing weights",
-               "missing marker", "stale marker", "garbage marker", "garbage config", "garbage tokenizer"]
+               "missing marker", "stale marker", "garbage marker", "garbage config", "garbage tokenizer",
+               "flipped tensor bytes", "bit rot (same mtime)", "missing checksums", "garbage checksums"]
 
 
 @pytest.mark.parametrize("how", CORRUPTIONS)
@@ -428,7 +449,7 @@ def test_corrupt_cache_is_rebuilt(monkeypatch, tmp_path, how):
     assert (entry / fp32_cache.MARKER).exists()
     _corrupt(entry, how)
     silent = how in ("missing marker", "stale marker")  # not corrupt, just not this key: rebuilt quietly
-    with nullcontext() if silent else pytest.warns(UserWarning, match="unreadable"):
+    with nullcontext() if silent else pytest.warns(UserWarning, match="unreadable|corrupt"):
         hf2, tok2, hit2 = fp32_cache.load_cached("tiny-entry", key, build)
     assert not hit2 and len(calls) == 2, "the corrupt entry was used instead of rebuilt"
     with torch.no_grad():
@@ -442,13 +463,67 @@ def test_corrupt_cache_is_rebuilt(monkeypatch, tmp_path, how):
     assert leftovers == [], f"temporary folders left behind: {leftovers}"
 
 
+def test_flipped_tensor_bytes_would_load_silently_without_the_checksum(monkeypatch, tmp_path):
+    """The damage the checksum catches is real: the corrupted weights load without any error and give
+    other logits; with the checksum the entry is rebuilt and the logits are the right ones."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    calls = []
+    hf, tok, _ = fp32_cache.load_cached("tiny-entry", {"k": 1}, _counting_builder(calls))
+    ids = torch.tensor([tok("Hello there")["input_ids"]])
+    entry = tmp_path / "tiny-entry"
+    _flip_tensor_bytes(entry / "model.safetensors", where=0.0)  # the first tensor's first values
+    raw = AutoModelForCausalLM.from_pretrained(entry, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        ref = hf(ids).logits
+        assert not torch.equal(raw(ids).logits, ref)  # loads fine, silently wrong
+    with pytest.warns(UserWarning, match="SHA-256 of model.safetensors does not match"):
+        hf2, _, hit = fp32_cache.load_cached("tiny-entry", {"k": 1}, _counting_builder(calls))
+    assert not hit and len(calls) == 2
+    with torch.no_grad():
+        assert torch.equal(hf2(ids).logits, ref)
+
+
+def test_cheap_check_hashes_only_what_changed(monkeypatch, tmp_path):
+    """A load hashes in full only the files modified since they were verified (once: the new time is
+    recorded); otherwise sampled bytes. A flip outside the sampled chunks with the old mtime passes the
+    cheap check (the documented limit) and is caught by verify="full" / WORKBENCH_VERIFY_CACHE=full."""
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(fp32_cache, "SAMPLE_CHUNKS", 2)  # sample only the first and the last 64 bytes
+    monkeypatch.setattr(fp32_cache, "SAMPLE_BYTES", 64)
+    calls, hashed = [], []
+    fp32_cache.load_cached("tiny-entry", {"k": 1}, _counting_builder(calls))
+    real = fp32_cache.file_sha256
+    monkeypatch.setattr(fp32_cache, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    entry, st = tmp_path / "tiny-entry", tmp_path / "tiny-entry" / "model.safetensors"
+    assert fp32_cache.load_cached("tiny-entry", {"k": 1}, _counting_builder(calls))[2] and hashed == []
+    os.utime(st, ns=(st.stat().st_atime_ns, st.stat().st_mtime_ns + 10**9))  # touched, not changed
+    assert fp32_cache.load_cached("tiny-entry", {"k": 1}, _counting_builder(calls))[2]
+    assert hashed == ["model.safetensors"]
+    record = json.loads((entry / fp32_cache.CHECKSUMS).read_text())
+    assert record["files"]["model.safetensors"]["verified_mtime_ns"] == st.stat().st_mtime_ns
+    assert fp32_cache.load_cached("tiny-entry", {"k": 1}, _counting_builder(calls))[2]
+    assert hashed == ["model.safetensors"] and len(calls) == 1  # verified once, then sampled again
+
+    _flip_tensor_bytes(st, keep_mtime=True)  # in the middle: not sampled
+    assert fp32_cache.load_cached("tiny-entry", {"k": 1}, _counting_builder(calls))[2]  # the cheap check's limit
+    monkeypatch.setenv("WORKBENCH_VERIFY_CACHE", "full")
+    with pytest.warns(UserWarning, match="SHA-256 of model.safetensors"):
+        assert not fp32_cache.load_cached("tiny-entry", {"k": 1}, _counting_builder(calls))[2]
+    assert len(calls) == 2
+    assert fp32_cache.load_cached("tiny-entry", {"k": 1}, _counting_builder(calls), verify="full")[2]
+    with pytest.raises(InputError, match="verify must be one of"):
+        fp32_cache.load_cached("tiny-entry", {"k": 1}, _counting_builder(calls), verify="sometimes")
+
+
 def test_rebuilt_cache_wraps_to_the_same_model(monkeypatch, tmp_path, tiny_llama):
     """End to end: a rebuilt entry wrapped as a Model gives the logits of the freshly built one."""
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     build = _counting_builder([])
     fp32_cache.load_cached("tiny-entry", {"k": 1}, build)
     _corrupt(tmp_path / "tiny-entry", "truncated weights")
-    with pytest.warns(UserWarning, match="unreadable"):
+    with pytest.warns(UserWarning, match="corrupt"):
         hf, tok, hit = fp32_cache.load_cached("tiny-entry", {"k": 1}, build)
     model = wb.wrap(hf, tok, "tiny-llama", device=tiny_llama.device)
     assert not hit and model.parity.ok()

@@ -112,6 +112,54 @@ def test_bad_input(tiny_llama, tmp_path):
         FactSet([f]).by_relation("currency")
 
 
+P = "User: What is the capital city of France?\nAssistant: The capital city of France is"
+ARGS = ("capital", "France", P, " Paris", (" Paris", " Rome"))
+
+
+@pytest.mark.parametrize("spans, match", [
+    (((73, 73), (57, 69)), "subject span \\(73, 73\\) is empty"),
+    (((73, 79), (65, 65)), "relation span \\(65, 65\\) is empty"),
+    (((73, 79), (73, 79)), "relation span \\(73, 79\\) is the subject span"),
+    (((73, 79), (74, 77)), "inside the subject span"),
+    (((73, 79), (0, 4)), "token 0, the attention sink"),
+    (((73, 79), (57, 500)), "lies outside the prompt"),
+])
+def test_bad_spans_get_clear_errors(spans, match):
+    s_span, r_span = spans
+    assert P[73:79] == "France" and P[57:69] == "capital city"
+    FactPrompt("capital/France", *ARGS, (73, 79), (57, 69))  # the good spans pass
+    with pytest.raises(InputError, match=match):
+        FactPrompt("capital/France", *ARGS, s_span, r_span)
+
+
+def test_mentions_are_whole_words(tiny_llama):
+    # "a" occurs inside "What", "capital", "Assistant" but never as a word: refused, naming a word it hides in
+    with pytest.raises(InputError, match="only inside other words"):
+        make_fact("capital", "a", P, " Paris", (" Paris", " Rome"), "capital city")
+    with pytest.raises(InputError, match="only inside other words"):
+        make_fact("capital", "France", P, " Paris", (" Paris", " Rome"), "capit")
+    with pytest.raises(InputError, match="empty"):
+        make_fact("capital", "", P, " Paris", (" Paris", " Rome"), "capital city")
+    # a whole-word subject is found, and all_mentions counts only its whole-word occurrences
+    f = make_fact("r", "is", "User: Where is it? This island is", " x", (" x", " y"), "Where")
+    assert f.subject_span == (31, 33)  # the last whole word "is", not the "is" inside "This" / "island"
+    subj, _ = token_positions(tiny_llama, f)  # byte tokenizer: one token per character
+    assert subj == [12, 13, 31]  # the last token (position 32) is its own group
+
+
+def test_token_level_checks(tiny_llama):
+    # the relation text also occurs at the very start (token 0, the sink): refused with all mentions ...
+    f = make_fact("r", "France", "capital? The capital of France is", " x", (" x", " y"), "capital")
+    with pytest.raises(InputError, match="covers token 0"):
+        token_positions(tiny_llama, f)
+    subj, rel = token_positions(tiny_llama, f, all_mentions=False)  # ... fine with the span only
+    assert rel == list(range(13, 20)) and 0 not in rel
+    # a subject made only of the last token leaves no subject token
+    g = FactPrompt("r/x", "r", "x", "User: a x", " y", (" y", " z"), (8, 9), (6, 7))
+    with pytest.raises(InputError, match="other than the last one"):
+        token_positions(tiny_llama, g)
+
+
 @pytest.mark.smollm2
 def test_accuracy_on_smollm2_matches_meta(smollm2, facts):
     few = facts.sample(2, seed=0)

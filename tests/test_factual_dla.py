@@ -105,6 +105,56 @@ def test_batched_equals_single_with_padding(tiny_llama):
         check_exact(r)
 
 
+def test_per_prompt_answers_equal_single_calls(tiny_llama):
+    prompts = [PROMPT, "hello", "a b c d"]
+    many = direct_logit_attribution_many(tiny_llama, prompts, answer=[70, "b", 72], alternatives=[73])
+    assert [r.targets[0] for r in many] == [70, tiny_llama.tokenizer("b")["input_ids"][0], 72]
+    for p, a, r in zip(prompts, [70, "b", 72], many):
+        one = direct_logit_attribution(tiny_llama, p, answer=a, alternatives=[73])
+        assert r.targets == one.targets
+        np.testing.assert_allclose(r.heads, one.heads, atol=1e-5)
+        check_exact(r)
+    as_tensor = direct_logit_attribution_many(tiny_llama, prompts, answer=torch.tensor([70, 71, 72]),
+                                              alternatives=[73])
+    assert [r.targets[0] for r in as_tensor] == [70, 71, 72]
+    same = direct_logit_attribution_many(tiny_llama, prompts, answer=70, alternatives=[73])  # one for all
+    assert [r.targets[0] for r in same] == [70, 70, 70]
+    with pytest.raises(InputError, match="2 entries for 3 prompt"):
+        direct_logit_attribution_many(tiny_llama, prompts, answer=[70, 71])
+    with pytest.raises(InputError, match="one answer per prompt"):
+        direct_logit_attribution(tiny_llama, PROMPT, answer=[70, 71])
+    with pytest.raises(InputError, match="answer must be"):
+        direct_logit_attribution_many(tiny_llama, prompts, answer={70})
+
+
+def test_last_token_is_its_own_group_whatever_the_relation_span(tiny_llama):
+    """A relation span that reaches the end does not make the last token "relation": it has its own group,
+    so the relation group is the same as with a span stopping before it."""
+    import dataclasses
+
+    from probes.factual.data import make_fact, token_positions
+
+    prompt = "User: Where?\nAssistant: Rome is the capital of"
+    wide = make_fact("capital_of", "Rome", prompt, "Italy", ("Italy", "France"), "capital of")
+    narrow = dataclasses.replace(wide, relation_span=(wide.relation_span[0], len(prompt) - 1))  # stops before END
+    last = len(prompt) - 1  # byte tokenizer: one token per character
+    s_w, r_w = token_positions(tiny_llama, wide)
+    assert last not in r_w and r_w == token_positions(tiny_llama, narrow)[1]
+    rw, rn = direct_logit_attribution_many(tiny_llama, [wide, narrow])
+    check_exact(rw)
+    assert rw.relation_positions == rn.relation_positions == r_w and rw.last_position == last
+    np.testing.assert_allclose(rw.source_groups("diff"), rn.source_groups("diff"), atol=1e-9)
+    for i, m in enumerate(("logit", "diff")):
+        g = rw.source_groups(m)
+        np.testing.assert_allclose(g[..., 2], rw.sources[i][..., last], atol=1e-12)  # "last" = END's own DLA
+        np.testing.assert_allclose(g[..., 1], rw.sources[i][..., r_w].sum(-1), atol=1e-12)
+    # positions given by hand: a listed last position is moved to its own group too
+    r = direct_logit_attribution(tiny_llama, PROMPT, answer=70, subject_positions=[1, 2],
+                                 relation_positions=[4, len(PROMPT) - 1])
+    assert r.relation_positions == [4] and r.subject_positions == [1, 2]
+    check_exact(r)
+
+
 def test_default_alternative_is_top_wrong_token(tiny_llama):
     r = direct_logit_attribution(tiny_llama, PROMPT, answer=70)
     logits = tiny_llama.run(PROMPT, logits="last").last_logits[0]
@@ -118,10 +168,12 @@ def test_figures_and_tables(tiny_llama):
     heads = df[df.kind == "head"]
     assert len(heads) == tiny_llama.info.n_layers * tiny_llama.info.n_heads
     assert abs(df["logit"].sum() - r.logits[0]) < 1e-4
-    np.testing.assert_allclose(heads[["logit_subject", "logit_relation", "logit_other"]].sum(1), heads["logit"], atol=1e-6)
+    parts = heads[["logit_subject", "logit_relation", "logit_last", "logit_other"]]
+    np.testing.assert_allclose(parts.sum(1), heads["logit"], atol=1e-6)
+    np.testing.assert_allclose(heads["logit_last"], r.sources[0][..., -1].ravel(), atol=1e-9)
     fig = r.figure()
     assert sum(sum(t.y) for t in fig.data) == pytest.approx(r.logits[0], abs=1e-4)  # stacked bars sum to the logit
-    assert len(r.source_figure("diff").data) == 3
+    assert len(r.source_figure("diff").data) == 4
     assert len(r.token_figure(4).data[0].y) == 4
     assert "DLAResult" in r._repr_html_() and "L0H0" in r._repr_html_()
     assert len(r.top_heads(3)) == 3
@@ -157,7 +209,7 @@ def test_smollm2_fact_exact_and_subject_heads(smollm2):
     assert r.subject_positions == subj and r.relation_positions == rel
     assert "".join(r.str_tokens[p] for p in subj).split() == ["France", "France"]
     gt = r.group_totals()
-    assert gt["mlp"] > gt["attention"] > 0  # MLPs dominate (methods.md §4.1)
+    assert gt["mlp"] > gt["attention"] > 0  # MLPs dominate (docs/factual.md)
     # GQA reassembly on the real model (3 KV heads, group size 3) at the last position
     run = smollm2.run(fact.prompt, capture=["pattern", "v", "attn_out"], layers=[23, 29])
     for l in (23, 29):

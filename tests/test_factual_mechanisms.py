@@ -9,8 +9,8 @@ from probes.factual.mechanisms import (HeadScale, additive_motif, classify_heads
                                        suppressive_heads)
 from workbench.errors import InputError
 
-L, H, T = 2, 3, 6
-SUBJ, REL = [1, 2], [3]  # positions 0, 4, 5 are "other"
+L, H, T = 3, 3, 6
+SUBJ, REL, LAST = [1, 2], [3], T - 1  # positions 0 and 4 are "other"
 
 
 def fake(sources_logit: np.ndarray, k: int = 3, heads=None, mlps=None, groups=None) -> DLAResult:
@@ -21,10 +21,11 @@ def fake(sources_logit: np.ndarray, k: int = 3, heads=None, mlps=None, groups=No
         heads = np.zeros((L, H, k))
         heads[..., 0] = sources_logit.sum(-1)
     if groups is None:
-        groups = np.zeros((L, H, 3, k))
+        groups = np.zeros((L, H, 4, k))
         groups[:, :, 0, 0] = sources_logit[..., SUBJ].sum(-1)
         groups[:, :, 1, 0] = sources_logit[..., REL].sum(-1)
-        groups[:, :, 2, 0] = heads[..., 0] - groups[:, :, 0, 0] - groups[:, :, 1, 0]
+        groups[:, :, 2, 0] = sources_logit[..., LAST]
+        groups[:, :, 3, 0] = heads[..., 0] - groups[:, :, :3, 0].sum(-1)
     mlps = np.zeros((L, k)) if mlps is None else mlps
     total = heads.sum((0, 1)) + mlps.sum(0)
     z = np.zeros(k)
@@ -39,27 +40,39 @@ def designed() -> np.ndarray:
     s[0, 1, REL] = -0.5              # relation head (negative: a class is about where, not the sign)
     s[0, 2, SUBJ] = 0.25             # mixed: 0.5 from subject, 0.5 from relation
     s[0, 2, REL] = 0.5
-    s[1, 0, 5] = 0.8                 # reads the last token: other
+    s[1, 0, LAST] = 0.8              # reads the last token: last
     s[1, 1, 0] = 0.01                # minor
     s[1, 2, SUBJ] = 0.4              # subject share 0.8
     s[1, 2, REL] = 0.2
+    s[2, 0, 4] = 0.5                 # reads another token: other
+    s[2, 1, 0] = -0.3                # reads position 0 (the sink): other, and counted as from position 0
+    s[2, 1, LAST] = 0.1
+    s[2, 2, REL] = 0.3               # reads the relation more than the last token: still a relation head
+    s[2, 2, LAST] = 0.2
     return s
 
 
 def test_classify_known_heads():
     c = classify_heads([fake(designed()), fake(designed())], metric="logit", min_effect=0.1, share=0.7)
-    assert c.labels.tolist() == [["subject", "relation", "mixed"], ["other", "minor", "subject"]]
+    assert c.labels.tolist() == [["subject", "relation", "mixed"], ["last", "minor", "subject"],
+                                 ["other", "other", "relation"]]
     assert c.heads_of("subject") == [(0, 0), (1, 2)]
     np.testing.assert_allclose(c.subject[0, 0], 1.0)
     np.testing.assert_allclose(c.relation[0, 1], -0.5)
     strict = classify_heads([fake(designed())], metric="logit", share=0.9)
     assert strict.labels[1, 2] == "mixed"  # 0.8 subject share is below 0.9
     assert classify_heads([fake(designed())], metric="logit", min_effect=2.0).counts()["minor"] == L * H
-    np.testing.assert_allclose(c.end[1, 0], 0.8)  # head L1H0 reads the last token (position 5)
+    np.testing.assert_allclose(c.last[1, 0], 0.8)  # head L1H0 reads the last token (position 5)
+    np.testing.assert_allclose(c.last[2, 2], 0.2)
+    np.testing.assert_allclose(c.relation[2, 2], 0.3)
     np.testing.assert_allclose(c.first[1, 1], 0.01)
+    np.testing.assert_allclose(c.first[2, 1], -0.3)
+    np.testing.assert_allclose(c.other[2, 0], 0.5)
     df = c.to_frame()
     assert len(df) == L * H and df.iloc[0]["head"] in ("L0H0", "L0H2")
-    assert len(c.figure().data) == 5 and "subject" in c._repr_html_()
+    assert {"subject", "relation", "last", "other", "other_from_position_0"} <= set(df.columns)
+    assert len(c.figure().data) == 6 and "subject" in c._repr_html_()
+    assert c.heads_of("last") == [(1, 0)]
 
 
 def test_additive_motif_constructive_interference():
@@ -70,7 +83,7 @@ def test_additive_motif_constructive_interference():
     heads[1, 2] = [0.0, 0.0, 0.0]
     mlps = np.zeros((L, k))
     mlps[1] = [1.0, 0.0, 1.0]      # MLPs: answer ties with candidate 2 -> rank 1
-    groups = np.zeros((L, H, 3, k))
+    groups = np.zeros((L, H, 4, k))
     groups[0, 0, 0] = heads[0, 0]
     r = fake(s, k, heads=heads, mlps=mlps, groups=groups)
     c = classify_heads([fake(s)], metric="logit")
@@ -100,12 +113,12 @@ def test_motif_group_with_no_head_has_no_rank():
 
 def test_suppressive_heads_pick_negative_late_heads():
     s = np.zeros((L, H, T))
-    s[1, 1, 0] = -0.5
-    s[1, 2, 0] = -0.2
+    s[2, 1, 0] = -0.5
+    s[2, 2, 0] = -0.2
     s[0, 0, 0] = -3.0  # early: outside last_layers=1
-    assert suppressive_heads([fake(s)], last_layers=1, threshold=-0.1) == [(1, 1), (1, 2)]
-    assert suppressive_heads([fake(s)], last_layers=1, threshold=-0.3) == [(1, 1)]
-    assert suppressive_heads([fake(s)], last_layers=2, max_heads=1) == [(0, 0)]
+    assert suppressive_heads([fake(s)], last_layers=1, threshold=-0.1) == [(2, 1), (2, 2)]
+    assert suppressive_heads([fake(s)], last_layers=1, threshold=-0.3) == [(2, 1)]
+    assert suppressive_heads([fake(s)], last_layers=3, max_heads=1) == [(0, 0)]
 
 
 def test_head_scale_is_exactly_linear_in_alpha(tiny_llama):
@@ -164,7 +177,7 @@ def test_smollm2_subject_heads_and_suppression(smollm2):
         ids=["capital/France", "capital/Germany", "capital/Japan", "capital/Italy", "capital/Spain", "capital/Egypt"])
     rs = direct_logit_attribution_many(smollm2, facts)
     c = classify_heads(rs)
-    assert c.labels[23, 4] == "subject" and c.subject[23, 4] > 0.5  # methods.md §4.1: L23H4 reads the subject
+    assert c.labels[23, 4] == "subject" and c.subject[23, 4] > 0.5  # docs/factual.md: L23H4 reads the subject
     t = additive_motif(rs, c)
     assert t.to_frame().set_index("group").loc["model", "top1_rate"] >= 0.8
     sup = suppressive_heads(rs)

@@ -242,7 +242,7 @@ def test_smollm2_patching_and_attribution(smollm2):
     comp = compare_attribution(m, pair, layers=layers)
     print(comp)
     assert comp.pearson > 0.5 and comp.spearman > 0.5
-    # the subject-mover head of methods.md §4.1 tops both rankings
+    # the subject-mover head L23H4 (docs/factual.md) tops both rankings
     df = comp.to_frame()
     for col in ("actual_effect", "estimated_effect"):
         best = df.loc[df[col].idxmax()]

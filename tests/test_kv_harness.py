@@ -1,6 +1,7 @@
 """efficiency.kv.harness: policy × ratio sweeps with one prefill per sample, and compressed-prefix perplexity."""
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -9,6 +10,8 @@ import workbench as wb
 from efficiency import H2O, SnapKV, get_policy, perplexity, sweep
 from workbench.texts import load_domain
 from workbench.texts.tasks import needle_prompts, passkey_prompts
+
+from kv_helpers import Recorder, masked_perplexity
 
 N_TINY = 200
 
@@ -68,12 +71,18 @@ def test_sweep_prefills_once_per_sample(tiny_llama, samples, monkeypatch):
 def test_sweep_matches_generate(tiny_llama, samples):
     """Each row equals model.generate with the same policy (attention replayed from the shared prefill)."""
     sub = samples[1:]
-    res = sweep(tiny_llama, sub, ["snapkv", "h2o", "tova"], ratios=(0.5, 0.875), max_new_tokens=4).to_frame()
+    names = ["snapkv", "h2o", "tova", "streaming_llm", "adakv"]
+    res = sweep(tiny_llama, sub, names, ratios=(0.5, 0.875), max_new_tokens=4).to_frame()
+    i = tiny_llama.info
+    per_token = i.n_layers * i.n_kv_heads * i.d_head * 2 * 4  # bytes of one position in every layer and head
     for _, row in res.iterrows():
         policy = None if row.policy == "full cache" else get_policy(row.policy, ratio=row.ratio)
         g = tiny_llama.generate(sub[row["sample"]].prompt, max_new_tokens=4, cache_policy=policy)
         assert g.text == row.generated, (row.policy, row.ratio)
         assert g.cache_stats[0].physical_bytes == row.physical_bytes
+        n = len(g.prompt_tokens)  # known value: a uniform budget's bytes (per-layer / per-head ones keep the total)
+        kept = n if policy is None else n - math.floor(row.ratio * n)
+        assert row.physical_bytes == kept * per_token and row.kept_fraction == pytest.approx(kept / n)
 
 
 def test_ratio_zero_reproduces_full_cache(tiny_llama, samples):
@@ -131,16 +140,38 @@ def test_perplexity_full_equals_direct(tiny_llama):
         direct, rel=1e-6)
 
 
-def test_perplexity_compressed(tiny_llama):
+def test_masked_reference_is_the_full_forward_without_eviction(tiny_llama):
+    """The reference used below: with nothing evicted (every row sees all earlier rows) it is the plain
+    full-forward perplexity, so it only differs from it through the masks."""
+    texts = [t[:200] for t in load_domain("code")[:2]]  # byte tokens: 200 each, prefix 100, chunks of 8
+    i = tiny_llama.info
+    everything = [[{l: [set(range(100 + 8 * c))] * i.n_kv_heads for l in range(i.n_layers)} for c in range(13)]
+                  for _ in texts]
+    assert masked_perplexity(tiny_llama, texts, 0.5, 8, everything) == pytest.approx(_direct_ppl(tiny_llama, texts),
+                                                                                     rel=1e-6)
+
+
+@pytest.mark.parametrize("name, chunk, at", [("streaming_llm", None, "prefill"), ("h2o", 8, "both"),
+                                             ("adakv", 5, "prefill")])
+def test_perplexity_compressed_equals_masked_full_forward(tiny_llama, name, chunk, at):
+    """Known value: the compressed-prefix perplexity equals a dense forward in which each scored row
+    only sees what the cache held when it was fed (compression after the prefix, and after each chunk
+    with at="both")."""
     texts = [t[:200] for t in load_domain("code")[:2]]
+    rec = Recorder(get_policy(name, ratio=0.5, at=at, **({"window": 2} if name in ("snapkv", "h2o", "adakv") else {})))
+    r = perplexity(tiny_llama, texts, rec, chunk=chunk)
+    assert len(rec.snapshots) == len(texts)
+    expected = masked_perplexity(tiny_llama, texts, 0.5, chunk, rec.snapshots)
+    assert r.perplexity == pytest.approx(expected, rel=1e-5)
     direct = _direct_ppl(tiny_llama, texts)
-    for name in ("streaming_llm", "snapkv"):
-        r = perplexity(tiny_llama, texts, name)  # a name: ratio 0.5
-        assert (r.per_text.kept_fraction < 0.6).all()
-        assert r.perplexity != pytest.approx(direct, rel=1e-6) and math.isfinite(r.perplexity)
-    # compressing between chunks too (at="both") keeps the cache small during scoring
-    both = perplexity(tiny_llama, texts, get_policy("snapkv", ratio=0.5, at="both"), chunk=8)
-    assert math.isfinite(both.perplexity)
+    assert abs(r.perplexity / direct - 1) > 1e-3  # eviction changed the value, and the reference followed it
+    n_prefix = r.per_text.n_prefix.to_numpy()  # kept after the prefix: a uniform budget's share (AdaKV: in total)
+    np.testing.assert_allclose(r.per_text.kept_fraction.to_numpy(), (n_prefix - np.floor(0.5 * n_prefix)) / n_prefix,
+                               atol=1e-9)
+
+
+def test_perplexity_bad_input(tiny_llama):
+    texts = ["some text to score here"]
     with pytest.raises(wb.InputError, match="prefix"):
         perplexity(tiny_llama, texts, prefix=1.0)
     with pytest.raises(wb.InputError, match="chunk"):

@@ -31,6 +31,48 @@ def test_ratio_zero_is_the_full_cache(tiny_llama, name):
     assert tiny_llama.leftover_hooks() == []
 
 
+@pytest.fixture(scope="module")
+def reference(tiny_llama):
+    from efficiency.kv.internals import full_reference
+
+    return full_reference(tiny_llama, PROMPT)
+
+
+@pytest.mark.parametrize("name", eviction_policies())
+def test_every_policy_at_a_real_ratio_matches_a_direct_prefill(tiny_llama, reference, name):
+    """At ratio 0.5 (the policy scores and evicts): retention is exactly what the same policy keeps in a
+    plain prefill, the sink flag is position 0's retention, the evicted mass is the full rows' mass on
+    the evicted positions, and the compressed logits are those of the probe fed to that cache."""
+    m = tiny_llama
+    c = compare_cache(m, PROMPT, name, ratio=0.5, reference=reference)
+    cache = prefill(m, PROMPT, cache_policy=get_policy(name, ratio=0.5))
+    t = c.n_tokens
+    expect = torch.zeros_like(c.retention)
+    for l in range(cache.n_layers):
+        for g in range(cache.n_kv_heads):
+            p = cache.positions[l][0, g]
+            expect[l, g, p[p >= 0]] = True
+    assert torch.equal(c.retention, expect)
+    assert int(c.retention.sum()) == int(cache.stats().tokens.sum()) < c.retention.numel()
+    kept, k = c.retention.sum(-1), t - int(0.5 * t)  # (L, G) per layer and KV head; a uniform budget
+    if name == "adakv":  # per-head budgets: each layer keeps G * k in all
+        assert (kept.sum(1) == k * cache.n_kv_heads).all()
+    elif name in ("pyramidkv", "zigzagkv"):  # per-layer budgets: L * k in all, the same in a layer's heads
+        assert (kept.sum(0) == k * cache.n_layers).all() and (kept == kept[:, :1]).all()
+    else:
+        assert (kept == k).all()
+    assert torch.equal(c.sink_kept, c.retention[..., 0])
+    h = c.full_pattern.shape[2]
+    lost = ~c.retention.repeat_interleave(h // cache.n_kv_heads, dim=1)
+    torch.testing.assert_close(c.evicted_mass, (c.full_pattern[0, ..., :t] * lost).sum(-1), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        direct = cached_forward(m, cache, torch.tensor([[c.probe_tokens[0]]]))[0, -1].float()
+    torch.testing.assert_close(c.compressed_logits[0].float(), direct, atol=1e-5, rtol=1e-5)
+    lf, lc = torch.log_softmax(c.full_logits[0].double(), -1), torch.log_softmax(direct.double(), -1)
+    assert float(c.output_kl[0]) == pytest.approx(max(0.0, float((lf.exp() * (lf - lc)).sum())), abs=1e-5)
+    assert float(c.tv.max()) > 0 and bool((c.tv >= c.evicted_mass - 1e-6).all())
+
+
 def test_streaming_llm_keeps_sinks_plus_window_exactly(tiny_llama):
     t = tiny_llama.tokenize(PROMPT)[1][0]
     c = compare_cache(tiny_llama, PROMPT, get_policy("streaming_llm", sinks=2, window=8))

@@ -22,6 +22,9 @@ from workbench.generation import cached_forward
 from workbench.hooks import HookSession
 from workbench.kv_cache import KVCache, RaggedLayer, StepContext
 
+from kv_helpers import Recorder, kept_sets, masked_generation_logits, masked_perplexity
+
+
 @contextlib.contextmanager
 def wb_settings(**kw):
     old = {k: getattr(settings, k) for k in kw}
@@ -195,10 +198,16 @@ def test_adakv_alpha_one_equals_uniform_snapkv(tiny_llama):
 
 def test_adakv_is_ragged_keeps_the_layer_total_and_decodes(tiny_llama):
     pol = AdaKV(ratio=0.75, window=4, at="both")
-    g = tiny_llama.generate(PROMPT, 6, stop_at_eos=False, cache_policy=pol)
+    kept = []
+    g = tiny_llama.generate(PROMPT, 6, stop_at_eos=False, cache_policy=pol, on_step=lambda c, _: kept.append(kept_sets(c)))
     t, G = len(g.prompt_tokens), tiny_llama.info.n_kv_heads
     k = (t + 5) - math.floor(0.75 * (t + 5))
-    assert torch.isfinite(g.logits).all() and len(g.new_tokens) == 6
+    assert len(g.new_tokens) == 6
+    # every step's logits are those of a dense forward masked, per head, to what the ragged cache held
+    torch.testing.assert_close(g.logits, masked_generation_logits(tiny_llama, g, kept), atol=2e-5, rtol=1e-5)
+    assert any(len({len(s) for s in kept[1][l]}) > 1 for l in kept[1])  # heads really kept different counts
+    full = tiny_llama.run(g.tokens[:t + 5][None], logits="all").logits[0, t - 1:].float()
+    assert float((full[1:] - g.logits[1:]).abs().max()) > 1e-3  # and eviction did change them
     assert any(g.cache.is_ragged(l) for l in range(g.cache.n_layers))
     for st in g.cache_stats[1:]:
         assert st.physical_bytes == st.logical_bytes == int(st.tokens.sum()) * tiny_llama.info.d_head * 2 * 4
@@ -210,10 +219,14 @@ def test_adakv_is_ragged_keeps_the_layer_total_and_decodes(tiny_llama):
 
 
 def test_adakv_on_gpt2_and_in_the_harness(tiny_gpt2, tiny_llama):
-    g = tiny_gpt2.generate(PROMPT, 3, stop_at_eos=False, cache_policy=AdaKV(budget=12, window=2, at="both"))
-    assert torch.isfinite(g.logits).all() and (g.cache.stats().tokens.sum(1) == 12 * g.cache.n_kv_heads).all()
-    r = perplexity(tiny_llama, [PROMPT], AdaKV(ratio=0.5, window=2), chunk=5)
-    assert math.isfinite(r.perplexity)
+    kept = []
+    g = tiny_gpt2.generate(PROMPT, 3, stop_at_eos=False, cache_policy=AdaKV(budget=12, window=2, at="both"),
+                           on_step=lambda c, _: kept.append(kept_sets(c)))
+    assert (g.cache.stats().tokens.sum(1) == 12 * g.cache.n_kv_heads).all()
+    torch.testing.assert_close(g.logits, masked_generation_logits(tiny_gpt2, g, kept), atol=2e-5, rtol=1e-5)
+    rec = Recorder(AdaKV(ratio=0.5, window=2))
+    r = perplexity(tiny_llama, [PROMPT], rec, chunk=5)
+    assert r.perplexity == pytest.approx(masked_perplexity(tiny_llama, [PROMPT], 0.5, 5, rec.snapshots), rel=1e-5)
 
 
 # ---------------------------------------------------------------- several tokens into layers of different lengths
@@ -270,8 +283,12 @@ def test_zigzag_budgets_follow_captured_attention(tiny_llama):
 
 def test_uncertainty_budgets_compose_with_any_policy(tiny_llama):
     pol = StreamingLLM(ratio=0.5, layer_budgets=UncertaintyBudgets())  # StreamingLLM needs no attention itself
-    g = tiny_llama.generate(PROMPT, 3, stop_at_eos=False, cache_policy=pol)
-    assert torch.isfinite(g.logits).all() and set(pol.layer_budgets.need) == set(range(tiny_llama.info.n_layers))
+    kept = []
+    g = tiny_llama.generate(PROMPT, 3, stop_at_eos=False, cache_policy=pol, on_step=lambda c, _: kept.append(kept_sets(c)))
+    assert set(pol.layer_budgets.need) == set(range(tiny_llama.info.n_layers))
+    torch.testing.assert_close(g.logits, masked_generation_logits(tiny_llama, g, kept), atol=2e-5, rtol=1e-5)
+    n = len(g.prompt_tokens)  # per-layer budgets from the measured need, with the uniform total
+    assert sum(len(kept[0][l][0]) for l in kept[0]) == tiny_llama.info.n_layers * (n - math.floor(0.5 * n))
     assert get_policy("zigzagkv", ratio=0.0).layer_budgets.mass == 0.9
 
 

@@ -1,5 +1,5 @@
 """Residual-state peaks: norms equal HF output_hidden_states, the peak/appear/removed logic on
-synthetic ratios, the report API; SmolLM2's dim-507 peak at position 0 (methods.md §5.2)."""
+synthetic ratios, the report API; SmolLM2's dim-507 peak at position 0 (numbers in the module docstring)."""
 import pytest
 import torch
 
@@ -82,3 +82,10 @@ def test_smollm2_peak_at_position0_carried_by_dim_507(smollm2):
         assert r.top_values[b, s, 0].abs() > 0.9 * r.norms[b, s, 0]  # one dim carries the peak
         assert r.appears[b] == 12  # after block 11 (stage 0 is the embedding)
         assert r.massive_dims(b)[0] == 507
+        # the numbers stated in the module docstring (stage s = block s - 1)
+        assert s == 12 and 150 < r.ratio[b, s] < 200
+        assert 21_000 < r.norms[b, s, 0] < 25_500 and r.top_values[b, s, 0] > 0.99 * r.norms[b, s, 0]
+        assert (r.ratio[b, 12:20] > 100).all() and (r.ratio[b, 22:] < 100).all() and r.ratio[b, 28] < 45
+        peak = r.norms[b, 12:29, 0]
+        assert (peak.max() - peak.min()) < 0.02 * peak.max()  # flat through block 27
+        assert r.norms[b, 29, 0] < 0.5 * peak.min() and r.removed[b] == 30

@@ -1,5 +1,5 @@
 """Q/K concentration maps: RoPE pair-norm invariance, frequencies from the model's inv_freq,
-flat-map statistics, non-rotary fallback; SmolLM2's Q/K above V (methods.md §6.3)."""
+flat-map statistics, non-rotary fallback; SmolLM2's Q/K above V (numbers in docs/sinks.md)."""
 import math
 
 import pytest
@@ -111,7 +111,7 @@ def test_smollm2_qk_concentration_above_v(smollm2):
     deep = ls.loc[5:]
     assert (deep.q_concentration > deep.v_concentration).all() and (deep.k_concentration > deep.v_concentration).all()
     assert deep.q_concentration.mean() > 2 * deep.v_concentration.mean()
-    # arg-max Q/K dims cluster in the low-frequency pairs (methods.md: pairs 22-24, wavelength > 10k tokens)
+    # arg-max Q/K dims cluster in the low-frequency pairs (measured: mostly pairs 22-25, wavelengths > 10k tokens)
     df = r.to_frame()
     qk = df[(df.kind != "v") & (df.layer >= 5)]
     assert (qk.wavelength > 1e4).mean() > 0.6

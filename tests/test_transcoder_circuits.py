@@ -1,7 +1,7 @@
 """Transcoder circuits (probes/transcoders/connections.py, attribution_graph.py, circuit_figure.py,
 circuit_explorer.py) on tiny-llama (RMSNorm, GQA) and tiny-gpt2 (LayerNorm, biases).
 
-Exact checks (methods.md §2 tests): conservation (a feature's pre-activation and a logit equal the
+Exact checks: conservation (a feature's pre-activation and a logit equal the
 sum of their one-step contributions plus bias; on a model whose MLPs are spliced transcoders the
 transcoder error is 0, on the real model the error nodes close the sum); head decomposition
 (Σ_s of a head's per-source terms = its captured output · u, GQA included); every node of a greedy

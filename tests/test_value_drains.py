@@ -1,5 +1,6 @@
 """Value-state drains: ‖v_j W_O^h‖ against an independent computation from HF weights and
-hidden states; padding; report API; SmolLM2 (methods.md §5.2)."""
+hidden states; padding; report API; SmolLM2 (numbers in docs/sinks.md)."""
+import numpy as np
 import pytest
 import torch
 
@@ -63,7 +64,9 @@ def test_report_api_and_bad_input(tiny_llama):
     tf = r.token_frame(1, 2, prompt=1)
     assert len(tf) == r.lengths[1] and tf.token.tolist() == r.str_tokens[1]
     fig = r.figure()
-    assert len(fig.data) == 4 and fig.data[-1].z.shape == (2, 4)
+    assert len(fig.data) == 4
+    np.testing.assert_allclose(np.asarray(fig.data[-1].z, dtype=float), np.log10(r.ratio.numpy()), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(fig.data[2].y, dtype=float), r.layer_ratio.numpy(), atol=1e-6)
     assert "ValueDrainReport(" in repr(r)
     with pytest.raises(InputError, match="has 1 token"):
         value_drain(tiny_llama, ["ab", "a"])
@@ -82,5 +85,5 @@ def test_smollm2_sink_value_is_small(smollm2):
     r = value_drain(smollm2, SMOL_PROMPTS)
     lr = r.layer_ratio
     sinky = [l for l in list(range(3, 10)) + list(range(12, 29))]
-    assert lr[sinky].median() < 0.4, lr  # methods.md: 0.1-0.35
-    assert lr[[10, 11]].mean() > 0.6, lr  # the non-sinky layers 10-11: 0.6-1.5
+    assert lr[sinky].median() < 0.4, lr  # measured 0.10-0.39 per layer (docs/sinks.md)
+    assert lr[[10, 11]].mean() > 0.6, lr  # the non-sinky layers 10-11: measured 0.91 and 1.35

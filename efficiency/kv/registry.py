@@ -11,8 +11,10 @@ How to add a policy
 3. Add the module's name to ``BUILTIN_MODULES`` below so ``POLICIES`` lists it.
 4. Docstring: the method, the paper, and its scores with shapes.
 5. The shared tests (``tests/test_kv_policies.py``) run over every registered policy: with
-   ratio=0 (or its no-op setting) it must reproduce the full cache exactly. Add its own
-   correctness test there (or in its own test file).
+   ratio=0 (or its no-op setting) it must reproduce the full cache exactly; at ratios 0.5 and 0.75
+   it must keep exactly its budget, the sinks and the window, and the top of its scores, which the
+   test recomputes independently: add the policy's reference scores to ``_reference_scores``
+   there. Decoding with it is checked against a dense forward masked to what the cache held.
 6. Export it from ``efficiency/kv/__init__.py`` (and ``efficiency/__init__.py``).
 
 Budgets compose: ``layer_budgets=`` (per layer: ``PyramidBudgets``, ``UncertaintyBudgets``) and

@@ -1,4 +1,4 @@
-"""Factual recall: bundled prompts, exact DLA, mechanisms, causal checks, lenses and probes (methods.md §4, §7)."""
+"""Factual recall: bundled prompts, exact DLA, mechanisms, causal checks, lenses and probes (docs/factual.md)."""
 from .data import (FactPrompt, FactSet, accuracy_table, answer_token, candidate_tokens, evaluate_facts, load_facts,
                    make_fact, token_positions)
 from .dla import DLAResult, direct_logit_attribution, direct_logit_attribution_many, head_outputs

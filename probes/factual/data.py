@@ -3,7 +3,7 @@
 Dataset ``probes/data/facts/facts_v1.jsonl`` (one JSON object per line, built offline by
 ``scripts/build_facts.py`` from the ``countryinfo`` package plus hand-written tables; its
 ``facts_v1.meta.json`` records the build rules, counts and SmolLM2's accuracy). Each prompt uses
-the SmolLM2-Instruct format that works on this model (methods.md §7.3)::
+the SmolLM2-Instruct format that works on this model (see ``docs/factual.md``)::
 
     User: What is the capital city of France?
     Assistant: The capital city of France is
@@ -12,9 +12,17 @@ and the answer is the next word, with its leading space (``" Paris"``).
 
 **Spans.** ``subject_span`` / ``relation_span`` are character spans of the mention in the
 sentence being completed (the last line). The question repeats both, so ``token_positions``
-returns, by default, the tokens of *every* occurrence of the subject text and of the relation
-text (``all_mentions=False`` keeps only the spans). A token belongs to a group when its
+returns, by default, the tokens of *every* whole-word occurrence of the subject text and of the
+relation text (``all_mentions=False`` keeps only the spans). A token belongs to a group when its
 character offsets overlap the group's text; subject wins over relation if a token overlaps both.
+The prompt's **last token** (END, where the late heads read from) is never in either group: the
+DLA gives it its own source group ``"last"``, whatever the spans cover.
+
+Mentions are matched as whole words: the subject ``"a"`` is found in ``"a b"`` but not inside
+``"capital"``. Checked when a fact is built: both spans non-empty and inside the prompt, the
+subject text at its span, the relation span distinct from (and not inside) the subject span, and
+not starting at character 0 (token 0 is the attention sink of a model without BOS, so its DLA
+would be counted as "relation").
 
 **Answer tokens (multi-token answers).** The answer's token is the *first* token of
 ``tokenizer(answer)``; the candidate tokens of a relation are the first tokens of its candidate
@@ -26,6 +34,7 @@ with another candidate's first token (then pass token ids to the analyses direct
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,12 +88,29 @@ def check_fact(f) -> None:
     if not isinstance(f.prompt, str) or not f.prompt:
         raise InputError(f"Fact {f.id!r}: the prompt is empty.")
     for what, span, text in (("subject", f.subject_span, f.subject), ("relation", f.relation_span, None)):
+        if len(span) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in span):
+            raise InputError(f"Fact {f.id!r}: the {what} span must be two integers (start, end), got {span!r}.")
         a, b = span
+        if a == b:
+            raise InputError(f"Fact {f.id!r}: the {what} span {tuple(span)} is empty (start == end). Give the "
+                             f"character span of the {what} words, end excluded, e.g. with make_fact().")
         if not (0 <= a < b <= len(f.prompt)):
-            raise InputError(f"Fact {f.id!r}: {what} span {span} lies outside the prompt ({len(f.prompt)} chars).")
+            raise InputError(f"Fact {f.id!r}: {what} span {tuple(span)} lies outside the prompt "
+                             f"({len(f.prompt)} chars).")
         if text is not None and f.prompt[a:b] != text:
             raise InputError(f"Fact {f.id!r}: the subject {text!r} is not found at {span} in the prompt "
                              f"(found {f.prompt[a:b]!r}). Use make_fact(), which locates it.")
+    (sa, sb), (ra, rb) = f.subject_span, f.relation_span
+    if (ra, rb) == (sa, sb):
+        raise InputError(f"Fact {f.id!r}: the relation span {(ra, rb)} is the subject span; the relation span must "
+                         "cover the relation words (e.g. 'capital city'), not the subject.")
+    if sa <= ra and rb <= sb:
+        raise InputError(f"Fact {f.id!r}: the relation span {(ra, rb)} lies inside the subject span {(sa, sb)}, so "
+                         "no token would count as relation (subject wins). Point it at the relation words.")
+    if ra == 0:
+        raise InputError(f"Fact {f.id!r}: the relation span starts at character 0, so it covers token 0, the "
+                         "attention sink of a model without BOS: every head parking attention there would look like "
+                         "a relation head. Start the prompt with other text (e.g. a 'User: ...' question line).")
     if not f.answer.strip():
         raise InputError(f"Fact {f.id!r}: the answer is empty.")
     if f.answer not in f.candidates:
@@ -94,21 +120,35 @@ def check_fact(f) -> None:
                          "answer-versus-alternatives attribution needs at least two distinct candidates.")
 
 
+def _whole_word(text: str, needle: str, what: str) -> tuple[int, int]:
+    """Span of the last whole-word occurrence of ``needle`` in ``text``; InputError naming the problem."""
+    if not isinstance(needle, str) or not needle.strip():
+        raise InputError(f"The {what} text is empty ({needle!r}); give the words as they appear in the prompt.")
+    found = _occurrences(text, needle)
+    if found:
+        return found[-1]
+    if needle in text:
+        i = text.index(needle)
+        word = re.search(r"\w*" + re.escape(needle) + r"\w*", text[max(0, i - 40):i + len(needle) + 40]).group(0)
+        raise InputError(f"The {what} {needle!r} occurs in the prompt only inside other words (e.g. {word!r}), never "
+                         f"as a whole word. Give the whole word(s) as they appear in the prompt.")
+    raise InputError(f"The {what} {needle!r} is not found in the prompt {text!r}. It must occur verbatim (same case "
+                     "and spelling) in the prompt.")
+
+
 def make_fact(relation: str, subject: str, prompt: str, answer: str, candidates: Sequence[str],
               relation_text: str, id: str | None = None) -> FactPrompt:
-    """Build a FactPrompt, locating the subject and relation text (last occurrence) in ``prompt``.
+    """Build a FactPrompt, locating the subject and relation text (last whole-word occurrence) in ``prompt``.
 
-    Raises InputError if the subject or the relation text does not occur in the prompt.
+    Raises InputError if the subject or the relation text does not occur in the prompt as whole
+    words (``"a"`` inside ``"capital"`` does not count), or if the spans are unusable (see
+    ``check_fact``).
     """
-    if not subject or subject not in prompt:
-        raise InputError(f"Subject {subject!r} not found in the prompt {prompt!r}. The subject must occur "
-                         "verbatim (same case and spelling) in the prompt.")
-    if not relation_text or relation_text not in prompt:
-        raise InputError(f"Relation text {relation_text!r} not found in the prompt {prompt!r}.")
-    s = prompt.rindex(subject)
-    r = prompt.rindex(relation_text)
-    return FactPrompt(id or f"{relation}/{subject}", relation, subject, prompt, answer, tuple(candidates),
-                      (s, s + len(subject)), (r, r + len(relation_text)))
+    if not isinstance(prompt, str) or not prompt:
+        raise InputError("The prompt is empty.")
+    s = _whole_word(prompt, subject, "subject")
+    r = _whole_word(prompt, relation_text, "relation text")
+    return FactPrompt(id or f"{relation}/{subject}", relation, subject, prompt, answer, tuple(candidates), s, r)
 
 
 class FactSet(Sequence):
@@ -201,9 +241,16 @@ def _offsets(model, text: str) -> tuple[list[int], list[tuple[int, int]]]:
 
 
 def _occurrences(text: str, needle: str) -> list[tuple[int, int]]:
-    out, i = [], text.find(needle)
+    """Char spans of the whole-word occurrences of ``needle``: a match may not continue a word, i.e.
+    a word character of the needle at its edge must not touch another word character of ``text``."""
+    def touches(i: int, edge: str) -> bool:
+        return 0 <= i < len(text) and bool(re.match(r"\w", edge)) and bool(re.match(r"\w", text[i]))
+
+    out, i = [], text.find(needle) if needle else -1
     while i >= 0:
-        out.append((i, i + len(needle)))
+        j = i + len(needle)
+        if not touches(i - 1, needle[0]) and not touches(j, needle[-1]):
+            out.append((i, j))
         i = text.find(needle, i + 1)
     return out
 
@@ -217,21 +264,28 @@ def span_positions(model, prompt: str, spans) -> list[int]:
 def token_positions(model, fact, all_mentions: bool = True) -> tuple[list[int], list[int]]:
     """(subject positions, relation positions) of a FactPrompt(-like) under ``model``'s tokenizer.
 
-    all_mentions: also count the other occurrences of the subject / relation text (the question
-    line); otherwise only ``subject_span`` / ``relation_span``. A token overlapping both groups
-    counts as subject. Raises InputError if the subject is not found in the prompt.
+    all_mentions: also count the other whole-word occurrences of the subject / relation text (the
+    question line); otherwise only ``subject_span`` / ``relation_span``. A token overlapping both
+    groups counts as subject. The last token is in neither group (it is the DLA's own ``"last"``
+    group). Raises InputError if the subject is not found in the prompt, covers no token but the
+    last, or if a relation token is token 0 (the attention sink).
     """
+    check_fact(fact)
     p = fact.prompt
     s_span, r_span = tuple(fact.subject_span), tuple(fact.relation_span)
-    if p[s_span[0]:s_span[1]] != fact.subject:
-        raise InputError(f"Subject {fact.subject!r} not found at {s_span} in the prompt {p!r}.")
-    s_spans = _occurrences(p, fact.subject) if all_mentions else [s_span]
     rel_text = p[r_span[0]:r_span[1]]
-    r_spans = _occurrences(p, rel_text) if all_mentions else [r_span]
-    subj = span_positions(model, p, s_spans)
-    rel = [i for i in span_positions(model, p, r_spans) if i not in set(subj)]
+    s_spans = sorted(set(_occurrences(p, fact.subject)) | {s_span}) if all_mentions else [s_span]
+    r_spans = sorted(set(_occurrences(p, rel_text)) | {r_span}) if all_mentions else [r_span]
+    last = len(_offsets(model, p)[0]) - 1
+    subj = [i for i in span_positions(model, p, s_spans) if i != last]
+    rel = [i for i in span_positions(model, p, r_spans) if i not in set(subj) and i != last]
     if not subj:
-        raise InputError(f"Subject {fact.subject!r} covers no token of the prompt {p!r}.")
+        raise InputError(f"Subject {fact.subject!r} covers no token of the prompt {p!r} other than the last one "
+                         "(the last token is its own group). End the prompt after the subject, e.g. with 'is'.")
+    if 0 in rel:
+        raise InputError(f"The relation text {rel_text!r} covers token 0 of the prompt {p!r}: token 0 is the "
+                         "attention sink of a model without BOS, so its DLA would be counted as relation. Start the "
+                         "prompt with other text, or pass all_mentions=False to use only relation_span.")
     return subj, rel
 
 

@@ -1,6 +1,6 @@
 """Exact direct logit attribution (DLA) of an answer token, per component and per source token.
 
-At the final position END the residual is a sum of components (methods.md §4.1):
+At the final position END the residual is a sum of components (see ``docs/factual.md``):
 
     x = embed (+ pos_embed) + Σ_l [ Σ_h head_{l,h} + b_O^l ] + Σ_l mlp_l
 
@@ -17,7 +17,10 @@ So the components sum to the logit exactly, up to float32 rounding: products wit
 
 **By source token.** head_{l,h}[END] = Σ_s A^{l,h}[END, s] · v_s^{kv(h)} W_O^h with kv(h) =
 h // group_size (GQA, HF ``repeat_kv`` order), so DLA_{l,h,s} = A[END, s] · (v_s W_O^h) · w.
-Sources are grouped into subject / relation / other (``probes.factual.data.token_positions``).
+Sources are grouped into subject / relation (``probes.factual.data.token_positions``), ``last``
+(END itself, always its own group: late heads often read the token they sit on, and counting it
+as "relation" whenever a relation span happens to reach the end would make "relation head" mean
+"self-reading head") and ``other`` (everything else, position 0 included).
 
 **Metrics.** ``"logit"``: the answer's logit. ``"diff"``: answer minus the mean over the
 alternatives (for a FactPrompt the other candidates of its relation; for a string prompt given no
@@ -29,7 +32,8 @@ alternative), for ranking candidates under subsets of components (``probes.factu
 head path); the rest is matrix algebra at END only, against the K target columns of W_U.
 
 **Answer tokens.** A string answer must be exactly one token (else ``InputError``); a FactPrompt
-uses the first-token rule of ``probes.factual.data``.
+uses the first-token rule of ``probes.factual.data``. ``direct_logit_attribution_many`` takes one
+answer for every prompt or a list with one answer per prompt (strings or token ids).
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from workbench.errors import InputError
 
 from .data import candidate_tokens, token_positions
 
-SOURCE_GROUPS = ("subject", "relation", "other")
+SOURCE_GROUPS = ("subject", "relation", "last", "other")
 METRICS = ("logit", "diff")
 
 
@@ -54,8 +58,9 @@ class DLAResult:
     """DLA of one prompt at its last position (L layers, H heads, T tokens, K target tokens).
 
     targets: (K,) token ids, the answer first, then the alternatives. logits: (K,) the run's logits.
-    embed: (K,) token (+ position) embedding. heads: (L, H, K) (from z W_O). groups: (L, H, 3, K)
-    head DLA from subject / relation / other tokens (from the pattern and v). attn_bias: (L, K) output bias
+    embed: (K,) token (+ position) embedding. heads: (L, H, K) (from z W_O). groups: (L, H, 4, K)
+    head DLA from subject / relation / last / other tokens (``SOURCE_GROUPS``; from the pattern and
+    v; "last" is the final token itself, never subject or relation). attn_bias: (L, K) output bias
     b_O (zeros if none). mlps: (L, K). norm_bias: (K,) final-norm bias. unembed_bias: (K,).
     sources: (2, L, H, T) per-source DLA of the two metrics ("logit", "diff").
     attn_rows: (L, H, T) attention of END to every token. scale: the frozen final-norm scale.
@@ -116,12 +121,18 @@ class DLAResult:
             raise InputError(f"metric must be one of {METRICS}, got {metric!r}.")
         return METRICS.index(metric)
 
+    @property
+    def last_position(self) -> int:
+        return len(self.str_tokens) - 1
+
     def source_groups(self, metric: str = "logit") -> np.ndarray:
-        """(L, H, 3) per-head DLA from subject / relation / other tokens (sums to the head's DLA)."""
+        """(L, H, 4) per-head DLA from subject / relation / last / other tokens (``SOURCE_GROUPS``);
+        sums to the head's DLA."""
         s = self.sources[self._mi(metric)]
         subj = s[:, :, self.subject_positions].sum(-1)
         rel = s[:, :, self.relation_positions].sum(-1)
-        return np.stack([subj, rel, s.sum(-1) - subj - rel], -1)
+        last = s[:, :, self.last_position]
+        return np.stack([subj, rel, last, s.sum(-1) - subj - rel - last], -1)
 
     def group_totals(self, metric: str = "logit") -> dict[str, float]:
         """DLA summed by kind: embed, attention (heads + output bias), MLPs, biases."""
@@ -138,7 +149,7 @@ class DLAResult:
     # ------------------------------------------------------------------ tables
     def to_frame(self) -> pd.DataFrame:
         """One row per component: kind, layer, head, DLA of the answer logit and of the diff, and
-        (heads only) their subject / relation / other split."""
+        (heads only) their subject / relation / last / other split."""
         rows = []
         L, H = self.n_layers, self.n_heads
         g = {m: self.source_groups(m) for m in METRICS}
@@ -194,24 +205,25 @@ class DLAResult:
         return fig
 
     def source_figure(self, metric: str = "logit", title: str | None = None):
-        """Three layer × head heatmaps: head DLA from subject, relation and other tokens."""
+        """Four layer × head heatmaps: head DLA from subject, relation, last and other tokens."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
         g = self.source_groups(metric)
         lim = float(np.abs(g).max()) or 1.0
-        fig = make_subplots(rows=1, cols=3, subplot_titles=[f"from {s} tokens" for s in SOURCE_GROUPS],
-                            horizontal_spacing=0.05)
+        titles = [f"from {s} tokens" if s != "last" else "from the last token" for s in SOURCE_GROUPS]
+        n = len(SOURCE_GROUPS)
+        fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.04)
         for i, s in enumerate(SOURCE_GROUPS):
             fig.add_trace(go.Heatmap(z=g[:, :, i], colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim,
-                                     showscale=i == 2, hovertemplate=f"L%{{y}}H%{{x}}<br>{s}: %{{z:+.3f}}<extra></extra>"),
+                                     showscale=i == n - 1, hovertemplate=f"L%{{y}}H%{{x}}<br>{s}: %{{z:+.3f}}<extra></extra>"),
                           1, i + 1)
             fig.update_xaxes(title="head", row=1, col=i + 1)
         fig.update_yaxes(title="layer", autorange="reversed", row=1, col=1)
-        for c in (2, 3):
+        for c in range(2, n + 1):
             fig.update_yaxes(autorange="reversed", row=1, col=c)
         subj = "".join(self.str_tokens[p] for p in self.subject_positions[:8])
-        fig.update_layout(template="plotly_white", width=1000, height=max(380, 120 + 14 * self.n_layers),
+        fig.update_layout(template="plotly_white", width=1200, height=max(380, 120 + 14 * self.n_layers),
                           title=title or f"Head DLA ({metric}) by source token; subject {subj.strip()!r}")
         return fig
 
@@ -225,12 +237,13 @@ class DLAResult:
         s = self.sources[self._mi(metric)]
         z = np.stack([s[l, h] for l, h in top])
         lim = float(np.abs(z).max()) or 1.0
-        mark = {p: "S" for p in self.subject_positions} | {p: "R" for p in self.relation_positions}
+        mark = {p: "S" for p in self.subject_positions} | {p: "R" for p in self.relation_positions} | \
+            {self.last_position: "E"}
         labels = [f"{i}{mark.get(i, '')} {token_label(t)}" for i, t in enumerate(self.str_tokens)]
         fig = go.Figure(go.Heatmap(z=z, x=labels, y=[f"L{l}H{h}" for l, h in top], colorscale="RdBu", zmid=0,
                                    zmin=-lim, zmax=lim, hovertemplate="%{y} ← %{x}<br>%{z:+.3f}<extra></extra>"))
         fig.update_layout(template="plotly_white", width=1000, height=160 + 22 * len(top),
-                          title=title or f"Per-source DLA ({metric}) of the top heads (S subject, R relation)")
+                          title=title or f"Per-source DLA ({metric}) of the top heads (S subject, R relation, E last)")
         fig.update_yaxes(autorange="reversed")
         fig.update_xaxes(tickangle=-60)
         return fig
@@ -244,7 +257,7 @@ class DLAResult:
     def _repr_html_(self) -> str:
         df = self.to_frame()
         top = df.reindex(df["logit"].abs().sort_values(ascending=False).index).head(10)
-        cols = ["component", "logit", "diff", "logit_subject", "logit_relation", "logit_other"]
+        cols = ["component", "logit", "diff"] + [f"logit_{g}" for g in SOURCE_GROUPS]
         return (f"<pre>{html.escape(repr(self))}</pre>"
                 + top[cols].to_html(index=False, float_format=lambda v: f"{v:+.3f}", na_rep=""))
 
@@ -353,20 +366,43 @@ def direct_logit_attribution(model, prompt, answer=None, alternatives: Sequence 
     alternatives: token ids/strings for the "diff" metric (FactPrompt: default the other
     candidates; string prompt: default the model's top non-answer token).
     subject_positions / relation_positions: token positions of the source groups (FactPrompt:
-    default ``token_positions``); the rest is "other".
+    default ``token_positions``); the last position is always its own group "last" (dropped from
+    these if listed); the rest is "other".
     """
     return direct_logit_attribution_many(model, [prompt], answer=answer, alternatives=alternatives,
                                          subject_positions=subject_positions,
                                          relation_positions=relation_positions)[0]
 
 
+def _per_prompt(answer, n: int) -> list:
+    """One answer for all ``n`` prompts, or a sequence with one per prompt -> a list of n answers."""
+    if isinstance(answer, torch.Tensor) or isinstance(answer, np.ndarray):
+        answer = answer.tolist()
+    if answer is None or isinstance(answer, (str, int, np.integer)):
+        return [answer] * n
+    if isinstance(answer, (list, tuple)):
+        if len(answer) != n:
+            raise InputError(f"answer= has {len(answer)} entries for {n} prompt(s). Give one answer for every prompt "
+                             f"(a token id or a single-token string) or a list with exactly one answer per prompt.")
+        return list(answer)
+    raise InputError(f"answer must be a token id, a single-token string, or a list of them (one per prompt); got "
+                     f"{type(answer).__name__}.")
+
+
 def direct_logit_attribution_many(model, prompts, batch_size: int = 16, answer=None, alternatives=None,
                                   subject_positions=None, relation_positions=None) -> list[DLAResult]:
-    """DLA of several prompts / FactPrompts, ``batch_size`` per forward pass (right padding)."""
+    """DLA of several prompts / FactPrompts, ``batch_size`` per forward pass (right padding).
+
+    answer: None (FactPrompts: their own answers), one answer for every prompt (token id or
+    single-token string), or a list / tensor with one answer per prompt (InputError on a length
+    mismatch). The other arguments apply to every prompt (see ``direct_logit_attribution``).
+    """
     items = list(prompts)
     if not items:
         raise InputError("No prompts given to direct_logit_attribution.")
-    resolved = [_resolve(model, it, answer, alternatives, subject_positions, relation_positions) for it in items]
+    answers = _per_prompt(answer, len(items))
+    resolved = [_resolve(model, it, a, alternatives, subject_positions, relation_positions)
+                for it, a in zip(items, answers)]
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
     out: list[DLAResult] = []
@@ -405,8 +441,8 @@ def _dla_batch(model, resolved) -> list[DLAResult]:
         targets = [ans] + [a for a in alts if a != ans]
         if len(targets) < 2:
             raise InputError("The alternatives must contain at least one token other than the answer.")
-        subj = _check_positions(subj, t, "subject")
-        rel = [p for p in _check_positions(rel, t, "relation") if p not in set(subj)]
+        subj = [p for p in _check_positions(subj, t, "subject") if p != end]
+        rel = [p for p in _check_positions(rel, t, "relation") if p not in set(subj) and p != end]
         tgt = torch.tensor(targets, device=un.W_U.device)
         scale = float(run["final_norm_scale"][b, end, 0].double())
         w = un.gain[:, None] * un.W_U[:, tgt].double()  # (d, K)
@@ -421,13 +457,14 @@ def _dla_batch(model, resolved) -> list[DLAResult]:
         rows = stacked["pattern"][b, :, :, end, :t].float()  # (L, H, T) attention of END
         v_h = stacked["v"][b, :, :t].float().repeat_interleave(group, dim=2)  # (L, T, H, e): KV head h // group
         z = stacked["z"][b, :, end].float()  # (L, H, e)
-        member = torch.zeros(3, t, device=dev)  # (3, T) one-hot source groups: subject, relation, other
+        member = torch.zeros(4, t, device=dev)  # (4, T) one-hot source groups: subject, relation, last, other
         member[0, subj] = 1
         member[1, rel] = 1
-        member[2] = 1 - member[0] - member[1]
+        member[2, end] = 1
+        member[3] = 1 - member[0] - member[1] - member[2]
         heads = torch.einsum("lhe,lhed->lhd", z, w_o).double() @ w  # (L, H, K), from z
-        zg = torch.einsum("lhs,gs,lshe->lhge", rows, member, v_h)  # (L, H, 3, e) grouped before W_O
-        groups = torch.einsum("lhge,lhed->lhgd", zg, w_o).double() @ w  # (L, H, 3, K)
+        zg = torch.einsum("lhs,gs,lshe->lhge", rows, member, v_h)  # (L, H, 4, e) grouped before W_O
+        groups = torch.einsum("lhge,lhed->lhgd", zg, w_o).double() @ w  # (L, H, 4, K)
         ov = torch.einsum("lhed,dm->lhem", w_o, wm.float()).double()  # (L, H, e, 2): W_O projected first
         sources = rows.double()[..., None] * torch.einsum("lshe,lhem->lhsm", v_h.double(), ov)  # (L, H, T, 2)
         mlps = stacked["mlp_out"][b, :, end].double() @ w  # (L, K)

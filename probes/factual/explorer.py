@@ -6,7 +6,8 @@ dropdown over the prompt's top heads, and three plotly ``FigureWidget``s:
 
 - DLA bars per layer (attention and MLP, embed and biases at the ends) = ``DLAResult.figure``;
 - the attention of the last token (END) to every token, for the top ``n_top`` heads by |DLA|,
-  subject tokens marked "S", relation tokens "R" (hover: the head's per-source DLA);
+  subject tokens marked "S", relation tokens "R", the last token "E" (hover: the head's per-source
+  DLA from subject, relation, last and other tokens);
 - the full attention pattern of the chosen top head.
 
 Each prompt's DLA is computed on first selection (one forward) and cached; the chosen head's
@@ -36,7 +37,8 @@ def _summary_html(r: DLAResult, metric: str, top: list[tuple[int, int]]) -> str:
     g = r.source_groups(metric)
     m = r.metric(r.heads, metric)
     rows = "".join(f"<tr><td>L{l}H{h}</td><td>{m[l, h]:+.3f}</td>"
-                   + "".join(f"<td>{g[l, h, i]:+.3f}</td>" for i in range(3)) + "</tr>" for l, h in top)
+                   + "".join(f"<td>{g[l, h, i]:+.3f}</td>" for i in range(len(SOURCE_GROUPS))) + "</tr>"
+                   for l, h in top)
     rank = int((r.logits[1:] >= r.logits[0]).sum())
     return (f"<div style='font-size:13px'><b>{html.escape(r.fact_id or '')}</b> answer "
             f"<code>{html.escape(r.target_strs[0])}</code>: logit {r.logits[0]:.3f}, rank {rank} among "
@@ -110,10 +112,11 @@ def fact_explorer(model, items, answers=None, alternatives=None, n_top: int = 8)
         top = top_heads(r, metric)
         head = top[0] if head is None or head not in top else head
         ref = r.figure(metric)
-        marks = {p: "S" for p in r.subject_positions} | {p: "R" for p in r.relation_positions}
+        marks = {p: "S" for p in r.subject_positions} | {p: "R" for p in r.relation_positions} | \
+            {r.last_position: "E"}
         labels = [f"{p}{marks.get(p, '')} {token_label(t)}" for p, t in enumerate(r.str_tokens)]
         g = r.source_groups(metric)
-        custom = np.array([[[g[l, h, 0], g[l, h, 1], g[l, h, 2]]] * len(labels) for l, h in top])
+        custom = np.array([[list(g[l, h])] * len(labels) for l, h in top])
         full = pattern(i, head[0])[head[1]]
         pref = pattern_figure(full, r.str_tokens, "", width=pat_fig.layout.width, height=pat_fig.layout.height)
         with bars.batch_update(), rows_fig.batch_update(), pat_fig.batch_update():
@@ -126,9 +129,10 @@ def fact_explorer(model, items, answers=None, alternatives=None, n_top: int = 8)
             heat.x, heat.y = labels, [f"L{l}H{h}" for l, h in top]
             heat.customdata = custom
             heat.hovertemplate = ("%{y} → %{x}<br>attention %{z:.3f}<br>head DLA from subject %{customdata[0]:+.3f}, "
-                                  "relation %{customdata[1]:+.3f}, other %{customdata[2]:+.3f}<extra></extra>")
+                                  "relation %{customdata[1]:+.3f}, last token %{customdata[2]:+.3f}, other "
+                                  "%{customdata[3]:+.3f}<extra></extra>")
             rows_fig.layout.title.text = (f"Attention of the last token, top {len(top)} heads by |DLA| ({metric}); "
-                                          "S subject, R relation")
+                                          "S subject, R relation, E last")
             p = pat_fig.data[0]
             p.z = full
             p.x, p.y = pref.data[0].x, pref.data[0].y

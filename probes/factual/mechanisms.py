@@ -1,16 +1,19 @@
-"""Factual-recall mechanisms from DLA over a prompt set (methods.md §4.1-4.2).
+"""Factual-recall mechanisms from DLA over a prompt set (see ``docs/factual.md``).
 
-**Head classes** (``classify_heads``). For head (l, h) let S, R, O be its DLA from subject,
-relation and other tokens (``DLAResult.source_groups``, metric "diff" by default: answer minus the
-mean of the relation's other candidates), averaged over the prompts. With E = |S| + |R|:
+**Head classes** (``classify_heads``). For head (l, h) let S, R, E, O be its DLA from subject
+tokens, relation tokens, the last token itself and all other tokens (``DLAResult.source_groups``,
+metric "diff" by default: answer minus the mean of the relation's other candidates), averaged over
+the prompts. With SR = |S| + |R|:
 
-- ``minor``: max(E, |O|) < ``min_effect`` (default 0.1 logit);
-- ``other``: |O| > E (the head's effect comes from neither group; the table splits out the parts
-  read from the last token itself and from position 0, the attention sink);
-- ``subject``: |S| / E >= ``share`` (default 0.7); ``relation``: |R| / E >= ``share``;
+- ``minor``: max(SR, |E|, |O|) < ``min_effect`` (default 0.1 logit);
+- ``last``: |E| > SR and |E| >= |O| (the head mostly reads the token it sits on);
+- ``other``: |O| > SR and |O| > |E| (neither group nor the last token; the table splits out the
+  part read from position 0, the attention sink);
+- ``subject``: |S| / SR >= ``share`` (default 0.7); ``relation``: |R| / SR >= ``share``;
 - ``mixed``: otherwise (both groups contribute).
 
-This is our operationalisation, not the paper's exact criterion (which is not re-checked).
+The last token never counts as relation (nor subject), whatever the spans cover, so a relation
+head reads the relation words. This is our operationalisation, not the paper's exact criterion.
 
 **Additive motif** (``additive_motif``). Per prompt, the DLA of every candidate of the relation
 is summed over five groups: subject heads (whole head DLA), relation heads (whole), mixed heads'
@@ -39,9 +42,9 @@ from workbench.errors import InputError
 
 from .dla import DLAResult
 
-CLASSES = ("subject", "relation", "mixed", "other", "minor")
-CLASS_COLOURS = {"subject": "#d62728", "relation": "#1f77b4", "mixed": "#9467bd", "other": "#7f7f7f",
-                 "minor": "#c7c7c7"}
+CLASSES = ("subject", "relation", "mixed", "last", "other", "minor")
+CLASS_COLOURS = {"subject": "#d62728", "relation": "#1f77b4", "mixed": "#9467bd", "last": "#2ca02c",
+                 "other": "#7f7f7f", "minor": "#c7c7c7"}
 MOTIF_GROUPS = ("subject heads", "relation heads", "mixed: subject part", "mixed: relation part", "MLPs")
 
 
@@ -60,7 +63,9 @@ def _check_results(results) -> list[DLAResult]:
 class HeadClassification:
     """Mean per-source DLA of every head over ``n_prompts`` prompts and its class.
 
-    subject, relation, other: (L, H) mean DLA from each source group; labels: (L, H) class names.
+    subject, relation, last, other: (L, H) mean DLA from each source group (``last``: the final
+    token itself); labels: (L, H) class names; first: (L, H) the part of ``other`` read from
+    position 0 (the attention sink).
     """
 
     model_name: str
@@ -68,11 +73,11 @@ class HeadClassification:
     n_prompts: int
     subject: np.ndarray
     relation: np.ndarray
+    last: np.ndarray
     other: np.ndarray
     labels: np.ndarray
     min_effect: float
     share: float
-    end: np.ndarray | None = None   # (L, H) the part of ``other`` read from the last token itself
     first: np.ndarray | None = None  # (L, H) the part of ``other`` read from position 0 (the sink)
 
     def heads_of(self, cls: str) -> list[tuple[int, int]]:
@@ -84,17 +89,18 @@ class HeadClassification:
         return {c: int((self.labels == c).sum()) for c in CLASSES}
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per head, sorted by |subject| + |relation| + |other| (largest first)."""
+        """One row per head, sorted by |subject| + |relation| + |last| + |other| (largest first)."""
         L, H = self.labels.shape
         e = np.abs(self.subject) + np.abs(self.relation)
         rows = [{"head": f"L{l}H{h}", "layer": l, "index": h, "class": self.labels[l, h],
-                 "subject": self.subject[l, h], "relation": self.relation[l, h], "other": self.other[l, h],
+                 "subject": self.subject[l, h], "relation": self.relation[l, h], "last": self.last[l, h],
+                 "other": self.other[l, h],
                  "subject_share": self.subject[l, h].__abs__() / e[l, h] if e[l, h] > 0 else np.nan,
-                 "other_from_last_token": np.nan if self.end is None else self.end[l, h],
                  "other_from_position_0": np.nan if self.first is None else self.first[l, h]}
                 for l in range(L) for h in range(H)]
         df = pd.DataFrame(rows)
-        order = (df["subject"].abs() + df["relation"].abs() + df["other"].abs()).sort_values(ascending=False).index
+        size = df["subject"].abs() + df["relation"].abs() + df["last"].abs() + df["other"].abs()
+        order = size.sort_values(ascending=False).index
         return df.loc[order].reset_index(drop=True)
 
     def figure(self, title: str | None = None, label_top: int = 8):
@@ -110,9 +116,9 @@ class HeadClassification:
             fig.add_trace(go.Scatter(
                 x=d["subject"], y=d["relation"], mode="markers", name=f"{c} ({len(d)})",
                 marker=dict(color=CLASS_COLOURS[c], size=8 if c != "minor" else 5, line=dict(width=0)),
-                text=d["head"], customdata=d[["other"]].to_numpy(),
-                hovertemplate="%{text}<br>subject %{x:+.3f}<br>relation %{y:+.3f}<br>other %{customdata[0]:+.3f}"
-                              "<extra></extra>"))
+                text=d["head"], customdata=d[["last", "other"]].to_numpy(),
+                hovertemplate="%{text}<br>subject %{x:+.3f}<br>relation %{y:+.3f}<br>last token "
+                              "%{customdata[0]:+.3f}<br>other %{customdata[1]:+.3f}<extra></extra>"))
         top = df[df["class"] != "minor"].head(label_top)
         for _, r in top.iterrows():
             fig.add_annotation(x=r["subject"], y=r["relation"], text=r["head"], showarrow=False, yshift=10,
@@ -146,21 +152,22 @@ def classify_heads(results: Sequence[DLAResult], metric: str = "diff", min_effec
         raise InputError(f"share must lie in (0.5, 1], got {share!r}.")
     if min_effect < 0:
         raise InputError(f"min_effect must be >= 0, got {min_effect!r}.")
-    g = np.mean([r.source_groups(metric) for r in results], 0)  # (L, H, 3)
-    s, rl, o = g[..., 0], g[..., 1], g[..., 2]
+    g = np.mean([r.source_groups(metric) for r in results], 0)  # (L, H, 4): subject, relation, last, other
+    s, rl, last, o = g[..., 0], g[..., 1], g[..., 2], g[..., 3]
     e = np.abs(s) + np.abs(rl)
     labels = np.full(s.shape, "mixed", dtype=object)
     safe = np.where(e > 0, e, 1)
     labels[np.abs(s) / safe >= share] = "subject"
     labels[np.abs(rl) / safe >= share] = "relation"
-    labels[np.abs(o) > e] = "other"
-    labels[np.maximum(e, np.abs(o)) < min_effect] = "minor"
+    labels[(np.abs(o) > e) & (np.abs(o) > np.abs(last))] = "other"
+    labels[(np.abs(last) > e) & (np.abs(last) >= np.abs(o))] = "last"
+    labels[np.maximum.reduce([e, np.abs(last), np.abs(o)]) < min_effect] = "minor"
     mi = ("logit", "diff").index(metric)
-    outside = [(r, {0, len(r.str_tokens) - 1} - set(r.subject_positions) - set(r.relation_positions)) for r in results]
-    end = np.mean([r.sources[mi][..., -1] * (len(r.str_tokens) - 1 in o_) for r, o_ in outside], 0)
-    first = np.mean([r.sources[mi][..., 0] * (0 in o_) for r, o_ in outside], 0)
-    return HeadClassification(results[0].model_name, metric, len(results), s, rl, o, labels.astype(str),
-                              min_effect, share, end, first)
+    # position 0 belongs to "other" unless it is a subject/relation token or the only (last) token
+    first = np.mean([r.sources[mi][..., 0] * (0 not in {*r.subject_positions, *r.relation_positions, r.last_position})
+                     for r in results], 0)
+    return HeadClassification(results[0].model_name, metric, len(results), s, rl, last, o, labels.astype(str),
+                              min_effect, share, first)
 
 
 # ---------------------------------------------------------------------- additive motif

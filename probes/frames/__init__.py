@@ -8,7 +8,7 @@
 - ``scores``: concept scores along a text (windows of last hidden states).
 - ``bias_probe``: gender shift of completions under guidance, with bootstrap CIs.
 - ``explorer``: the interactive widget.
-Guided decoding: ``guided_generate`` (``guidance.py``). Method notes: methods.md §3.
+Guided decoding: ``guided_generate`` (``guidance.py``). Method and numbers: docs/frames.md.
 """
 from .bias_probe import OCCUPATION_PROMPTS, BiasProbeResult, bias_probe, bootstrap_ci, gender_counts
 from .concepts import Concept, ConceptBank, combine, concept, concept_bank, procrustes

@@ -1,4 +1,4 @@
-"""Concept frames: one orthonormal frame per WordNet synset (methods.md §3.1, steps 3-4).
+"""Concept frames: one orthonormal frame per WordNet synset (docs/frames.md, section 3).
 
 For a synset, every lemma ("_" → space) is written in each of the four VARIATIONS; the rows that
 fit in k tokens give word frames (n_rows, d, k). Their **sum** M (d, k) is replaced by the closest

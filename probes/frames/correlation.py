@@ -1,4 +1,4 @@
-"""Frame correlation (methods.md §3.1, step 5) and concept-versus-word correlations.
+"""Frame correlation (docs/frames.md, section 4) and concept-versus-word correlations.
 
     ⟨F1, F2⟩ = tr(F1ᵀ F2) / √(r1 · r2)
 

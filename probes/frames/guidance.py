@@ -1,4 +1,4 @@
-"""Top-k concept-guided decoding (Frame Representation Hypothesis, methods.md §3.1, step 7).
+"""Top-k concept-guided decoding (Frame Representation Hypothesis; see docs/frames.md).
 
 At every step the model's top-k next tokens are the candidates. All k run in **one** batched
 forward against the KV cache of the text so far (the cache is broadcast to batch k; each row

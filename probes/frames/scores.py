@@ -1,4 +1,4 @@
-"""Concept scores along a text (methods.md §3.1, step 6).
+"""Concept scores along a text (docs/frames.md, section 5).
 
 The last hidden states H (T, d), after the final norm (``final_resid``, HF ``hidden_states[-1]``),
 are cut into sliding windows of k positions, zero-padded at the end,

@@ -1,4 +1,4 @@
-"""The whitened token space of the Frame Representation Hypothesis (methods.md §3.1, step 1).
+"""The whitened token space of the Frame Representation Hypothesis (docs/frames.md, section 1).
 
 U is the unembedding (V, d). Σ = Cov(rows of U) (d, d), eigendecomposed as Q diag(λ) Qᵀ.
 Eigenvalues λ ≤ ``tol`` (default 1e-6, the reference code's value) are dropped: their directions

@@ -1,4 +1,4 @@
-"""Words as frames of token vectors (methods.md §3.1, step 2), and rank statistics over WordNet.
+"""Words as frames of token vectors (docs/frames.md, section 2), and rank statistics over WordNet.
 
 A word w is tokenised without special tokens (so no BOS is ever added; that is the reference's
 "drop a leading BOS") into t ≤ k tokens, and its frame is

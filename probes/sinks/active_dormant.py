@@ -9,7 +9,7 @@ For each head and domain D, two numbers:
   the domain's texts) with the head zero-ablated (``HeadAblation``, its z slice before the output
   projection set to 0) minus the clean one.
 
-Labels (a rule proposed in the project notes, not the paper's): **dormant** on D if
+Labels (our rule, not the paper's; see docs/sinks.md): **dormant** on D if
 m_0 > ``dormant_mass`` and |ΔCE| < ``dormant_dce`` (it sinks and removing it barely matters);
 **active** if m_0 <= ``dormant_mass`` and ΔCE >= ``dormant_dce`` (it does not sink and removing it
 hurts); **mixed** otherwise. The report keeps both numbers, and per domain the Spearman

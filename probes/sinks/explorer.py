@@ -15,7 +15,7 @@ Panels, for prompt p, layer l, head h (A the (T, T) pattern, s = ``skip_queries`
 - attention mass received by each key j: m_j = mean of A[q, j] over q >= max(j, s) (the sink
   report's "counted" queries), with the uniform-attention baseline (the mass key j would get if
   every query spread its attention evenly over the keys it sees);
-- value norms ‖v_j W_O^h‖ (v of the KV head h reads; methods.md §5.1);
+- value norms ‖v_j W_O^h‖ (v of the KV head h reads; see ``probes.value_drains``);
 - statistics: mass on position 0, the top sink keys (keys with at least ``min(4, ...)`` counted
   queries, as in ``SinkReport.top_keys``), normalized row entropy, column entropy (max over keys
   and of position 0), the value norm of position 0 against the rest, and the sink flags.

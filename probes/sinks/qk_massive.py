@@ -14,8 +14,11 @@ Q, (G, d_head) for K and V (KV heads, GQA not expanded). Q and K are read after 
 - low-frequency share: Σ_{i in the last quarter of pairs} M[h, i]² / Σ_i M[h, i]², mean over
   heads (0.25 for a flat map); likewise the high-frequency (first) quarter.
 
-On SmolLM2 (methods.md §6.3) Q/K concentration is 5-10 against 1.3-4 for V in layers >= 5, and
-the arg-max dims sit near pair 22-24 (wavelengths of about 17k-35k tokens).
+Measured on SmolLM2 (9 prose/code/fact prompts, position 0 excluded; docs/sinks.md): in layers
+>= 5 the per-head concentration is 2.6-11.2 for Q and 2.4-10.1 for K (medians 6.9 and 6.8) against
+1.2-4.7 for V (median 1.9); the arg-max Q/K dims sit mostly in pairs 22-25 (wavelengths 17k-35k
+tokens for pairs 22-24, beyond the 8k context), and the lowest-frequency quarter's energy share
+of Q rises from 0.23 at layer 2 to 0.63 at layer 20.
 """
 from __future__ import annotations
 

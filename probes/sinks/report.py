@@ -2,7 +2,7 @@
 
 ``sink_report(model, prompts)`` runs the prompts once with ``attention="summary"``, so a
 2k-token prompt needs O(B·H·T) memory per layer instead of (B, H, T, T) for every layer, and
-returns a ``SinkReport``. Notation (methods.md §5.1), per prompt, layer and head, with A the
+returns a ``SinkReport``. Notation (docs/sinks.md), per prompt, layer and head, with A the
 (T, T) pattern and s = ``skip_queries``:
 
 - mass on key j: m_j = mean of A[q, j] over the real queries q >= max(j, s) ("counted" queries);

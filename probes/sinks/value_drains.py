@@ -1,10 +1,11 @@
 """Value-state drains: how much each token's value writes to the residual, per head.
 
-For layer l, query head h and token j the drain norm is ‖v_j W_O^h‖ (methods.md §5.1): v_j is the
+For layer l, query head h and token j the drain norm is ‖v_j W_O^h‖ (see docs/sinks.md): v_j is the
 value of the KV head that h reads (h // group_size, HF ``repeat_kv`` order), W_O^h the head's
 (d_head, d_model) slice of the output projection (no output bias). A sink whose value is small
-lets a head "attend to nothing": on SmolLM2 the ratio of position 0 to the rest is about
-0.1-0.35 in most layers.
+lets a head "attend to nothing". Measured on SmolLM2 (9 prose/code/fact prompts, mean over heads):
+the ratio of position 0 to the rest is 0.17-0.26 in layers 3-9 and 0.10-0.39 in layers 12-29, and
+0.75-1.35 in layers 0-2 and 10-11, the layers whose heads do not sink.
 
 ``value_drain(model, prompts)`` captures ``v`` only (no patterns, no logits) and returns a
 ``ValueDrainReport``.

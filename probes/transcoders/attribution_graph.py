@@ -1,5 +1,5 @@
 """Input-dependent transcoder attribution for one prompt: one-step contributions, greedy path
-search, and the attribution graph with error nodes (methods.md §2).
+search, and the attribution graph with error nodes (docs/transcoders.md, section 7).
 
 Targets: a transcoder feature's **pre-activation** p = W_enc[:, i] · mlp_in^{l}[t] + b_enc[i], or a
 logit. Every norm scale is frozen at its clean-run value (``ln*.hook_scale``), which makes the
@@ -15,7 +15,7 @@ layer without a transcoder). ``one_step`` returns every term; they sum to the ta
 Read points: a feature of layer l reads ``resid_mid`` l (attention layers ≤ l, MLPs < l); a head
 of layer l reads ``resid_pre`` l at its source token (layers < l); a logit reads the final residual.
 
-Recursion (methods §2.4): an active feature child with edge c = z_i (W_dec[i]·u) is expanded as
+Recursion: an active feature child with edge c = z_i (W_dec[i]·u) is expanded as
 (W_dec[i]·u)·p_i, i.e. with vector (W_dec[i]·u) P W_enc[:, i] / s₂[t] and bias (W_dec[i]·u) b_enc[i]
 (z = p for ReLU, JumpReLU and TopK when active; any difference is kept as ``act_gap``). A head
 child with edge A[t,s](v_s W_O^h)·u is expanded at the source s with vector A[t,s] P(g₁ ⊙ W_V W_O^h u)/s₁[s]

@@ -1,4 +1,4 @@
-"""Transcoder feature circuits (methods.md §2): one import point for connection strengths
+"""Transcoder feature circuits (docs/transcoders.md): one import point for connection strengths
 (input-invariant), one-step attribution and greedy attribution graphs (input-dependent), and
 their figure. The implementation lives in ``connections``, ``attribution_graph`` and
 ``circuit_figure``."""

@@ -1,5 +1,5 @@
 """Linear pieces of the model that transcoder circuits pull vectors back through, and the
-input-invariant connection strengths between transcoder features of two layers (methods.md §2).
+input-invariant connection strengths between transcoder features of two layers (docs/transcoders.md).
 
 Conventions (checked on SmolLM2, tiny-llama and tiny-gpt2 against captured activations):
 

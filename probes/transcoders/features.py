@@ -5,7 +5,7 @@ de-embeddings (direct and through each attention head's OV circuit) and logit ef
   (up to block ``layer``), encodes ``mlp_in`` and keeps, per feature, the top-k activations with a
   snippet of tokens around each (a running top-k merge: memory O(F·k·snippet), whatever the corpus
   size), the activation frequency, and a histogram of the non-zero activations on fixed log10 bins.
-- ``de_embeddings(model, transcoder, layer, feature)`` (input-invariant, methods.md §2.7): which
+- ``de_embeddings(model, transcoder, layer, feature)`` (input-invariant, needs no data): which
   tokens turn the feature on. Direct: n(W_E[tok]) · P W_enc[:, i] (+ b_enc), the feature's
   pre-activation in a model with no layers before it, n the norm with its own frozen scale (exact
   for a 0-layer model; ``normalize=False`` gives the raw W_E W_enc[:, i] of the paper's code).
