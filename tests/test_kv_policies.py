@@ -133,7 +133,9 @@ def test_kept_counts_and_physical_bytes(tiny_llama, name, ratio):
         assert (st.tokens.sum(1) == kept * i.n_kv_heads).all()
     else:
         assert (st.tokens == kept).all()
-    assert st.physical_bytes == st.logical_bytes == kept * i.n_layers * 1 * i.n_kv_heads * i.d_head * 2 * 4
+    assert st.logical_bytes == kept * i.n_layers * 1 * i.n_kv_heads * i.d_head * 2 * 4
+    # + the int64 position index (a ragged layer's is padded to its longest head)
+    assert st.physical_bytes == st.logical_bytes + sum(p.numel() for p in cache.positions) * 8
     _assert_well_formed(cache, n)
 
 
@@ -149,7 +151,7 @@ def test_pyramid_budgets_shrink_upwards_with_the_same_total(tiny_llama):
     t = n - int(0.5 * n)
     counts = [cache.seq_len(l) for l in range(i.n_layers)]
     assert sum(counts) == t * i.n_layers and counts[0] > counts[-1]
-    assert cache.stats().physical_bytes == sum(counts) * i.n_kv_heads * i.d_head * 2 * 4
+    assert cache.stats().physical_bytes == sum(counts) * i.n_kv_heads * (i.d_head * 2 * 4 + 8)
 
 
 # ---------------------------------------------------------------- generation after eviction
