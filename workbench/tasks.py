@@ -37,7 +37,9 @@ class PasskeySample:
     follow the prompt; answer_token_ids: the answer's tokens as a continuation of the prompt;
     depth: requested relative depth of the key sentence in the filler (0 = start, 1 = end);
     n_tokens: the prompt's real token count; needle_position: token index where the key
-    sentence starts.
+    sentence starts; context / question: the prompt split in two (``prompt == context + question``,
+    the question with its leading space), for the query-agnostic setting where the context is
+    compressed before the question is known (``split_ids``).
     """
 
     prompt: str
@@ -46,6 +48,8 @@ class PasskeySample:
     depth: float
     n_tokens: int
     needle_position: int
+    context: str = ""
+    question: str = ""
 
     @property
     def key(self) -> str:
@@ -114,11 +118,13 @@ def passkey_prompts(model_or_tokenizer, n: int, n_tokens: int = 128, depth: floa
             i += 1
         k = round(depth * len(filler))
         before = _join(INTRO, " ".join(filler[:k]))
-        prompt = _join(before, NEEDLE.format(key=key), " ".join(filler[k:]), QUESTION)
+        context = _join(before, NEEDLE.format(key=key), " ".join(filler[k:]))
+        prompt = _join(context, QUESTION)
         answer = " " + key
         out.append(PasskeySample(
             prompt=prompt, answer=answer, answer_token_ids=tuple(continuation_ids(tok, prompt, answer)),
             depth=float(depth), n_tokens=len(_ids(tok, prompt)), needle_position=len(_ids(tok, before)),
+            context=context, question=" " + QUESTION,
         ))
     return out
 
@@ -232,7 +238,11 @@ class TaskSample:
     answers: every value the continuation must produce (one for single/multikey); answer: the
     reference continuation (the answers joined, with a leading space); answer_token_ids: its
     tokens as a continuation of the prompt; n_tokens: the prompt's real token count;
-    needle_positions: token index where each inserted sentence (needle or assignment) starts.
+    needle_positions: token index where each inserted sentence (needle or assignment) starts;
+    context / question: the prompt split in two (``prompt == context + question``), for the
+    query-agnostic setting (``split_ids``); other_questions: for multi-key prompts, (question,
+    answer) for every *other* key of the same context, so one compressed context can be asked about
+    each of them (compress once, ask many).
     Score a continuation with ``score_text``: exact match for single/multikey, fraction of the
     answers produced for multivalue and variable tracking.
     """
@@ -245,6 +255,9 @@ class TaskSample:
     n_tokens: int
     needle_positions: tuple[int, ...]
     query: str = ""
+    context: str = ""
+    question: str = ""
+    other_questions: tuple[tuple[str, str], ...] = ()
 
     @property
     def all_required(self) -> bool:
@@ -284,8 +297,9 @@ def _check_common(fn: str, model_or_tokenizer, n, n_tokens, seed):
 
 
 def _haystack(tok, fn: str, intro: str, needles: list[str], question: str, n_tokens: int,
-              rng: random.Random) -> tuple[str, tuple[int, ...]]:
-    """Intro, filler with ``needles`` inserted in order at random depths, question; about n_tokens tokens."""
+              rng: random.Random) -> tuple[str, str, tuple[int, ...]]:
+    """Intro, filler with ``needles`` inserted in order at random depths, question; about n_tokens tokens.
+    Returns (prompt, context = the prompt without the question, needle start positions)."""
     minimal = len(_ids(tok, _join(intro, *needles, question)))
     if n_tokens < minimal:
         raise InputError(f"{fn}: n_tokens={n_tokens} is too short; the instruction, inserted sentences and question "
@@ -304,9 +318,9 @@ def _haystack(tok, fn: str, intro: str, needles: list[str], question: str, n_tok
         parts.append(needle)
         last = slot
     parts.extend(filler[last:])
-    parts.append(question)
-    prompt = " ".join(p for p in parts if p)
-    return prompt, tuple(len(_ids(tok, b)) for b in befores)
+    context = " ".join(p for p in parts if p)
+    prompt = _join(context, question)
+    return prompt, context, tuple(len(_ids(tok, b)) for b in befores)
 
 
 def needle_prompts(model_or_tokenizer, n: int, n_tokens: int = 256, kind: str = "single", seed: int = 0, *,
@@ -347,10 +361,12 @@ def needle_prompts(model_or_tokenizer, n: int, n_tokens: int = 256, kind: str = 
             needles = [NIAH_NEEDLE.format(key=k, value=v) for k, v in pairs]
             answers = (dict(pairs)[query],)
             question = NIAH_QUESTION.format(key=query)
-        prompt, positions = _haystack(tok, fn, NIAH_INTRO, needles, question, n_tokens, rng)
+        prompt, context, positions = _haystack(tok, fn, NIAH_INTRO, needles, question, n_tokens, rng)
         answer = " " + ", ".join(answers)
+        others = tuple((" " + NIAH_QUESTION.format(key=k), " " + v) for k, v in zip(keys, values) if k != query) \
+            if kind == "multikey" else ()
         out.append(TaskSample(kind, prompt, answers, answer, tuple(continuation_ids(tok, prompt, answer)),
-                              len(_ids(tok, prompt)), positions, query))
+                              len(_ids(tok, prompt)), positions, query, context, " " + question, others))
     return out
 
 
@@ -393,9 +409,31 @@ def variable_tracking_prompts(model_or_tokenizer, n: int, n_tokens: int = 256, s
             needles.append(q.pop(0))
         answers = tuple(chains[0][0])
         question = VT_QUESTION.format(value=values[0], n=len(answers))
-        prompt, positions = _haystack(tok, fn, VT_INTRO, needles, question, n_tokens, rng)
+        prompt, context, positions = _haystack(tok, fn, VT_INTRO, needles, question, n_tokens, rng)
         answer = " " + " ".join(answers)
         out.append(TaskSample("variable_tracking", prompt, answers, answer,
                               tuple(continuation_ids(tok, prompt, answer)), len(_ids(tok, prompt)), positions,
-                              values[0]))
+                              values[0], context, " " + question))
     return out
+
+
+def split_ids(model, sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context ids (1, Tc), question ids (1, Tq)) of a PasskeySample or TaskSample, on the model's device.
+
+    The split is of the prompt's own tokens: ``cat(context, question)`` equals the prompt's ids, so the
+    query-aware and query-agnostic settings see exactly the same tokens. (If the tokenizer merged
+    tokens across the boundary, which does not happen with the space-led questions here, the
+    question is tokenized on its own.)
+    """
+    if not isinstance(sample, (PasskeySample, TaskSample)):
+        raise InputError(f"split_ids: expected a PasskeySample or TaskSample, got {type(sample).__name__}.")
+    if not sample.context or not sample.question:
+        raise InputError("split_ids: this sample has no context/question split (made by an older version?); "
+                         "regenerate it with passkey_prompts / needle_prompts / variable_tracking_prompts.")
+    full, _ = model.tokenize(sample.prompt)
+    ctx, _ = model.tokenize(sample.context)
+    n = ctx.shape[1]
+    if n < full.shape[1] and torch.equal(full[:, :n], ctx):
+        return ctx, full[:, n:]
+    q = model.tokenizer(sample.question, add_special_tokens=False)["input_ids"]
+    return ctx, torch.tensor([q], device=ctx.device)
