@@ -229,7 +229,7 @@ from efficiency.kv.internals import compare_cache, full_reference
 reference = full_reference(model, sample.prompt)  # the full cache's side, shared by every policy
 comparisons = {name: compare_cache(model, sample.prompt, name, ratio=ratio, reference=reference)
                for name in ("streaming_llm", "snapkv", "random")}
-internals = pd.DataFrame([c.summary() for c in comparisons.values()])
+internals = pd.DataFrame([c.metrics() for c in comparisons.values()])
 internals
 
 # %% [markdown]

@@ -140,20 +140,10 @@ class CompressedContext(Result):
         if reuse == "truncate":
             _check_truncatable(self.cache)
         ivs = self.interventions if interventions is None else interventions
-        eos = m.tokenizer.eos_token_id
         base_bytes = self.stats.physical_bytes
         t0 = time.perf_counter()
         cache = self.cache.copy() if reuse == "copy" else self.cache
-        toks, step_logits = [], []
-        with m.session(interventions=ivs) as s:
-            logits = s.forward_cached(cache, q_ids)[0, -1]
-            for i in range(max_new_tokens):
-                tok = int(logits.argmax())
-                toks.append(tok)
-                step_logits.append(logits.detach().float().cpu())
-                if (stop_at_eos and tok == eos) or i == max_new_tokens - 1:
-                    break
-                logits = s.forward_cached(cache, torch.tensor([[tok]], device=q_ids.device))[0, -1]
+        toks, step_logits = greedy_answer(m, cache, q_ids, max_new_tokens, stop_at_eos=stop_at_eos, interventions=ivs)
         held = cache.stats().physical_bytes
         extra = held if reuse == "copy" else held - base_bytes
         if reuse == "truncate":
@@ -223,6 +213,24 @@ class CompressedContext(Result):
                 f"{len(self.answers)} question(s) asked{'; re-rotated' if self.rerotated else ''})")
 
 
+def greedy_answer(model, cache: KVCache, question_ids: torch.Tensor, max_new_tokens: int, *, stop_at_eos: bool = True,
+                  interventions=()) -> tuple[list[int], list[torch.Tensor]]:
+    """Feed ``question_ids`` (1, n_q) against ``cache`` (which grows), then decode greedily; no policy runs.
+    Returns the answer ids and, per answer token, the logits (V,) it was chosen from (float32, CPU)."""
+    eos = model.tokenizer.eos_token_id
+    toks, step_logits = [], []
+    with model.session(interventions=interventions) as s:
+        logits = s.forward_cached(cache, question_ids)[0, -1]
+        for i in range(max_new_tokens):
+            tok = int(logits.argmax())
+            toks.append(tok)
+            step_logits.append(logits.detach().float().cpu())
+            if (stop_at_eos and tok == eos) or i == max_new_tokens - 1:
+                break
+            logits = s.forward_cached(cache, torch.tensor([[tok]], device=question_ids.device))[0, -1]
+    return toks, step_logits
+
+
 def _check_truncatable(cache: KVCache) -> None:
     from transformers.cache_utils import DynamicLayer
 
@@ -280,4 +288,4 @@ def compress_context(model, context: str | torch.Tensor, cache_policy=None, *, r
                              rerotate, tuple(interventions) if not hasattr(interventions, "hooks") else (interventions,))
 
 
-__all__ = ["compress_context", "CompressedContext", "Answer"]
+__all__ = ["compress_context", "CompressedContext", "Answer", "greedy_answer"]
