@@ -29,7 +29,8 @@ from workbench.hook_names import suggest
 # Modules under efficiency.kv that register policies; imported on first use of the registry.
 BUILTIN_MODULES = ("streaming_llm", "h2o", "a2sf", "snapkv", "key_norm", "tova", "random_policy", "pyramid",
                    "merge", "quantized",  # evict-then-merge; KIVI quantization
-                   "adakv", "zigzag")  # per-head budgets stored ragged; per-layer budgets from uncertainty
+                   "adakv", "zigzag",  # per-head budgets stored ragged; per-layer budgets from uncertainty
+                   "kvzip", "hashevict")  # query-agnostic: context reconstruction; SimHash of queries and keys
 
 POLICIES: dict[str, type] = {}
 
