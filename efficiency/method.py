@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Sequence
 from workbench.errors import InputError
 from workbench.intervention import Compose, Intervention
 
-FAMILIES = ("kv-eviction", "kv-quantization", "weight-quantization", "activation-quantization", "rotation",
+FAMILIES = ("kv-eviction", "kv-quantization", "kv-sparse-coding", "weight-quantization", "activation-quantization", "rotation",
             "sparsity", "pruning", "low-rank", "latent-attention", "combined")
 SAVINGS = ("real", "simulated", "mixed")
 

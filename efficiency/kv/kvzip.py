@@ -13,7 +13,8 @@ Scoring, per chunk of ``chunk`` context tokens (2000 by default, the paper's sco
    chunk, or ``continue_prompt`` ("\\n\\nRepeat the part of the previous context exactly, starting
    with") followed by the last ``overlap`` (8) tokens of the previous chunk for the others; then
    ``suffix`` ("\\n", kvpress's choice for models without a chat template) and the chunk's own
-   tokens (teacher-forced).
+   tokens (teacher-forced). A chunk shrinks when the context plus the repeat input would not fit in
+   the model's context window.
 2. That input runs against a copy of the context's cache (``update_cache=False`` in the paper: the
    context cache is not changed), at positions after the context, and every layer's attention is
    observed.
@@ -116,14 +117,16 @@ class KVzip(ScorePolicy):
         ctx_ids = ids[0].tolist()
         n_ctx = len(ctx_ids)
         scores = {l: None for l in range(cache.n_layers)}
-        for start in range(0, n_ctx, self.chunk):
-            end = min(start + self.chunk, n_ctx)
+        start = 0
+        while start < n_ctx:
             head = first if start == 0 else cont + ctx_ids[max(0, start - self.overlap):start]
+            room = model.info.n_ctx - cache.next_position - len(head) - len(suffix)  # chunks shrink to fit
+            if room < 1:
+                raise InputError(f"KVzip: the context ({cache.next_position} tokens) leaves no room in the model's "
+                                 f"context of {model.info.n_ctx} for the repeat prompt; the context must be shorter.")
+            end = min(start + self.chunk, start + room, n_ctx)
             rep = head + suffix + ctx_ids[start:end]
-            if cache.next_position + len(rep) > model.info.n_ctx:
-                raise InputError(f"KVzip: the context ({cache.next_position} tokens) plus a repeat chunk "
-                                 f"({len(rep)} tokens) exceeds the model's context of {model.info.n_ctx}; "
-                                 f"use a smaller chunk (now {self.chunk}).")
+            start = end
             slots = [cache.positions[l].shape[-1] for l in range(cache.n_layers)]
 
             def observe(layer: int, pattern: torch.Tensor, slots=slots) -> None:
