@@ -109,3 +109,28 @@ def test_refusals(tiny_llama):
     with pytest.raises(wb.InputError, match="hooks"):
         with tiny_llama.session(hooks=[(hook_name("resid_post", 0), lambda x, n: None)], required=False):
             pol.apply(cache, wb.StepContext(0, cache.next_position, ids))
+
+
+def test_a_sweep_over_ratios_scores_each_context_once(tiny_llama, monkeypatch):
+    from efficiency import sweep
+    from efficiency.kv import kvzip
+    from workbench.tasks import needle_prompts, split_ids
+
+    s = needle_prompts(tiny_llama, 1, 170, seed=0, digits=3)[0]
+    q_len = split_ids(tiny_llama, s)[1].shape[1]
+    calls = []
+    orig = tiny_llama.bridge.forward
+    monkeypatch.setattr(tiny_llama.bridge, "forward",
+                        lambda inp, *a, **kw: calls.append(int(inp.shape[1])) or orig(inp, *a, **kw))
+
+    def forwards(ratios):
+        kvzip._MEMO.clear()
+        calls.clear()
+        res = sweep(tiny_llama, [s], ["kvzip"], ratios=ratios, max_new_tokens=1, query_aware=False)
+        return len([n for n in calls if n > 30 and n != q_len]), res  # context prefill + reconstruction forwards
+
+    one, _ = forwards((0.5,))
+    three, res = forwards((0.25, 0.5, 0.75))
+    assert one == three >= 2
+    kept = res.to_frame().set_index("ratio").kept_fraction
+    assert kept[0.25] > kept[0.5] > kept[0.75]

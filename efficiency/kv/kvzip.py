@@ -38,7 +38,9 @@ Pruning (``level``):
 - "pair-uniform": the top-k of each KV head, the same k everywhere (``ScorePolicy.evict``).
 The first ``sinks`` = 4 positions are always kept (kvpress's ``n_sink``). Positions are not
 renumbered. ``scores`` holds the last scores, per layer (B, G, N) aligned with the cache as it was
-scored.
+scored. The last scores are also remembered (one entry, keyed by the model, its weights and
+interventions, the context's tokens, the cache's positions and content checksums, and the scoring
+settings), so a sweep over several ratios runs the reconstruction forward once per context.
 
 KVzip runs the model, so it needs it: ``prefill``/``generate``/``compress_context``/``sweep`` give
 it the model (``bind``) and the context's token ids (``StepContext.tokens``). It scores at step 0
@@ -59,6 +61,7 @@ from .base import ScorePolicy, group_reduce
 from .registry import register
 
 LEVELS = ("pair", "pair-uniform")
+_MEMO: dict = {}  # the last scores, keyed by everything they depend on (see KVzip._memo_key)
 
 
 @register("kvzip")
@@ -111,6 +114,22 @@ class KVzip(ScorePolicy):
             raise InputError("KVzip runs its scoring forward while other workbench hooks are attached (an open "
                              "session or generate() under interventions); they would fire twice. Compress with "
                              "model.prefill(...) or workbench.questions.compress_context(...) instead.")
+        key = self._memo_key(model, cache, ids)
+        if key in _MEMO:  # the same context, cache and model scored already (a sweep over ratios)
+            return {l: s.clone() for l, s in _MEMO[key].items()}
+        scores = self._score(model, cache, ids)
+        _MEMO.clear()
+        _MEMO[key] = {l: s.clone() for l, s in scores.items()}
+        return scores
+
+    def _memo_key(self, model, cache, ids) -> tuple:
+        sig = tuple((tuple(p.shape), int(p.sum())) for p in cache.positions)
+        content = (float(cache.keys(0).double().sum()), float(cache.values(cache.n_layers - 1).double().sum()))
+        return (model.fingerprint, id(model), model.weights_version, model.describe_interventions(),
+                tuple(ids[0].tolist()), sig, content, self.chunk, self.overlap, self.prompt, self.continue_prompt,
+                self.suffix)
+
+    def _score(self, model, cache: KVCache, ids: torch.Tensor) -> dict[int, torch.Tensor]:
         tok = model.tokenizer
         enc = lambda text: list(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         first, cont, suffix = enc(self.prompt), enc(self.continue_prompt), enc(self.suffix)
