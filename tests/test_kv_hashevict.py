@@ -93,3 +93,12 @@ def test_needs_queries(tiny_llama):
         HashEvict(ratio=0.5).apply(cache, wb.StepContext(0, cache.next_position))
     with pytest.raises(wb.InputError, match="bits"):
         HashEvict(ratio=0.5, bits=0)
+
+
+def test_sequential_feeds_queries_and_binds(tiny_llama):
+    from efficiency.kv import KVzip, Sequential
+
+    pol = Sequential(HashEvict(budget=40), KVzip(budget=30, level="pair-uniform"))
+    cache = tiny_llama.prefill(PROMPT[:70], cache_policy=pol)
+    assert (cache.stats().tokens == 30).all()
+    assert pol.policies[0].code_bytes() > 0 and pol.policies[1]._model is tiny_llama

@@ -152,3 +152,25 @@ def test_compressed_context_result(tiny_llama):
     assert fig.data[0].z.shape[0] == tiny_llama.info.n_layers
     assert "CompressedContext(streaming_llm" in repr(ctx) and "<table" in ctx._repr_html_()
     assert "Answer(" in repr(ctx.answers[0]) and len(ctx.answers[0].to_frame()) >= 1
+
+
+@pytest.mark.smollm2
+def test_query_agnostic_passkey_and_lexico_on_smollm2(smollm2):
+    """KVzip at 4x keeps a 300-token passkey when the question comes after compression; the shipped Lexico
+    dictionary is SmolLM2's and its cache holds exactly the formula's bytes."""
+    from efficiency import sweep
+    from efficiency.kv import LexicoCompression, LexicoDictionary, lexico_bytes_formula
+    from workbench.tasks import passkey_prompts, split_ids
+
+    s = passkey_prompts(smollm2, 1, 300, depth=0.4, seed=11)[0]
+    df = sweep(smollm2, [s], ["kvzip"], ratios=(0.75,), query_aware=False).to_frame()
+    print(df[["policy", "generated", "kept_fraction"]].to_string())
+    assert df.correct.all()  # full cache and KVzip
+    d = LexicoDictionary.for_model(smollm2)
+    assert d.fingerprint == smollm2.fingerprint and d.n_layers == smollm2.info.n_layers
+    ctx_ids, q_ids = split_ids(smollm2, s)
+    c = compress_context(smollm2, ctx_ids, LexicoCompression(sparsity=8))
+    i = smollm2.info
+    assert c.stats.physical_bytes == lexico_bytes_formula(c.n_tokens, n_layers=i.n_layers, n_kv_heads=i.n_kv_heads,
+                                                          d_head=i.d_head, sparsity=8)
+    assert c.stats.physical_bytes < 0.45 * c.full_stats.physical_bytes
