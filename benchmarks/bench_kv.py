@@ -328,15 +328,17 @@ def _summarize(res, by=("setting", "policy", "ratio")) -> list[dict]:
     return out
 
 
-def bench_agnostic(m, lengths, n, save=None) -> dict:
-    """Passkey with the question asked after compression (and query-aware for reference), per length."""
-    out = {"policies": list(AGNOSTIC_POLICIES), "aware_policies": list(AWARE_POLICIES),
-           "ratios": list(AGNOSTIC_RATIOS), "n": n, "seed0": AGNOSTIC_SEED, "runs": []}
+def bench_agnostic(m, lengths, n, save=None, policies=AGNOSTIC_POLICIES, aware_n=None, seed0=AGNOSTIC_SEED) -> dict:
+    """Passkey with the question asked after compression (and query-aware for reference, on the first
+    ``aware_n`` samples), per length."""
+    aware_n = n if aware_n is None else aware_n
+    out = {"policies": list(policies), "aware_policies": list(AWARE_POLICIES), "aware_n": aware_n,
+           "ratios": list(AGNOSTIC_RATIOS), "n": n, "seed0": seed0, "runs": []}
     for L in lengths:
-        samples = _passkeys(m, n, L, AGNOSTIC_SEED)
+        samples = _passkeys(m, n, L, seed0)
         t0 = time.perf_counter()
-        agn = _sweep_each(m, samples, AGNOSTIC_POLICIES, AGNOSTIC_RATIOS, False, f"L={L} agnostic")
-        aware = _sweep_each(m, samples, AWARE_POLICIES, AGNOSTIC_RATIOS, True, f"L={L} aware")
+        agn = _sweep_each(m, samples, policies, AGNOSTIC_RATIOS, False, f"L={L} agnostic")
+        aware = _sweep_each(m, samples[:aware_n], AWARE_POLICIES, AGNOSTIC_RATIOS, True, f"L={L} aware")
         rows = _summarize(agn) + _summarize(aware)
         for r in rows:
             print(f"  L={L} {r['setting']:14s} {r['policy']:14s} {r['ratio']:.2f}: {r['correct']}/{r['n']} "
@@ -518,7 +520,8 @@ def run_agnostic_sections(m, a, out) -> None:
 
     if "agnostic" in a.sections:
         print("passkey, question asked after compression (query-agnostic) and query-aware:", flush=True)
-        out["agnostic"] = bench_agnostic(m, a.agnostic_lengths, a.agnostic_n, saver("agnostic"))
+        out["agnostic"] = bench_agnostic(m, a.agnostic_lengths, a.agnostic_n, saver("agnostic"), a.agnostic_policies,
+                                         a.aware_n, a.agnostic_seed)
     if "ruler" in a.sections:
         print("RULER-style multi-key and variable tracking at 4x, query-agnostic:", flush=True)
         out["ruler"] = bench_ruler(m, a.ruler_tokens, a.ruler_n, saver("ruler"))
@@ -587,6 +590,9 @@ def main():
     ap.add_argument("--ruler-tokens", type=int, default=1024)
     ap.add_argument("--ruler-n", type=int, default=10)
     ap.add_argument("--lexico-n", type=int, default=10)
+    ap.add_argument("--agnostic-policies", nargs="+", default=list(AGNOSTIC_POLICIES))
+    ap.add_argument("--aware-n", type=int, default=None, help="query-aware reference on the first N samples")
+    ap.add_argument("--agnostic-seed", type=int, default=AGNOSTIC_SEED)
     ap.add_argument("--skip-ppl", action="store_true", help="quality: passkey only")
     ap.add_argument("--passkey-policies", nargs="+", default=None, help=f"default: {' '.join(QUALITY_POLICIES)}")
     ap.add_argument("--skip-latency", action="store_true")
