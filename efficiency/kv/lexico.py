@@ -237,7 +237,8 @@ class LexicoCompression(PolicyBase):
     @property
     def name(self) -> str:
         n = f", N={self.dictionary.n_atoms}" if self.dictionary is not None else ""
-        return f"Lexico s={self.sparsity} (buffer {self.buffer}{n})"
+        dt = "" if self.value_dtype == torch.float16 else f", {str(self.value_dtype).replace('torch.', '')}"
+        return f"Lexico s={self.sparsity} (buffer {self.buffer}{dt}{n})"
 
     def bind(self, model) -> None:
         """Load the dictionary learned on ``model`` when none was given; check a given one fits."""
