@@ -174,3 +174,22 @@ def test_query_agnostic_passkey_and_lexico_on_smollm2(smollm2):
     assert c.stats.physical_bytes == lexico_bytes_formula(c.n_tokens, n_layers=i.n_layers, n_kv_heads=i.n_kv_heads,
                                                           d_head=i.d_head, sparsity=8)
     assert c.stats.physical_bytes < 0.45 * c.full_stats.physical_bytes
+
+
+def test_task_runner_query_switch(tiny_llama):
+    """score_passkey with a policy: query-aware equals generate with it, query-agnostic equals compress + ask."""
+    from workbench.tasks import passkey_prompts, score_passkey, split_ids
+
+    s = passkey_prompts(tiny_llama, 2, 230, seed=4)
+    pol = get_policy("snapkv", ratio=0.5, window=4)
+    aware = score_passkey(tiny_llama, s, cache_policy=pol, query_aware=True)
+    agn = score_passkey(tiny_llama, s, cache_policy=pol, query_aware=False)
+    full = score_passkey(tiny_llama, s)
+    full_agn = score_passkey(tiny_llama, s, query_aware=False)  # full cache, asked after: the same text
+    assert "query-aware, snapkv" in repr(aware) and "query-agnostic, snapkv" in repr(agn)
+    for i, x in enumerate(s):
+        assert aware.generated[i] == tiny_llama.generate(x.prompt, len(x.answer_token_ids), cache_policy=pol).text
+        ctx_ids, q_ids = split_ids(tiny_llama, x)
+        assert agn.generated[i] == compress_context(tiny_llama, ctx_ids, pol).ask(q_ids, len(x.answer_token_ids)).text
+    torch.testing.assert_close(full_agn.answer_logprob, full.answer_logprob, atol=1e-4, rtol=1e-4)
+    assert full_agn.generated == full.generated

@@ -144,6 +144,7 @@ class AnswerScore:
     answer_logprob: torch.Tensor
     generated: list[str]
     interventions: str = ""
+    setting: str = ""  # with a cache policy: "query-aware" or "query-agnostic" and the policy's name
 
     @property
     def accuracy(self) -> float:
@@ -161,6 +162,7 @@ class AnswerScore:
 
     def __repr__(self) -> str:
         iv = f", {self.interventions}" if self.interventions else ""
+        iv += f", {self.setting}" if self.setting else ""
         return (f"AnswerScore({len(self.prompts)} prompt(s){iv}: accuracy {self.accuracy:.3f}, "
                 f"mean answer log-prob {self.mean_logprob:.3f})")
 
@@ -203,13 +205,59 @@ def score_answers(model, prompts: Sequence[str], answers: Sequence[str], interve
                        generated, model.describe_interventions(interventions))
 
 
-def score_passkey(model, samples: Sequence[PasskeySample], interventions=()) -> AnswerScore:
-    """``score_answers`` on passkey samples (accuracy and mean answer log-prob)."""
+def score_passkey(model, samples: Sequence[PasskeySample], interventions=(), *, cache_policy=None,
+                  query_aware: bool = True) -> AnswerScore:
+    """``score_answers`` on passkey samples (accuracy and mean answer log-prob).
+
+    With a ``cache_policy`` the answers come from a compressed cache: ``query_aware=True`` compresses
+    prompt and question together (``model.generate(prompt, cache_policy=...)``; the first answer token
+    is predicted from the prefill, as in ``generate``), ``query_aware=False`` compresses the context
+    alone and then asks the question (``workbench.questions``; every answer token comes from the
+    compressed cache). The log-prob is teacher-forced the same way. The policy object is reused for
+    every sample (policies reset their per-sequence state at each new prompt)."""
     samples = list(samples)
     if not samples or not all(isinstance(s, PasskeySample) for s in samples):
         raise InputError("score_passkey needs a non-empty list of PasskeySample (from passkey_prompts()).")
-    return score_answers(model, [s.prompt for s in samples], [s.answer for s in samples], interventions,
-                         answer_token_ids=[s.answer_token_ids for s in samples])
+    if cache_policy is None and query_aware:
+        return score_answers(model, [s.prompt for s in samples], [s.answer for s in samples], interventions,
+                             answer_token_ids=[s.answer_token_ids for s in samples])
+    return score_compressed(model, samples, cache_policy, query_aware, interventions)
+
+
+def score_compressed(model, samples: Sequence, cache_policy, query_aware: bool, interventions=()) -> AnswerScore:
+    """Greedy exact match and teacher-forced answer log-prob of PasskeySample/TaskSample answers from a cache
+    compressed by ``cache_policy`` (None: the full cache) in the query-aware or query-agnostic setting
+    (see ``score_passkey``)."""
+    from .generation import prefill
+    from .questions import compress_context
+
+    correct, logprob, generated = [], [], []
+    for s in samples:
+        ans_ids = list(s.answer_token_ids)
+        if query_aware:
+            cache, first = prefill(model, s.prompt, cache_policy, interventions, return_logits=True)
+            rest = torch.tensor([ans_ids[:-1]], device=first.device)
+            with model.session(interventions=interventions) as sess:
+                later = sess.forward_cached(cache.copy(), rest)[0] if len(ans_ids) > 1 else first[None][:0]
+            logits = torch.cat([first[None], later])
+            gen = model.generate(s.prompt, max_new_tokens=len(ans_ids), cache_policy=cache_policy,
+                                 interventions=interventions).text
+        else:
+            ctx_ids, q_ids = split_ids(model, s)
+            ctx = compress_context(model, ctx_ids, cache_policy, interventions=interventions)
+            feed = torch.cat([q_ids, torch.tensor([ans_ids[:-1]], device=q_ids.device, dtype=q_ids.dtype)], 1)
+            with model.session(interventions=interventions) as sess:
+                logits = sess.forward_cached(ctx.cache.copy(), feed)[0, q_ids.shape[1] - 1:]
+            gen = ctx.ask(q_ids, max_new_tokens=len(ans_ids), interventions=interventions).text
+        lp = torch.log_softmax(logits.double(), -1)
+        logprob.append(float(lp[torch.arange(len(ans_ids)), torch.tensor(ans_ids, device=lp.device)].mean()))
+        generated.append(gen)
+        correct.append(score_text(s, gen) == 1.0)
+    name = "full cache" if cache_policy is None else str(cache_policy.name)
+    return AnswerScore([s.prompt for s in samples], [s.answer for s in samples], torch.tensor(correct),
+                       torch.tensor(logprob, dtype=torch.float64), generated,
+                       model.describe_interventions(interventions),
+                       f"{'query-aware' if query_aware else 'query-agnostic'}, {name}")
 
 
 # ---------------------------------------------------------------------------------------------- RULER-style tasks
