@@ -167,16 +167,15 @@ class HashEvict(ScorePolicy):
         """Token-by-token eviction through the prompt (module docstring): the k entries alive at the end."""
         dist = self.distances(layer, q_bits, cache.n_kv_heads)  # (B, G, T, T): query t vs key j
         b, g, t, _ = dist.shape
-        horizon = t
         order = torch.arange(t, device=dist.device)
+        k = max(k, min(self.sinks, t) + min(self.window, t))
+        # eviction priority of key j when query t arrives; -1 where j is protected at that time
+        protected = (order[None, :] < self.sinks) | (order[None, :] > order[:, None] - self.window)  # (T, T)
+        prio = self._priority(dist, pos[:, :, None, :], t).masked_fill(protected, -1)
         alive = torch.zeros(b, g, t, dtype=torch.bool, device=dist.device)
         alive[..., :min(k, t)] = True
-        k = max(k, min(self.sinks, t) + min(self.window, t))
         for step in range(min(k, t), t):
             alive[..., step] = True
-            protected = (order < self.sinks) | (order > step - self.window)
-            prio = self._priority(dist[:, :, step], pos, horizon)
-            prio = prio.masked_fill(~alive | protected, -1)
-            victim = prio.argmax(-1, keepdim=True)  # (B, G, 1)
+            victim = prio[:, :, step].masked_fill(~alive, -1).argmax(-1, keepdim=True)  # (B, G, 1)
             alive.scatter_(-1, victim, False)
         return alive.nonzero()[:, -1].reshape(b, g, -1)
