@@ -51,12 +51,13 @@ def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def evict_then_merge(keys: torch.Tensor, values: torch.Tensor, scores: torch.Tensor, keep_idx: torch.Tensor,
-                     can_receive: torch.Tensor, threshold: float):
+                     can_receive: torch.Tensor, threshold: float, merge_keys: bool = True):
     """Keep ``keep_idx`` (B, G, K) (sorted) of keys/values (B, G, N, d) and merge the others into them.
 
     scores (B, G, N) >= 0: merge weights; can_receive (B, G, N) bool: which kept entries may absorb
-    others. Returns (keys (B, G, K, d), values (B, G, K, d), assign (B, G, N - K) index into the kept
-    entries or -1 for the zero class, in the order of the evicted entries' slots).
+    others (keys only when ``merge_keys``; otherwise the kept keys stay as they are). Returns (keys (B, G, K, d),
+    values (B, G, K, d), assign (B, G, N - K) index into the kept entries or -1 for the zero class, in the
+    order of the evicted entries' slots).
     """
     b, g, n, d = keys.shape
     k_n = keep_idx.shape[-1]
@@ -78,8 +79,8 @@ def evict_then_merge(keys: torch.Tensor, values: torch.Tensor, scores: torch.Ten
     add_n = torch.zeros_like(w_keep).scatter_add_(2, tgt, n_ev)
     total = w_keep + add_w
     uniform = total <= 0  # every score in the class is 0: equal weights
-    out = []
-    for t in (keys, values):
+    out = [] if merge_keys else [_take(keys, keep_idx).contiguous()]
+    for t in ((keys, values) if merge_keys else (values,)):
         t_keep, t_ev = _take(t, keep_idx).float(), _take(t, ev_idx).float()
         sw = torch.zeros_like(t_keep).scatter_add_(2, tgt[..., None].expand_as(t_ev), t_ev * w_ev[..., None])
         sn = torch.zeros_like(t_keep).scatter_add_(2, tgt[..., None].expand_as(t_ev), t_ev * n_ev[..., None])
@@ -99,6 +100,7 @@ class EMS(AttentionScorePolicy):
     window: int = 16
     weight: float = 0.5
     threshold: float = 0.5
+    merge_keys: bool = True
     last_merge: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -141,6 +143,6 @@ class EMS(AttentionScorePolicy):
         k = min(max(k, int(protected.sum(-1).max())), pos.shape[-1])
         keep_idx = scores.masked_fill(protected, float("inf")).topk(k, dim=-1).indices.sort(dim=-1).values
         k2, v2, assign = evict_then_merge(cache.keys(layer), cache.values(layer), scores, keep_idx,
-                                          pos >= self.sinks, self.threshold)
+                                          pos >= self.sinks, self.threshold, self.merge_keys)
         cache.set_entries(layer, k2, v2, _take(pos, keep_idx).contiguous())
         self.last_merge[layer] = assign
