@@ -4,7 +4,7 @@
                                       [--threads 2] [--sections hf compressed] [--out benchmarks/results/decode.json]
 
 SmolLM2-135M-Instruct, fp32, eager attention, greedy, CPU (or the GPU when present), ``torch.no_grad``.
-Every prompt is the first L tokens of a long offline text (``efficiency.kv.harness.long_texts``).
+Every prompt is the first L tokens of a long offline text (``workbench.texts.long_texts``).
 Threads and the load average are recorded at the start and end of every section.
 
 1. ``hf``: time per generated token of ``m.generate`` against HF ``generate`` on a separately loaded

@@ -4,18 +4,20 @@ Every method follows one protocol (``EfficiencyMethod``: knobs with ranges, what
 model, whether its saving is real or simulated) and is listed by one registry (``list_methods()``,
 ``get_method(name, **knobs)``), KV-cache policies included.
 
-KV cache (``efficiency.kv``): eviction policies and a registry by name, evict-then-merge, KIVI
-quantization with packed storage, per-head budgets stored ragged (AdaKV), per-layer budgets from
+KV cache (``efficiency.kv``): eviction policies and a registry by name (query-agnostic ones among
+them: KVzip, HashEvict, EMS), evict-then-merge, KIVI quantization with packed storage, Lexico
+(sparse codes over learned dictionaries), per-head budgets stored ragged (AdaKV), per-layer budgets from
 layer uncertainty (ZigZagKV), the measurement harness (sweeps, compressed-prefix
 perplexity), and the internals view (retention, sink survival, attention divergence).
 """
 from .kv import (
-    A2SF, H2O, POLICIES, TOVA, AdaKV, AdaptiveHeadBudgets, AttentionScorePolicy, KeyNorm, PyramidBudgets, PyramidKV,
-    RaggedLayer, RandomPolicy, ScorePolicy, Sequential, SnapKV, StreamingLLM, UncertaintyBudgets, ZigZagKV,
-    get_policy, ragged_attention, ragged_bytes_formula, register,
+    A2SF, EMS, H2O, POLICIES, TOVA, AdaKV, AdaptiveHeadBudgets, AttentionScorePolicy, HashEvict, KeyNorm, KVzip,
+    LexicoCompression, LexicoDictionary, PyramidBudgets, PyramidKV, RaggedLayer, RandomPolicy, ScorePolicy,
+    Sequential, SnapKV, StreamingLLM, UncertaintyBudgets, ZigZagKV, get_policy, lexico_bytes_formula,
+    ragged_attention, ragged_bytes_formula, register,
 )
 from .kv.explorer import kv_compare_explorer
-from .kv.methods import KVEviction, KVQuantization
+from .kv.methods import KVEviction, KVLexico, KVQuantization
 from .kv.harness import PerplexityResult, SweepResult, perplexity, sweep
 from .kv.internals import CacheComparison, compare_cache
 from .kv.merge import MergeEvicted, merge_layer
@@ -33,5 +35,6 @@ __all__ = [
     "compare_cache", "CacheComparison", "kv_compare_explorer", "AdaKV", "AdaptiveHeadBudgets", "ZigZagKV",
     "UncertaintyBudgets", "RaggedLayer", "ragged_attention", "ragged_bytes_formula",
     "EfficiencyMethod", "Knob", "Cost", "Combined", "FAMILIES", "METHODS", "get_method", "list_methods",
-    "register_method", "KVEviction", "KVQuantization", "kv_bytes_full",
+    "register_method", "KVEviction", "KVQuantization", "kv_bytes_full", "KVzip", "HashEvict", "EMS",
+    "LexicoCompression", "LexicoDictionary", "lexico_bytes_formula", "KVLexico",
 ]

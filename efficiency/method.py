@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Sequence
 from workbench.errors import InputError
 from workbench.intervention import Compose, Intervention
 
-FAMILIES = ("kv-eviction", "kv-quantization", "weight-quantization", "activation-quantization", "rotation",
+FAMILIES = ("kv-eviction", "kv-quantization", "kv-sparse-coding", "weight-quantization", "activation-quantization", "rotation",
             "sparsity", "pruning", "low-rank", "latent-attention", "combined")
 SAVINGS = ("real", "simulated", "mixed")
 
@@ -119,12 +119,16 @@ class Cost:
         return (self.weight_bytes + self.kv_bytes) / max(self.baseline_weight_bytes + self.baseline_kv_bytes, 1)
 
 
+POSITION_BYTES = 8  # the workbench cache holds each entry's original position as int64
+
+
 def kv_bytes_full(model, n_tokens: int, dtype_bytes: int | None = None) -> int:
-    """Bytes of an uncompressed KV cache of ``n_tokens`` (K and V, every layer and KV head)."""
+    """Bytes of an uncompressed KV cache of ``n_tokens``: K and V of every layer and KV head, plus the int64
+    position of every entry (``KVCache.positions``), as ``KVCache.stats().physical_bytes`` counts them."""
     i = model.info
     if dtype_bytes is None:
         dtype_bytes = model.weights().W_E.element_size()
-    return n_tokens * i.n_layers * i.n_kv_heads * i.d_head * 2 * dtype_bytes
+    return n_tokens * i.n_layers * i.n_kv_heads * (i.d_head * 2 * dtype_bytes + POSITION_BYTES)
 
 
 @dataclass

@@ -307,7 +307,7 @@ class LabPage:
     def run_all(self, timeout: float = 240.0) -> None:
         """Run every cell (fired, not awaited: see the module docstring) and wait until the last
         code cell has run; raise ViewCheckError with the traceback when a cell fails."""
-        self.page.evaluate(f"() => {{ window.jupyterapp.commands.execute('notebook:run-all-cells'); }}")
+        self.page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
         deadline = time.monotonic() + timeout
         while True:
             state = self.page.evaluate(_RUN_STATE)

@@ -22,7 +22,7 @@ from workbench import settings
 from workbench.errors import InputError
 from workbench.generation import cached_forward
 from workbench.hook_names import hook_name
-from workbench.kv_cache import KVCache, PreallocatedLayer, StepContext
+from workbench.kv_cache import PreallocatedLayer
 
 PROMPT = "The quick brown fox jumps over the lazy dog. A second sentence follows here. " * 2
 

@@ -40,8 +40,9 @@ def test_bytes_match_formula(tiny):
     cache = tiny.prefill(PROMPT)
     i, n = tiny.info, tiny.tokenize(PROMPT)[1][0]
     expected = n * i.n_layers * i.n_kv_heads * i.d_head * 2 * 4
+    positions = n * i.n_layers * i.n_kv_heads * 8  # the int64 position of every entry is held too
     st = cache.stats()
-    assert st.logical_bytes == expected and st.physical_bytes == expected
+    assert st.logical_bytes == expected and st.physical_bytes == expected + positions
     assert st.tokens.shape == (i.n_layers, i.n_kv_heads) and int(st.tokens[0, 0]) == n
 
 
@@ -56,7 +57,7 @@ def test_eviction_frees_memory_and_tracks_positions(tiny_llama):
     n = cache.next_position
     assert cache.positions[0][0, 0].tolist() == [0, 1] + list(range(n - 6, n))
     i = tiny_llama.info
-    assert cache.stats().physical_bytes == 8 * i.n_layers * i.n_kv_heads * i.d_head * 2 * 4
+    assert cache.stats().physical_bytes == 8 * i.n_layers * i.n_kv_heads * (i.d_head * 2 * 4 + 8)
     assert cache.keys(0).shape[-2] == 8
 
 

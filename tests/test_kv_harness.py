@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import workbench as wb
-from efficiency import H2O, SnapKV, get_policy, perplexity, sweep
+from efficiency import H2O, SnapKV, StreamingLLM, get_policy, perplexity, sweep
+from workbench.questions import compress_context
 from workbench.texts import load_domain
-from workbench.texts.tasks import needle_prompts, passkey_prompts
+from workbench.texts.tasks import needle_prompts, passkey_prompts, split_ids
 
 from kv_helpers import Recorder, masked_perplexity
 
@@ -60,8 +61,8 @@ def test_sweep_prefills_once_per_sample(tiny_llama, samples, monkeypatch):
     ev = df[df.policy != "full cache"]
     assert (ev.kept_fraction < 1).all() and (df[df.policy == "full cache"].kept_fraction == 1).all()
     assert (ev[ev.ratio == 0.5].physical_bytes.values < ev[ev.ratio == 0.25].physical_bytes.values).all()
-    s = res.summary()
-    assert len(s) == 1 + 3 * 2
+    s = res.table()
+    assert len(s) == 1 + 3 * 2 and set(s.setting) == {"query-aware"}
     fig = res.figure()
     assert len(fig.data) == 3 and "full cache" in str(fig.layout.annotations)
     assert "SweepResult(3 sample(s) × 3 policies × 2 ratio(s)" in repr(res)
@@ -98,7 +99,7 @@ def test_ratio_zero_reproduces_full_cache(tiny_llama, samples):
 def test_sweep_policy_objects_and_fixed_policies(tiny_llama, samples):
     res = sweep(tiny_llama, samples[:1], [SnapKV(ratio=0.1, window=4), get_policy("kivi", bits=4)],
                 ratios=(0.5,), max_new_tokens=2).to_frame()
-    assert list(res.policy) == ["full cache", "snapkv", "KIVI 4-bit (g32, r32)"]
+    assert list(res.policy) == ["full cache", "snapkv(window=4)", "KIVI 4-bit (g32, r32)"]
     assert res.ratio.iloc[1] == 0.5 and math.isnan(res.ratio.iloc[2])
 
 
@@ -185,7 +186,45 @@ def test_sweep_on_smollm2(smollm2):
     samples = passkey_prompts(smollm2, 2, 128, seed=0)
     res = sweep(smollm2, samples, ["streaming_llm", "snapkv"], ratios=(0.5,))
     df = res.to_frame()
-    print(res.summary().to_string())
+    print(res.table().to_string())
     assert len(df) == 2 * 3
     assert res.full_score == 1.0  # SmolLM2 retrieves a 128-token passkey with the full cache
     assert (df[df.policy != "full cache"].kept_fraction.between(0.45, 0.55)).all()
+
+
+def test_labels_carry_the_settings_that_differ(tiny_llama, samples):
+    """Two settings of one policy are two rows, each counted once (the labels used to collide)."""
+    res = sweep(tiny_llama, samples[:2], ["snapkv", SnapKV(ratio=0.1), SnapKV(ratio=0.1, window=4, kernel=5),
+                                          StreamingLLM(ratio=0.1, sinks=2), SnapKV(ratio=0.1)],
+                ratios=(0.5,), max_new_tokens=2)
+    s = res.table()
+    assert list(s.policy) == ["full cache", "snapkv", "snapkv #2", "snapkv(window=4, kernel=5)",
+                              "streaming_llm(sinks=2)", "snapkv #3"]
+    assert (s.n == 2).all()
+
+
+def test_query_agnostic_sweep_equals_compress_then_ask(tiny_llama, samples):
+    """Each query-agnostic row is the answer of compress_context(context) + ask(question)."""
+    res = sweep(tiny_llama, samples[1:], ["snapkv", "streaming_llm", "tova"], ratios=(0.5,), max_new_tokens=3,
+                query_aware="both")
+    df = res.to_frame()
+    assert set(df.setting) == {"query-aware", "query-agnostic"} and len(df) == 2 * 2 * 4
+    assert set(res.full_scores) == {"query-aware", "query-agnostic"}
+    for _, row in df[df.setting == "query-agnostic"].iterrows():
+        s = samples[1:][row["sample"]]
+        ctx_ids, q_ids = split_ids(tiny_llama, s)
+        pol = None if row.policy == "full cache" else get_policy(row.policy, ratio=row.ratio)
+        ctx = compress_context(tiny_llama, ctx_ids, pol)
+        assert ctx.stats.physical_bytes == row.physical_bytes
+        assert ctx.ask(q_ids, max_new_tokens=3).text == row.generated, row.policy
+    assert "query-aware + query-agnostic" in repr(res) and len(res.figure().data) == 6
+
+
+def test_query_agnostic_prefills_the_context_once(tiny_llama, samples, monkeypatch):
+    calls = _count_forwards(tiny_llama, monkeypatch)
+    sweep(tiny_llama, samples[:1], ["snapkv", "h2o"], ratios=(0.5,), max_new_tokens=2, query_aware=False)
+    ctx_ids, q_ids = split_ids(tiny_llama, samples[0])
+    assert calls.count(ctx_ids.shape[1]) == 1  # the context: once for every policy
+    assert calls.count(q_ids.shape[1]) == 3  # the question: full cache + 2 policies
+    with pytest.raises(wb.InputError, match="query_aware"):
+        sweep(tiny_llama, samples[:1], ["snapkv"], query_aware="yes")

@@ -20,7 +20,7 @@ def snap(tiny_llama):
     return compare_cache(tiny_llama, PROMPT, "snapkv", ratio=0.5)
 
 
-@pytest.mark.parametrize("name", ["streaming_llm", "h2o", "snapkv", "random", "tova"])
+@pytest.mark.parametrize("name", ["streaming_llm", "h2o", "snapkv", "random", "tova", "kvzip", "hashevict", "ems"])
 def test_ratio_zero_is_the_full_cache(tiny_llama, name):
     c = compare_cache(tiny_llama, PROMPT, name, ratio=0.0, n_probe=2)
     assert c.retention.all() and c.sink_kept.all()
@@ -240,3 +240,34 @@ def test_reference_must_match(tiny_llama):
     a = compare_cache(tiny_llama, PROMPT, "snapkv", ratio=0.5, reference=ref)
     b = compare_cache(tiny_llama, PROMPT, "snapkv", ratio=0.5)
     assert torch.equal(a.tv, b.tv) and torch.equal(a.compressed_logits, b.compressed_logits)
+
+
+@pytest.mark.parametrize("name", ["kvzip", "hashevict", "ems"])
+def test_new_policies_in_the_internals_view(tiny_llama, name):
+    c = compare_cache(tiny_llama, PROMPT, name, ratio=0.5, n_probe=2)
+    t = c.n_tokens
+    kept = c.retention.sum(-1)  # (L, G)
+    if name == "kvzip":  # one threshold over all layers and heads: the total is that of a uniform budget
+        assert int(kept.sum()) == (t - int(0.5 * t)) * kept.numel()
+    else:
+        assert (kept == t - int(0.5 * t)).all()
+    assert c.sink_kept.all()  # all three protect the first positions
+    p, l, h, s = c.compressed_pattern.shape
+    assert torch.allclose(c.compressed_pattern.sum(-1), torch.ones(p, l, h), atol=1e-5)
+    assert float(c.evicted_mass.max()) > 0 and "CacheComparison(" in repr(c) and isinstance(c.metrics(), dict)
+
+
+def test_lexico_in_the_internals_view(tiny_llama):
+    """Sparse coding keeps every position; the divergence measures the reconstruction error's effect."""
+    from efficiency.kv.lexico import LexicoCompression
+    from efficiency.kv.lexico_dictionary import LexicoDictionary
+
+    i = tiny_llama.info
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(2, i.n_layers, i.d_head, 48, generator=g)
+    d = d / d.norm(dim=2, keepdim=True)
+    dic = LexicoDictionary(d[0], d[1], i.name, tiny_llama.fingerprint)
+    coarse = compare_cache(tiny_llama, PROMPT, LexicoCompression(sparsity=2, buffer=8, block=8, dictionary=dic))
+    fine = compare_cache(tiny_llama, PROMPT, LexicoCompression(sparsity=12, buffer=8, block=8, dictionary=dic))
+    assert coarse.retention.all() and fine.retention.all() and float(coarse.evicted_mass.max()) == 0.0
+    assert 0 < float(fine.tv.mean()) < float(coarse.tv.mean())

@@ -35,7 +35,8 @@ def test_counts_equal_the_budget_and_bytes_go(tiny_llama):
     n = cache.next_position
     st = cache.stats()
     assert (st.tokens == 20).all() and n > 20
-    assert st.physical_bytes == st.logical_bytes == 20 * i.n_layers * i.n_kv_heads * i.d_head * 2 * 4
+    assert st.logical_bytes == 20 * i.n_layers * i.n_kv_heads * i.d_head * 2 * 4
+    assert st.physical_bytes == 20 * i.n_layers * i.n_kv_heads * (i.d_head * 2 * 4 + 8)  # + int64 positions
     for l in range(cache.n_layers):
         assert cache.keys(l).shape[-2] == cache.values(l).shape[-2] == 20
         assert torch.equal(pol.counts[l].sum(-1), torch.full((1, i.n_kv_heads), float(n)))

@@ -188,3 +188,22 @@ def test_ruler_bad_arguments(tiny_llama):
         needle_prompts(3, 1)
     with pytest.raises(wb.InputError, match="PasskeySample or TaskSample"):
         score_text("sample", "text")
+
+
+def test_context_question_split(tiny_llama):
+    """prompt == context + question, and split_ids gives exactly the prompt's tokens in two parts."""
+    from workbench.texts.tasks import needle_prompts, passkey_prompts, split_ids, variable_tracking_prompts
+
+    samples = (passkey_prompts(tiny_llama, 2, 250, seed=3) + needle_prompts(tiny_llama, 1, 250, kind="multikey", seed=4, n_keys=2, digits=3)
+               + needle_prompts(tiny_llama, 1, 250, kind="multivalue", seed=5, n_values=2, digits=3)
+               + variable_tracking_prompts(tiny_llama, 1, 250, seed=6, n_hops=1, digits=3))
+    for s in samples:
+        assert s.prompt == s.context + s.question and s.question.startswith(" ")
+        ctx, q = split_ids(tiny_llama, s)
+        full, _ = tiny_llama.tokenize(s.prompt)
+        assert torch.equal(torch.cat([ctx, q], 1), full)
+    mk = samples[2]
+    assert len(mk.other_questions) == 1
+    for question, answer in mk.other_questions:
+        key = question.split("for ")[1].split("?")[0]
+        assert f"The magic number for {key} is{answer}." in mk.context and key != mk.query

@@ -10,6 +10,7 @@ from .intervention import Compose, Intervention
 from .kv_cache import CachePolicy, CacheStats, KVCache, PolicyBase, StepContext
 from .loading import load, wrap
 from .model import Model, ModelInfo, ParityReport
+from .questions import Answer, CompressedContext, compress_context
 from .result import Result
 from .run import Run
 from .session import AttentionFanout, ForwardSession
@@ -21,5 +22,5 @@ __all__ = [
     "HookError", "CaptureBudgetError", "ExportError", "Generation", "KVCache", "CachePolicy", "CacheStats",
     "StepContext", "save_figure", "export_figures", "attention_pattern_figure", "residual_norms_figure",
     "hook_name", "PolicyBase", "Result", "ForwardSession", "AttentionFanout", "Weights", "LayerWeights",
-    "NormWeights", "WeightEdit", "WeightEditor",
+    "NormWeights", "WeightEdit", "WeightEditor", "compress_context", "CompressedContext", "Answer",
 ]

@@ -12,7 +12,7 @@ from .errors import InputError
 from .hook_names import hook_name
 from .fast_attention import attends_itself, plain_cache
 from .kv_cache import CachePolicy, CacheStats, KVCache, StepContext, check_policy
-from .session import attention_observer_hooks
+from .session import attention_observer_hooks, query_observer_hooks
 
 
 @dataclass
@@ -89,6 +89,14 @@ def _validate(model, max_new_tokens, temperature, top_k, top_p, use_cache, cache
         if not use_cache:
             raise InputError("A cache_policy needs use_cache=True: without a cache there is nothing to compress.")
         check_policy(cache_policy)
+        bind_policy(cache_policy, model)
+
+
+def bind_policy(policy, model) -> None:
+    """Give ``policy`` the model when it asks for it (its optional ``bind(model)``; see ``CachePolicy``)."""
+    bind = getattr(policy, "bind", None)
+    if callable(bind):
+        bind(model)
 
 
 def _choose(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, top_p, gen) -> int:
@@ -174,10 +182,12 @@ def _score_masks(model, blocked: dict):
 
 
 def _observe_attention(model, session, cache_policy) -> None:
-    """Feed every layer's pattern (B, H, Tq, Tk) to ``cache_policy.observe_attention`` when it observes."""
+    """Feed every layer's pattern (B, H, Tq, Tk) to ``cache_policy.observe_attention`` when it observes,
+    and its queries after RoPE (B, H, Tq, d) to ``cache_policy.observe_queries`` when it has one."""
     if cache_policy is None:
         return
-    for name, fn in attention_observer_hooks(model, cache_policy.observe_attention):
+    for name, fn in (attention_observer_hooks(model, cache_policy.observe_attention)
+                     + query_observer_hooks(model, getattr(cache_policy, "observe_queries", None))):
         session.add(name, fn)
 
 
@@ -214,7 +224,7 @@ def prefill(model, prompt, cache_policy: CachePolicy | None = None, intervention
         with session, torch.no_grad():
             logits = cached_forward(model, cache, ids, last_only=True)[0, -1]
     if cache_policy is not None:
-        cache_policy.apply(cache, StepContext(0, ids.shape[1]))
+        cache_policy.apply(cache, StepContext(0, ids.shape[1], ids))
     return (cache, logits) if return_logits else cache
 
 
@@ -270,7 +280,7 @@ def generate(model, prompt, max_new_tokens: int = 20, *, do_sample: bool = False
                 else:
                     inp = seq if step == 0 else seq[:, -1:]
                     logits = cached_forward(model, kv, inp, last_only=True)[0, -1]
-                    ctx = StepContext(step, inp.shape[1])
+                    ctx = StepContext(step, inp.shape[1], inp)
                     if cache_policy is not None:
                         cache_policy.apply(kv, ctx)
                     if on_step is not None:

@@ -447,10 +447,13 @@ class StepContext:
 
     step: 0 right after prefill, then 1, 2, ... after each decoding step.
     n_new: tokens just appended (the prompt length at step 0, 1 while decoding).
+    tokens: (B, n_new) ids of those tokens, when the caller has them (None otherwise); a policy
+        that re-reads the context (KVzip's reconstruction) needs them.
     """
 
     step: int
     n_new: int
+    tokens: torch.Tensor | None = None
 
 
 @runtime_checkable
@@ -465,6 +468,12 @@ class CachePolicy(Protocol):
     prepare(cache, ctx): fold what the last forward produced into the policy's running state
         without evicting (``Sequential`` prepares every policy before any applies).
     apply(cache, ctx): edit ``cache`` in place (drop, merge, quantize entries).
+
+    Optional members (not required by the protocol): ``observe_queries``, None or a callable
+    (layer, q (B, n_heads, n_new, d_head)) fed with every layer's queries after RoPE (policies that
+    compare queries with cached keys without attention, e.g. HashEvict); ``bind(model)``, called by
+    ``prefill``/``generate`` (and the harnesses) before the first forward, for policies that need the
+    model itself (one that runs extra forward passes to score, or loads a per-model dictionary).
 
     Subclass ``PolicyBase`` to get the defaults (no attention, nothing to prepare).
     """
@@ -488,6 +497,7 @@ class PolicyBase:
     """Defaults of the ``CachePolicy`` members: named after the class, observes no attention, prepares nothing."""
 
     observe_attention = None
+    observe_queries = None
 
     @property
     def name(self) -> str:
@@ -506,7 +516,9 @@ class CacheStats:
 
     tokens: (n_layers, n_kv_heads) retained entries per layer and KV head.
     logical_bytes: bytes of the K and V entries as full-precision tensors of the cache dtype.
-    physical_bytes: bytes of the storage the cache really holds (measured from its tensors).
+    physical_bytes: bytes of the storage the cache really holds (measured from its tensors): every
+        layer's tensors plus the per-entry position index (``KVCache.positions``, int64, 8 bytes per
+        entry and KV head; for a ragged layer its padded (B, G, N_max) view).
     """
 
     tokens: torch.Tensor
@@ -861,12 +873,11 @@ class KVCache:
         b = self.positions[0].shape[0] if self.positions else 1
         logical = int(tokens.sum()) * b * self.d_head * 2 * dtype_bytes
         seen, physical = set(), 0
-        for lay in self.hf_cache.layers:
-            for t in tensors_of(lay):
-                key = _storage_key(t)
-                if key not in seen and t.numel():
-                    seen.add(key)
-                    physical += t.untyped_storage().nbytes()
+        for t in [t for lay in self.hf_cache.layers for t in tensors_of(lay)] + list(self.positions):
+            key = _storage_key(t)
+            if key not in seen and t.numel():
+                seen.add(key)
+                physical += t.untyped_storage().nbytes()
         return CacheStats(tokens, logical, physical, self.next_position)
 
     def __repr__(self) -> str:

@@ -79,3 +79,18 @@ class AttentionFanout:
 
     def __bool__(self) -> bool:
         return bool(self.observers)
+
+
+def query_observer_hooks(model: "Model", observe: Callable | None) -> list[tuple[str, Callable]]:
+    """(hook name, fn) pairs feeding every layer's queries after RoPE to ``observe(layer, q)``,
+    q (B, n_heads, n_new, d_head) (the ``q_rot`` capture, transposed to the attention's layout; ``q`` on
+    models without RoPE)."""
+    if observe is None:
+        return []
+    if not callable(observe):
+        from .errors import InputError
+
+        raise InputError(f"observe_queries must be a callable (layer, q) or None, got {type(observe).__name__}.")
+    short = "q_rot" if model.info.positional == "rotary" else "q"  # no RoPE: the plain queries
+    return [(hook_name(short, l), (lambda l: lambda x, _n: observe(l, x.detach().transpose(1, 2)))(l))
+            for l in range(model.info.n_layers)]

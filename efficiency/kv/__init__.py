@@ -13,6 +13,13 @@ from .streaming_llm import StreamingLLM
 from .tova import TOVA
 from .ragged import RaggedLayer, ragged_attention, ragged_bytes_formula
 from .zigzag import UncertaintyBudgets, ZigZagKV
+from .kvzip import KVzip
+from .hashevict import HashEvict
+from .ems import EMS, evict_then_merge
+from .lexico import LexicoCompression, LexicoLayer
+from .lexico import bytes_formula as lexico_bytes_formula
+from .lexico_dictionary import LexicoDictionary
+from .omp import omp
 
 load_builtins()
 
@@ -20,5 +27,6 @@ __all__ = [
     "POLICIES", "BUILTIN_MODULES", "get_policy", "register", "load_builtins", "ScorePolicy",
     "AttentionScorePolicy", "group_reduce", "Sequential", "StreamingLLM", "H2O", "A2SF", "SnapKV", "KeyNorm",
     "TOVA", "RandomPolicy", "PyramidKV", "PyramidBudgets", "AdaKV", "AdaptiveHeadBudgets", "RaggedLayer",
-    "ragged_attention", "ragged_bytes_formula", "ZigZagKV", "UncertaintyBudgets",
+    "ragged_attention", "ragged_bytes_formula", "ZigZagKV", "UncertaintyBudgets", "KVzip", "HashEvict", "EMS",
+    "evict_then_merge", "LexicoCompression", "LexicoLayer", "lexico_bytes_formula", "LexicoDictionary", "omp",
 ]

@@ -34,6 +34,18 @@ class Sequential(PolicyBase):
         fan = AttentionFanout([p.observe_attention for p in self.policies])
         return fan if fan else None
 
+    @property
+    def observe_queries(self):
+        fan = AttentionFanout([getattr(p, "observe_queries", None) for p in self.policies])
+        return fan if fan else None
+
+    def bind(self, model) -> None:
+        """Give the model to every policy that asks for it."""
+        for p in self.policies:
+            bind = getattr(p, "bind", None)
+            if callable(bind):
+                bind(model)
+
     def prepare(self, cache, ctx) -> None:
         for p in self.policies:
             p.prepare(cache, ctx)

@@ -29,7 +29,7 @@ def eviction_policies() -> list[str]:
 
 
 def _summary_html(c: CacheComparison) -> str:
-    s = c.summary()
+    s = c.metrics()
     return (f"<b>{html.escape(c.policy)}</b>: kept {s['kept fraction']:.0%} of {s['tokens']} tokens; sink kept in "
             f"{s['sink kept (layers)']}/{s['layers']} layers; attention TV mean {s['mean TV']:.3f} "
             f"(max {s['max TV']:.3f}); full-cache mass on evicted {s['evicted mass']:.3f}; next-token KL "

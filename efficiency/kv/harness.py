@@ -15,6 +15,18 @@ perplexity with a compressed prefix.
     full-cache reference. Scores: ``workbench.texts.tasks.score_text`` (exact match, or fraction of the
     values produced for multi-value tasks).
 
+    That is the *query-aware* setting (``query_aware=True``, the default): the question is part of
+    what the policy sees when it compresses. With ``query_aware=False`` (the *query-agnostic*
+    setting, how a deployed system compresses a context before any question arrives) each sample is
+    split into context and question (``workbench.texts.tasks.split_ids``, the same tokens): the context
+    alone is prefilled once (observers fed), every policy compresses a copy of that cache from the
+    context alone (an attention-window policy's window is the end of the context), then the
+    question is fed against the compressed cache and the answer decoded greedily
+    (``workbench.questions.greedy_answer``): every answer token, the first included, comes from the
+    compressed cache, and no policy runs while answering. ``query_aware="both"`` runs both; every
+    row carries its ``setting``. Policy labels carry the settings that differ from the policy's
+    defaults (``snapkv`` and ``snapkv(window=64, kernel=5)`` are two rows).
+
 ``perplexity(model, texts, policy, prefix=0.5, chunk=None)``
     Teacher-forced next-token perplexity of the *last* part of each text given a compressed
     prefix. The first ``P = max(1, floor(prefix * T))`` tokens run in one forward (prefill) and
@@ -33,7 +45,7 @@ perplexity with a compressed prefix.
     of the tokens seen so far, so each scored token sees at most ~25% + chunk entries). The prefix
     must be long for either to mean anything: 25% of a 49-token prefix is 12 entries.
 
-``long_texts(model, n, n_tokens)``
+``workbench.texts.long_texts(model, n, n_tokens)`` (used for perplexity)
     ``n`` windows of ``n_tokens`` tokens from ``pydoc_data.topics`` (the Python reference topics that
     ship with CPython, 465k characters, offline), spread evenly over the corpus: long enough
     texts for perplexity with a compressed cache (the bundled ``workbench.texts.domains`` texts are ~100 tokens).
@@ -52,35 +64,79 @@ import plotly.graph_objects as go
 import torch
 
 from workbench.errors import InputError
-from workbench.progress import progress
+from workbench.generation import bind_policy
 from workbench.kv_cache import CachePolicy, KVCache, StepContext
-from workbench.session import AttentionFanout
-from workbench.texts.tasks import PasskeySample, TaskSample, score_text
+from workbench.progress import progress
+from workbench.questions import greedy_answer
+from workbench.result import Result
+from workbench.session import AttentionFanout, query_observer_hooks
+from workbench.texts.tasks import PasskeySample, TaskSample, score_text, split_ids
 
 from .registry import get_policy
 
 DEFAULT_RATIOS = (0.25, 0.5, 0.75, 0.875)
 FULL = "full cache"
+AWARE, AGNOSTIC = "query-aware", "query-agnostic"
+_EXCLUDED = ("ratio", "budget")  # the ratio is its own column; a budget is replaced by each ratio
+
+
+def _changed_fields(p) -> list[str]:
+    """``name=value`` for every init field of dataclass ``p`` that differs from the class default."""
+    out = []
+    for f in dataclasses.fields(p):
+        if not f.init or f.name in _EXCLUDED:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        value = getattr(p, f.name)
+        try:
+            same = default is not dataclasses.MISSING and bool(value == default)
+        except Exception:  # noqa: BLE001 (tensors and other objects without a plain ==)
+            same = value is default
+        if not same:
+            out.append(f"{f.name}={value}")
+    return out
 
 
 def _policy_label(p) -> str:
-    return getattr(p, "registry_name", "") or getattr(p, "name", "") or type(p).__name__
+    """The registered name plus every setting that differs from the defaults, e.g. ``snapkv(window=64, kernel=5)``."""
+    name = getattr(p, "registry_name", "") or type(p).__name__
+    changed = _changed_fields(p) if dataclasses.is_dataclass(p) else []
+    return f"{name}({', '.join(changed)})" if changed else name
+
+
+def _unique(labels: list[str]) -> list[str]:
+    """Labels made unique: a repeated label gets " #2", " #3", ... (two identical settings stay two rows)."""
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab} #{seen[lab]}")
+    return out
 
 
 def _instances(policies, ratios) -> list[tuple[str, float | None, object]]:
-    """Fresh (label, ratio, policy) for every policy and ratio; a policy without a ratio runs once (ratio None)."""
-    out = []
+    """Fresh (label, ratio, policy) for every policy and ratio; a policy without a ratio runs once (ratio None).
+    Labels carry the settings that differ from the policy's defaults, so two settings never share a row."""
+    out, labels = [], []
     for p in policies:
         if isinstance(p, str):
-            out += [(p, r, get_policy(p, ratio=r)) for r in ratios]
+            out.append([(r, get_policy(p, ratio=r)) for r in ratios])
+            labels.append(p)
         elif dataclasses.is_dataclass(p) and any(f.name == "ratio" for f in dataclasses.fields(p)):
             extra = {"budget": None} if any(f.name == "budget" for f in dataclasses.fields(p)) else {}
-            out += [(_policy_label(p), r, dataclasses.replace(p, ratio=r, **extra)) for r in ratios]
+            out.append([(r, dataclasses.replace(p, ratio=r, **extra)) for r in ratios])
+            labels.append(_policy_label(p))
         elif isinstance(p, CachePolicy):
-            out.append((p.name, None, p))  # settings matter: full name
+            out.append([(None, p)])
+            labels.append(str(p.name))  # settings matter: full name
         else:
             raise InputError(f"sweep(): a policy must be a registered name or a cache policy object, got {p!r}.")
-    return out
+    return [(lab, r, pol) for lab, runs in zip(_unique(labels), out) for r, pol in runs]
 
 
 def _check_ratios(ratios) -> tuple[float, ...]:
@@ -92,6 +148,33 @@ def _check_ratios(ratios) -> tuple[float, ...]:
     return ratios
 
 
+def _check_settings(query_aware) -> tuple[str, ...]:
+    if query_aware is True:
+        return (AWARE,)
+    if query_aware is False:
+        return (AGNOSTIC,)
+    if query_aware == "both":
+        return (AWARE, AGNOSTIC)
+    raise InputError(f"query_aware must be True (compress prompt and question together), False (compress the "
+                     f"context, then ask) or 'both', got {query_aware!r}.")
+
+
+def _observers(runs):
+    """(attention fan-out or None, query fan-out or None) for every policy instance of ``runs``."""
+    att = AttentionFanout([p.observe_attention for _, _, p in runs])
+    qry = AttentionFanout([getattr(p, "observe_queries", None) for _, _, p in runs])
+    return (att if att else None), (qry if qry else None)
+
+
+def _prefill(model, ids: torch.Tensor, runs) -> tuple[KVCache, torch.Tensor]:
+    """One forward of ``ids`` into an empty cache, feeding every policy's observers; (cache, last logits (V,))."""
+    att, qry = _observers(runs)
+    cache = KVCache.empty(model)
+    with model.session(observe_attention=att, hooks=query_observer_hooks(model, qry)) as session:
+        first = session.forward_cached(cache, ids)[0, -1]
+    return cache, first
+
+
 def _decode(model, cache: KVCache, policy, first_logits: torch.Tensor, n_new: int) -> list[int]:
     """Greedy tokens from a prefilled cache, as ``generate`` does after its prefill (step 0 applied)."""
     eos = model.tokenizer.eos_token_id
@@ -99,24 +182,28 @@ def _decode(model, cache: KVCache, policy, first_logits: torch.Tensor, n_new: in
     if n_new == 1 or toks[-1] == eos:
         return toks
     device = first_logits.device
-    with model.session(observe_attention=None if policy is None else policy.observe_attention) as session:
+    observe = None if policy is None else policy.observe_attention
+    queries = None if policy is None else getattr(policy, "observe_queries", None)
+    with model.session(observe_attention=observe, hooks=query_observer_hooks(model, queries)) as session:
         for step in range(1, n_new):
-            logits = session.forward_cached(cache, torch.tensor([[toks[-1]]], device=device))[0, -1]
+            inp = torch.tensor([[toks[-1]]], device=device)
+            logits = session.forward_cached(cache, inp)[0, -1]
             if policy is not None:
-                policy.apply(cache, StepContext(step, 1))
+                policy.apply(cache, StepContext(step, 1, inp))
             toks.append(int(logits.argmax()))
             if toks[-1] == eos:
                 break
     return toks
 
 
-@dataclass
-class SweepResult:
+@dataclass(repr=False)
+class SweepResult(Result):
     """Rows of a policy × ratio sweep (see the module docstring).
 
-    rows: one dict per (sample, policy, ratio), plus one per sample for the full cache
-    (policy "full cache", ratio 0.0). ``to_frame()`` columns: sample, kind, n_tokens, policy,
-    ratio, score, correct, kept_fraction, logical_bytes, physical_bytes, answer, generated.
+    rows: one dict per (sample, setting, policy, ratio), plus one per sample and setting for the full
+    cache (policy "full cache", ratio 0.0). ``to_frame()`` columns: sample, kind, n_tokens, setting
+    ("query-aware" or "query-agnostic"), policy, ratio, score, correct, kept_fraction, logical_bytes,
+    physical_bytes, answer, generated, compress_seconds.
     """
 
     rows: list[dict] = field(default_factory=list)
@@ -127,100 +214,166 @@ class SweepResult:
         return pd.DataFrame(self.rows)
 
     @property
+    def settings(self) -> list[str]:
+        df = self.to_frame()
+        return list(df.setting.unique()) if len(df) else []
+
+    @property
     def full_score(self) -> float:
+        """Mean score of the full cache over every setting run (see ``full_scores`` for each)."""
         df = self.to_frame()
         return float(df[df.policy == FULL].score.mean())
 
-    def summary(self) -> pd.DataFrame:
-        """Mean score and kept fraction per policy and ratio (full cache first)."""
+    @property
+    def full_scores(self) -> dict[str, float]:
+        """{setting: mean score of the full cache}."""
         df = self.to_frame()
-        return (df.groupby(["policy", "ratio"], dropna=False, sort=False)
+        df = df[df.policy == FULL]
+        return {st: float(df[df.setting == st].score.mean()) for st in self.settings}
+
+    def table(self) -> pd.DataFrame:
+        """Mean score and kept fraction per setting, policy and ratio (full cache first)."""
+        df = self.to_frame()
+        return (df.groupby(["setting", "policy", "ratio"], dropna=False, sort=False)
                 .agg(score=("score", "mean"), kept_fraction=("kept_fraction", "mean"),
                      physical_MiB=("physical_bytes", lambda x: x.mean() / 2**20), n=("score", "size"))
                 .reset_index())
 
     def figure(self) -> go.Figure:
-        """Mean score vs ratio, one line per policy; the full-cache score as a dashed reference line."""
-        s = self.summary()
+        """Mean score vs ratio, one line per policy (dashed: query-agnostic when both settings ran); the
+        full-cache score as a reference line."""
+        s = self.table()
+        both = len(self.settings) > 1
         fig = go.Figure()
-        for name, g in s[s.policy != FULL].groupby("policy", sort=False):
+        for (setting, name), g in s[s.policy != FULL].groupby(["setting", "policy"], sort=False):
             x = g.ratio.where(g.ratio.notna(), 1 - g.kept_fraction)  # policies without a ratio: removed share
-            fig.add_scatter(x=x, y=g.score, name=name, mode="lines+markers",
+            fig.add_scatter(x=x, y=g.score, name=f"{name} ({setting})" if both else name, mode="lines+markers",
+                            line={"dash": "dash" if setting == AGNOSTIC and both else "solid"},
                             customdata=g.kept_fraction, hovertemplate="ratio %{x}<br>score %{y:.2f}"
                                                                       "<br>kept %{customdata:.2f}")
-        fig.add_hline(y=self.full_score, line_dash="dash", annotation_text="full cache")
+        for setting, score in self.full_scores.items():
+            fig.add_hline(y=score, line_dash="dot",
+                          annotation_text=f"full cache ({setting})" if both else "full cache")
         n = self.to_frame()["sample"].nunique()
-        fig.update_layout(title=f"Score vs compression ratio ({n} sample(s))", xaxis_title="ratio (fraction removed)",
-                          yaxis_title="mean score", yaxis_range=[-0.05, 1.05], template="plotly_white")
+        fig.update_layout(title=f"Score vs compression ratio, {' and '.join(self.settings)} ({n} sample(s))",
+                          xaxis_title="ratio (fraction removed)", yaxis_title="mean score", yaxis_range=[-0.05, 1.05],
+                          template="plotly_white")
         return fig
 
-    def __repr__(self) -> str:
+    def summary(self) -> str:
         df = self.to_frame()
         if df.empty:
             return "SweepResult(empty)"
         pol = [p for p in df.policy.unique() if p != FULL]
+        full = ", ".join(f"{st} {v:.3f}" for st, v in self.full_scores.items())
         return (f"SweepResult({df['sample'].nunique()} sample(s) × {len(pol)} policies × "
-                f"{df[df.policy != FULL].ratio.nunique()} ratio(s); full-cache score {self.full_score:.3f}; "
-                f"prefill {self.prefill_seconds:.1f}s, decode {self.decode_seconds:.1f}s)")
+                f"{df[df.policy != FULL].ratio.nunique()} ratio(s); {' + '.join(self.settings)}; "
+                f"full-cache score {full}; prefill {self.prefill_seconds:.1f}s, decode {self.decode_seconds:.1f}s)")
 
     def _repr_html_(self) -> str:
-        return f"<b>{html.escape(repr(self))}</b>" + self.summary().to_html(index=False, float_format="%.3f")
+        return f"<b>{html.escape(self.summary())}</b>" + self.table().to_html(index=False, float_format="%.3f")
 
 
-def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snapkv"),
-          ratios: Sequence[float] = DEFAULT_RATIOS, max_new_tokens: int | None = None) -> SweepResult:
-    """Score every policy at every ratio on ``samples``, prefilling each sample once.
-
-    policies: registered names (built with ``get_policy(name, ratio=r)``), policy dataclasses with
-    a ``ratio`` field (copied with each ratio), or other cache policies (e.g. KIVI; run once, ratio
-    None). max_new_tokens: tokens decoded per answer; default: the sample's answer length.
-    """
+def _check_samples(samples) -> list:
     samples = list(samples) if not isinstance(samples, (PasskeySample, TaskSample)) else [samples]
     if not samples or not all(isinstance(s, (PasskeySample, TaskSample)) for s in samples):
         raise InputError("sweep() needs a non-empty list of PasskeySample/TaskSample (workbench.texts.tasks).")
+    return samples
+
+
+def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snapkv"),
+          ratios: Sequence[float] = DEFAULT_RATIOS, max_new_tokens: int | None = None, *,
+          query_aware: bool | str = True) -> SweepResult:
+    """Score every policy at every ratio on ``samples``, prefilling each sample once per setting.
+
+    policies: registered names (built with ``get_policy(name, ratio=r)``), policy dataclasses with
+    a ``ratio`` field (copied with each ratio; labelled with the settings that differ from the
+    defaults), or other cache policies (e.g. KIVI; run once, ratio None). max_new_tokens: tokens
+    decoded per answer; default: the sample's answer length.
+
+    query_aware: True (default) compresses prompt and question together, exactly as
+    ``model.generate(prompt, cache_policy=...)``; False compresses the context alone and then asks
+    the question against the compressed cache (``workbench.questions``: the question and every answer
+    token are computed from the compressed cache, no policy runs while answering); "both" runs both
+    and labels every row with its ``setting``.
+    """
+    samples = _check_samples(samples)
     if isinstance(policies, str) or not isinstance(policies, Sequence):
         policies = [policies]
     if not policies:
         raise InputError("sweep(): give at least one policy.")
     ratios = _check_ratios(ratios)
+    settings = _check_settings(query_aware)
     if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool)
                                        or max_new_tokens < 1):
         raise InputError(f"sweep(): max_new_tokens must be a positive integer or None, got {max_new_tokens!r}.")
     _instances(policies, ratios)  # validate names and arguments before any forward pass
     result = SweepResult()
     for i, s in enumerate(progress(samples, desc="KV sweep", unit="sample")):
-        runs = _instances(policies, ratios)
-        fanout = AttentionFanout([p.observe_attention for _, _, p in runs])
-        ids, _ = model.tokenize(s.prompt)
         n_new = max_new_tokens or len(s.answer_token_ids)
+        ids, _ = model.tokenize(s.prompt)
         if ids.shape[1] + n_new > model.info.n_ctx:
             raise InputError(f"sweep(): sample {i} ({ids.shape[1]} tokens) + {n_new} new tokens exceeds the "
                              f"model's context of {model.info.n_ctx}.")
-        t0 = time.perf_counter()
-        full = KVCache.empty(model)
-        with model.session(observe_attention=fanout if fanout else None) as session:
-            first = session.forward_cached(full, ids)[0, -1]
-        result.prefill_seconds += time.perf_counter() - t0
-        t0 = time.perf_counter()
         base = {"sample": i, "kind": getattr(s, "kind", "passkey"), "n_tokens": int(ids.shape[1]),
                 "answer": s.answer}
-        for label, ratio, policy in [(FULL, 0.0, None)] + runs:
-            cache = full.copy()
-            if policy is not None:
-                policy.apply(cache, StepContext(0, int(ids.shape[1])))
-            st = cache.stats()
-            text = model.to_string(_decode(model, cache, policy, first, n_new))
-            score = score_text(s, text)
-            result.rows.append({**base, "policy": label, "ratio": ratio, "score": score, "correct": score == 1.0,
-                                "kept_fraction": st.compression, "logical_bytes": st.logical_bytes,
-                                "physical_bytes": st.physical_bytes, "generated": text})
-        result.decode_seconds += time.perf_counter() - t0
+        for setting in settings:
+            runs = _instances(policies, ratios)
+            for _, _, p in runs:
+                bind_policy(p, model)
+            if setting == AWARE:
+                _sweep_aware(model, s, ids, runs, n_new, base, result)
+            else:
+                _sweep_agnostic(model, s, runs, n_new, base, result)
     return result
 
 
+def _row(result, base, setting, label, ratio, sample, text, st, compress_s) -> None:
+    score = score_text(sample, text)
+    result.rows.append({**base, "setting": setting, "policy": label, "ratio": ratio, "score": score,
+                        "correct": score == 1.0, "kept_fraction": st.compression, "logical_bytes": st.logical_bytes,
+                        "physical_bytes": st.physical_bytes, "generated": text, "compress_seconds": compress_s})
+
+
+def _sweep_aware(model, s, ids, runs, n_new, base, result) -> None:
+    t0 = time.perf_counter()
+    full, first = _prefill(model, ids, runs)
+    result.prefill_seconds += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for label, ratio, policy in [(FULL, 0.0, None)] + runs:
+        cache = full.copy()
+        t1 = time.perf_counter()
+        if policy is not None:
+            policy.apply(cache, StepContext(0, int(ids.shape[1]), ids))
+        compress_s = time.perf_counter() - t1
+        st = cache.stats()
+        text = model.to_string(_decode(model, cache, policy, first, n_new))
+        _row(result, base, AWARE, label, ratio, s, text, st, compress_s)
+    result.decode_seconds += time.perf_counter() - t0
+
+
+def _sweep_agnostic(model, s, runs, n_new, base, result) -> None:
+    ctx_ids, q_ids = split_ids(model, s)
+    t0 = time.perf_counter()
+    full, _ = _prefill(model, ctx_ids, runs)
+    result.prefill_seconds += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for label, ratio, policy in [(FULL, 0.0, None)] + runs:
+        cache = full.copy()
+        t1 = time.perf_counter()
+        if policy is not None:
+            with torch.no_grad():
+                policy.apply(cache, StepContext(0, int(ctx_ids.shape[1]), ctx_ids))
+        compress_s = time.perf_counter() - t1
+        st = cache.stats()
+        toks, _ = greedy_answer(model, cache, q_ids, n_new)
+        _row(result, base, AGNOSTIC, label, ratio, s, model.to_string(toks), st, compress_s)
+    result.decode_seconds += time.perf_counter() - t0
+
+
 # ---------------------------------------------------------------------------------------------- perplexity
-@dataclass
-class PerplexityResult:
+@dataclass(repr=False)
+class PerplexityResult(Result):
     """Perplexity of the scored part of each text (see the module docstring for what is scored).
 
     per_text: one row per text (n_tokens, n_prefix, n_scored, nll, kept_fraction after the prefix
@@ -248,7 +401,15 @@ class PerplexityResult:
     def to_frame(self) -> pd.DataFrame:
         return self.per_text
 
-    def __repr__(self) -> str:
+    def figure(self) -> go.Figure:
+        """Perplexity of each text's scored part."""
+        df = self.per_text
+        fig = go.Figure(go.Bar(x=list(range(len(df))), y=df.perplexity, hovertext=df.text))
+        fig.update_layout(title=f"{self.policy}: perplexity per text (overall {self.perplexity:.3f})",
+                          xaxis_title="text", yaxis_title="perplexity", template="plotly_white")
+        return fig
+
+    def summary(self) -> str:
         return (f"PerplexityResult({self.policy}: perplexity {self.perplexity:.3f} over {self.n_scored} scored tokens "
                 f"of {len(self.per_text)} text(s), kept≈{self.per_text.kept_fraction.mean():.0%} of the prefix)")
 
@@ -274,6 +435,10 @@ def perplexity(model, texts: Sequence[str], policy=None, *, prefix: float = 0.5,
         policy = get_policy(policy, ratio=0.5)
     if policy is not None and not isinstance(policy, CachePolicy):
         raise InputError(f"perplexity(): policy must be None, a name or a cache policy, got {policy!r}.")
+    if policy is not None:
+        bind_policy(policy, model)
+    observe = None if policy is None else policy.observe_attention
+    queries = None if policy is None else getattr(policy, "observe_queries", None)
     rows = []
     for t in progress(texts, desc="perplexity", unit="text"):
         ids, _ = model.tokenize(t)
@@ -283,17 +448,17 @@ def perplexity(model, texts: Sequence[str], policy=None, *, prefix: float = 0.5,
         p = min(max(1, math.floor(prefix * n)), n - 1)
         cache = KVCache.empty(model)
         logits = []
-        with model.session(observe_attention=None if policy is None else policy.observe_attention) as session:
+        with model.session(observe_attention=observe, hooks=query_observer_hooks(model, queries)) as session:
             logits.append(session.forward_cached(cache, ids[:, :p])[0, -1:])
             if policy is not None:
-                policy.apply(cache, StepContext(0, p))
+                policy.apply(cache, StepContext(0, p, ids[:, :p]))
             st = cache.stats()
             step, size = 1, chunk or (n - p)
             for a in range(p, n - 1, size):
                 inp = ids[:, a: min(a + size, n - 1)]  # the last token's logits predict nothing scored
                 logits.append(session.forward_cached(cache, inp)[0])
                 if policy is not None:
-                    policy.apply(cache, StepContext(step, inp.shape[1]))
+                    policy.apply(cache, StepContext(step, inp.shape[1], inp))
                 step += 1
         lp = torch.log_softmax(torch.cat(logits).double(), -1)  # (n - p, V) predicting ids[p:]
         target = ids[0, p:]

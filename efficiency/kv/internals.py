@@ -39,6 +39,7 @@ from workbench.errors import InputError
 from workbench.generation import prefill
 from workbench.hook_names import hook_name
 from workbench.kv_cache import CachePolicy, KVCache, check_policy
+from workbench.result import Result
 
 from .registry import get_policy
 
@@ -57,9 +58,11 @@ class FullReference:
     logits: torch.Tensor  # (P, V)
 
 
-@dataclass
-class CacheComparison:
-    """One policy's cache versus the full cache on one prompt (see the module docstring for shapes)."""
+@dataclass(repr=False)
+class CacheComparison(Result):
+    """One policy's cache versus the full cache on one prompt (see the module docstring for shapes).
+
+    ``metrics()`` gives the headline numbers as a dict, ``summary()`` as one line."""
 
     policy: str
     prompt: str
@@ -109,7 +112,8 @@ class CacheComparison:
     def kept_fraction(self) -> float:
         return float(self.retention.float().mean())
 
-    def summary(self) -> dict:
+    def metrics(self) -> dict:
+        """Headline numbers: kept fraction, sink survival, mean/max TV, mean KL, evicted mass, output KL, top-1."""
         return {"policy": self.policy, "tokens": self.n_tokens, "kept fraction": self.kept_fraction,
                 "sink kept (layers)": int(self.sink_kept.all(1).sum()), "layers": self.n_layers,
                 "mean TV": float(self.tv.mean()), "max TV": float(self.tv.max()), "mean KL": float(self.kl.mean()),
@@ -160,14 +164,14 @@ class CacheComparison:
             raise InputError(f"probe must be an integer in [0, {len(self.probe_tokens)}), got {probe!r}.")
         return output_figure(self, probe)
 
-    def __repr__(self) -> str:
-        s = self.summary()
+    def summary(self) -> str:
+        s = self.metrics()
         return (f"CacheComparison({self.policy}: {s['tokens']} tokens, kept {s['kept fraction']:.0%}, sink kept in "
                 f"{s['sink kept (layers)']}/{s['layers']} layers, mean TV {s['mean TV']:.3f}, "
                 f"output KL {s['output KL']:.4f}, top-1 {'same' if s['top-1 same'] else 'changed'})")
 
     def _repr_html_(self) -> str:
-        s = self.summary()
+        s = self.metrics()
         cells = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v:.4g}</td></tr>" if isinstance(v, float)
                         else f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
                         for k, v in s.items())

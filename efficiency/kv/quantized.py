@@ -35,7 +35,7 @@ no concatenation with the residual: the scores of the quantized part and of the 
 computed separately and joined, which is small), then grouped-query attention runs without
 expanding K/V to the query heads. Nothing dequantized is kept between steps, so the bytes held are
 those of the codes, parameters and residual only (``stats().physical_bytes``, exactly the tensors
-listed by ``stored_tensors()``; ``bytes_formula`` predicts it). On a CPU without a fused low-bit
+listed by ``stored_tensors()`` plus the cache's int64 position index; ``bytes_formula`` predicts it). On a CPU without a fused low-bit
 attention kernel every step still writes the dequantized keys and values (4 bytes per element)
 before reading them, so 4-bit decoding cannot read fewer bytes than the fp32 cache does; see
 BENCHMARKS.md for what it costs.
@@ -336,18 +336,20 @@ def _value_group(group_size: int, value_group_size: int | None, d_head: int) -> 
 
 def bytes_formula(n_tokens: int, *, n_layers: int, n_kv_heads: int, d_head: int, bits: int, group_size: int = 32,
                   residual: int = 32, value_group_size: int | None = None, batch: int = 1, dtype_bytes: int = 4,
-                  param_bytes: int = 2) -> int:
+                  param_bytes: int = 2, position_bytes: int = 8) -> int:
     """Physical bytes of a KIVI cache holding ``n_tokens`` entries per KV head in every layer.
 
     Per layer, batch row and KV head, with n_q = group_size * floor(max(0, N - residual) / group_size)
     and n_r = N - n_q: codes 2 * n_q * d * bits / 8; key params 2 * (n_q / group_size) * d * param_bytes;
-    value params 2 * n_q * (d / value_group_size) * param_bytes; residual 2 * n_r * d * dtype_bytes.
+    value params 2 * n_q * (d / value_group_size) * param_bytes; residual 2 * n_r * d * dtype_bytes;
+    the cache's position index N * position_bytes (int64; ``KVCache.positions``).
     """
     vgs = _value_group(group_size, value_group_size, d_head)
     n_q = group_size * max(0, (n_tokens - residual) // group_size)
     n_r = n_tokens - n_q
     per_head = (2 * n_q * d_head * bits // 8 + 2 * (n_q // group_size) * d_head * param_bytes
-                + 2 * n_q * (d_head // vgs) * param_bytes + 2 * n_r * d_head * dtype_bytes)
+                + 2 * n_q * (d_head // vgs) * param_bytes + 2 * n_r * d_head * dtype_bytes
+                + n_tokens * position_bytes)
     return per_head * batch * n_kv_heads * n_layers
 
 

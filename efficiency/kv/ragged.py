@@ -51,8 +51,11 @@ def ragged_attention(q: torch.Tensor, layer: RaggedLayer, scale: float | None = 
 
 def ragged_bytes_formula(cache: KVCache) -> int:
     """Physical bytes a cache must hold when every layer keeps exactly its retained entries:
-    sum over layers and KV heads of 2 (K and V) * N_{l,g} * d_head * dtype bytes (* batch)."""
+    sum over layers and KV heads of 2 (K and V) * N_{l,g} * d_head * dtype bytes (* batch), plus the
+    int64 position index, which a ragged layer keeps padded to its longest head: 8 * B * G * max_g N_{l,g}
+    per layer (8 * B * G * N_l for a dense layer)."""
     st = cache.stats()
     b = cache.positions[0].shape[0] if cache.positions else 1
     dtype_bytes = cache.keys(0).element_size() if cache.positions else 4
-    return int(st.tokens.sum()) * b * 2 * cache.d_head * dtype_bytes
+    index = sum(b * cache.n_kv_heads * int(p.shape[-1]) * 8 for p in cache.positions)
+    return int(st.tokens.sum()) * b * 2 * cache.d_head * dtype_bytes + index

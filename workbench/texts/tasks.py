@@ -37,7 +37,9 @@ class PasskeySample:
     follow the prompt; answer_token_ids: the answer's tokens as a continuation of the prompt;
     depth: requested relative depth of the key sentence in the filler (0 = start, 1 = end);
     n_tokens: the prompt's real token count; needle_position: token index where the key
-    sentence starts.
+    sentence starts; context / question: the prompt split in two (``prompt == context + question``,
+    the question with its leading space), for the query-agnostic setting where the context is
+    compressed before the question is known (``split_ids``).
     """
 
     prompt: str
@@ -46,6 +48,8 @@ class PasskeySample:
     depth: float
     n_tokens: int
     needle_position: int
+    context: str = ""
+    question: str = ""
 
     @property
     def key(self) -> str:
@@ -114,11 +118,13 @@ def passkey_prompts(model_or_tokenizer, n: int, n_tokens: int = 128, depth: floa
             i += 1
         k = round(depth * len(filler))
         before = _join(INTRO, " ".join(filler[:k]))
-        prompt = _join(before, NEEDLE.format(key=key), " ".join(filler[k:]), QUESTION)
+        context = _join(before, NEEDLE.format(key=key), " ".join(filler[k:]))
+        prompt = _join(context, QUESTION)
         answer = " " + key
         out.append(PasskeySample(
             prompt=prompt, answer=answer, answer_token_ids=tuple(continuation_ids(tok, prompt, answer)),
             depth=float(depth), n_tokens=len(_ids(tok, prompt)), needle_position=len(_ids(tok, before)),
+            context=context, question=" " + QUESTION,
         ))
     return out
 
@@ -138,6 +144,7 @@ class AnswerScore:
     answer_logprob: torch.Tensor
     generated: list[str]
     interventions: str = ""
+    setting: str = ""  # with a cache policy: "query-aware" or "query-agnostic" and the policy's name
 
     @property
     def accuracy(self) -> float:
@@ -155,6 +162,7 @@ class AnswerScore:
 
     def __repr__(self) -> str:
         iv = f", {self.interventions}" if self.interventions else ""
+        iv += f", {self.setting}" if self.setting else ""
         return (f"AnswerScore({len(self.prompts)} prompt(s){iv}: accuracy {self.accuracy:.3f}, "
                 f"mean answer log-prob {self.mean_logprob:.3f})")
 
@@ -197,13 +205,59 @@ def score_answers(model, prompts: Sequence[str], answers: Sequence[str], interve
                        generated, model.describe_interventions(interventions))
 
 
-def score_passkey(model, samples: Sequence[PasskeySample], interventions=()) -> AnswerScore:
-    """``score_answers`` on passkey samples (accuracy and mean answer log-prob)."""
+def score_passkey(model, samples: Sequence[PasskeySample], interventions=(), *, cache_policy=None,
+                  query_aware: bool = True) -> AnswerScore:
+    """``score_answers`` on passkey samples (accuracy and mean answer log-prob).
+
+    With a ``cache_policy`` the answers come from a compressed cache: ``query_aware=True`` compresses
+    prompt and question together (``model.generate(prompt, cache_policy=...)``; the first answer token
+    is predicted from the prefill, as in ``generate``), ``query_aware=False`` compresses the context
+    alone and then asks the question (``workbench.questions``; every answer token comes from the
+    compressed cache). The log-prob is teacher-forced the same way. The policy object is reused for
+    every sample (policies reset their per-sequence state at each new prompt)."""
     samples = list(samples)
     if not samples or not all(isinstance(s, PasskeySample) for s in samples):
         raise InputError("score_passkey needs a non-empty list of PasskeySample (from passkey_prompts()).")
-    return score_answers(model, [s.prompt for s in samples], [s.answer for s in samples], interventions,
-                         answer_token_ids=[s.answer_token_ids for s in samples])
+    if cache_policy is None and query_aware:
+        return score_answers(model, [s.prompt for s in samples], [s.answer for s in samples], interventions,
+                             answer_token_ids=[s.answer_token_ids for s in samples])
+    return score_compressed(model, samples, cache_policy, query_aware, interventions)
+
+
+def score_compressed(model, samples: Sequence, cache_policy, query_aware: bool, interventions=()) -> AnswerScore:
+    """Greedy exact match and teacher-forced answer log-prob of PasskeySample/TaskSample answers from a cache
+    compressed by ``cache_policy`` (None: the full cache) in the query-aware or query-agnostic setting
+    (see ``score_passkey``)."""
+    from .generation import prefill
+    from .questions import compress_context
+
+    correct, logprob, generated = [], [], []
+    for s in samples:
+        ans_ids = list(s.answer_token_ids)
+        if query_aware:
+            cache, first = prefill(model, s.prompt, cache_policy, interventions, return_logits=True)
+            rest = torch.tensor([ans_ids[:-1]], device=first.device)
+            with model.session(interventions=interventions) as sess:
+                later = sess.forward_cached(cache.copy(), rest)[0] if len(ans_ids) > 1 else first[None][:0]
+            logits = torch.cat([first[None], later])
+            gen = model.generate(s.prompt, max_new_tokens=len(ans_ids), cache_policy=cache_policy,
+                                 interventions=interventions).text
+        else:
+            ctx_ids, q_ids = split_ids(model, s)
+            ctx = compress_context(model, ctx_ids, cache_policy, interventions=interventions)
+            feed = torch.cat([q_ids, torch.tensor([ans_ids[:-1]], device=q_ids.device, dtype=q_ids.dtype)], 1)
+            with model.session(interventions=interventions) as sess:
+                logits = sess.forward_cached(ctx.cache.copy(), feed)[0, q_ids.shape[1] - 1:]
+            gen = ctx.ask(q_ids, max_new_tokens=len(ans_ids), interventions=interventions).text
+        lp = torch.log_softmax(logits.double(), -1)
+        logprob.append(float(lp[torch.arange(len(ans_ids)), torch.tensor(ans_ids, device=lp.device)].mean()))
+        generated.append(gen)
+        correct.append(score_text(s, gen) == 1.0)
+    name = "full cache" if cache_policy is None else str(cache_policy.name)
+    return AnswerScore([s.prompt for s in samples], [s.answer for s in samples], torch.tensor(correct),
+                       torch.tensor(logprob, dtype=torch.float64), generated,
+                       model.describe_interventions(interventions),
+                       f"{'query-aware' if query_aware else 'query-agnostic'}, {name}")
 
 
 # ---------------------------------------------------------------------------------------------- RULER-style tasks
@@ -232,7 +286,11 @@ class TaskSample:
     answers: every value the continuation must produce (one for single/multikey); answer: the
     reference continuation (the answers joined, with a leading space); answer_token_ids: its
     tokens as a continuation of the prompt; n_tokens: the prompt's real token count;
-    needle_positions: token index where each inserted sentence (needle or assignment) starts.
+    needle_positions: token index where each inserted sentence (needle or assignment) starts;
+    context / question: the prompt split in two (``prompt == context + question``), for the
+    query-agnostic setting (``split_ids``); other_questions: for multi-key prompts, (question,
+    answer) for every *other* key of the same context, so one compressed context can be asked about
+    each of them (compress once, ask many).
     Score a continuation with ``score_text``: exact match for single/multikey, fraction of the
     answers produced for multivalue and variable tracking.
     """
@@ -245,6 +303,9 @@ class TaskSample:
     n_tokens: int
     needle_positions: tuple[int, ...]
     query: str = ""
+    context: str = ""
+    question: str = ""
+    other_questions: tuple[tuple[str, str], ...] = ()
 
     @property
     def all_required(self) -> bool:
@@ -284,8 +345,9 @@ def _check_common(fn: str, model_or_tokenizer, n, n_tokens, seed):
 
 
 def _haystack(tok, fn: str, intro: str, needles: list[str], question: str, n_tokens: int,
-              rng: random.Random) -> tuple[str, tuple[int, ...]]:
-    """Intro, filler with ``needles`` inserted in order at random depths, question; about n_tokens tokens."""
+              rng: random.Random) -> tuple[str, str, tuple[int, ...]]:
+    """Intro, filler with ``needles`` inserted in order at random depths, question; about n_tokens tokens.
+    Returns (prompt, context = the prompt without the question, needle start positions)."""
     minimal = len(_ids(tok, _join(intro, *needles, question)))
     if n_tokens < minimal:
         raise InputError(f"{fn}: n_tokens={n_tokens} is too short; the instruction, inserted sentences and question "
@@ -304,9 +366,9 @@ def _haystack(tok, fn: str, intro: str, needles: list[str], question: str, n_tok
         parts.append(needle)
         last = slot
     parts.extend(filler[last:])
-    parts.append(question)
-    prompt = " ".join(p for p in parts if p)
-    return prompt, tuple(len(_ids(tok, b)) for b in befores)
+    context = " ".join(p for p in parts if p)
+    prompt = _join(context, question)
+    return prompt, context, tuple(len(_ids(tok, b)) for b in befores)
 
 
 def needle_prompts(model_or_tokenizer, n: int, n_tokens: int = 256, kind: str = "single", seed: int = 0, *,
@@ -347,10 +409,12 @@ def needle_prompts(model_or_tokenizer, n: int, n_tokens: int = 256, kind: str = 
             needles = [NIAH_NEEDLE.format(key=k, value=v) for k, v in pairs]
             answers = (dict(pairs)[query],)
             question = NIAH_QUESTION.format(key=query)
-        prompt, positions = _haystack(tok, fn, NIAH_INTRO, needles, question, n_tokens, rng)
+        prompt, context, positions = _haystack(tok, fn, NIAH_INTRO, needles, question, n_tokens, rng)
         answer = " " + ", ".join(answers)
+        others = tuple((" " + NIAH_QUESTION.format(key=k), " " + v) for k, v in zip(keys, values) if k != query) \
+            if kind == "multikey" else ()
         out.append(TaskSample(kind, prompt, answers, answer, tuple(continuation_ids(tok, prompt, answer)),
-                              len(_ids(tok, prompt)), positions, query))
+                              len(_ids(tok, prompt)), positions, query, context, " " + question, others))
     return out
 
 
@@ -393,9 +457,31 @@ def variable_tracking_prompts(model_or_tokenizer, n: int, n_tokens: int = 256, s
             needles.append(q.pop(0))
         answers = tuple(chains[0][0])
         question = VT_QUESTION.format(value=values[0], n=len(answers))
-        prompt, positions = _haystack(tok, fn, VT_INTRO, needles, question, n_tokens, rng)
+        prompt, context, positions = _haystack(tok, fn, VT_INTRO, needles, question, n_tokens, rng)
         answer = " " + " ".join(answers)
         out.append(TaskSample("variable_tracking", prompt, answers, answer,
                               tuple(continuation_ids(tok, prompt, answer)), len(_ids(tok, prompt)), positions,
-                              values[0]))
+                              values[0], context, " " + question))
     return out
+
+
+def split_ids(model, sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context ids (1, Tc), question ids (1, Tq)) of a PasskeySample or TaskSample, on the model's device.
+
+    The split is of the prompt's own tokens: ``cat(context, question)`` equals the prompt's ids, so the
+    query-aware and query-agnostic settings see exactly the same tokens. (If the tokenizer merged
+    tokens across the boundary, which does not happen with the space-led questions here, the
+    question is tokenized on its own.)
+    """
+    if not isinstance(sample, (PasskeySample, TaskSample)):
+        raise InputError(f"split_ids: expected a PasskeySample or TaskSample, got {type(sample).__name__}.")
+    if not sample.context or not sample.question:
+        raise InputError("split_ids: this sample has no context/question split (made by an older version?); "
+                         "regenerate it with passkey_prompts / needle_prompts / variable_tracking_prompts.")
+    full, _ = model.tokenize(sample.prompt)
+    ctx, _ = model.tokenize(sample.context)
+    n = ctx.shape[1]
+    if n < full.shape[1] and torch.equal(full[:, :n], ctx):
+        return ctx, full[:, n:]
+    q = model.tokenizer(sample.question, add_special_tokens=False)["input_ids"]
+    return ctx, torch.tensor([q], device=ctx.device)
