@@ -13,12 +13,19 @@ What can be edited (layer-wise linears are addressed by ``kind``, see ``Model.li
         the effective weights so analyses (``Model.weights()``) keep working
     set_norm(layer, which, weight, bias=None)   which: "ln1" | "ln2"; layer=None for the final norm
     set_embedding(W_E (V, d)), set_unembedding(W_U (d, V))   untie tied embeddings for the block
+    replace_unembedding(module)   any nn.Module mapping (..., d) -> (..., V) in place of the output
+        projection (an int8 lm_head); a tied embedding keeps the shared weight. Give it ``weight`` (V, d)
+        and ``bias`` attributes for analyses, as for replace_linear
     replace_component(layer, part, module)   part: "block" | "attn" | "mlp": the HF module the
         layer's wrapper calls (skip a block, swap an attention implementation); the module must
         accept and return what the original does
 
 ``WeightEdit`` is the ``Intervention`` base for methods that edit weights: implement
 ``edit(model, editor)``, and the edit holds inside ``model.intervene(...)`` or for one call.
+
+``note=`` (set_linear, replace_linear, replace_unembedding) replaces the default description recorded
+for ``Model.active_edits()``, so a method can mark what it did (e.g. "quantized by rtn(bits=4, ...)") and
+another can refuse to stack on it.
 """
 from __future__ import annotations
 
@@ -110,8 +117,9 @@ class WeightEditor:
 
     # ------------------------------------------------------------------ linears
     def set_linear(self, layer: int, kind: str, weight: torch.Tensor | None = None,
-                   bias: torch.Tensor | None = None) -> None:
-        """New values for one linear: weight (out, in) as in ``nn.Linear``, bias (out,)."""
+                   bias: torch.Tensor | None = None, note: str | None = None) -> None:
+        """New values for one linear: weight (out, in) as in ``nn.Linear``, bias (out,); ``note``: what to
+        record in ``Model.active_edits()`` (default "weights edited")."""
         mod = self.model.linear_module(layer, kind)
         what = f"set_linear(layer={layer}, kind={kind!r})"
         if weight is None and bias is None:
@@ -123,17 +131,18 @@ class WeightEditor:
             if getattr(mod, "bias", None) is None:
                 raise InputError(f"{what}: this linear has no bias.")
             self._swap_tensor(mod, "bias", bias, what)
-        self._record(f"L{layer}.{kind}", "weights edited")
+        self._record(f"L{layer}.{kind}", note or "weights edited")
 
-    def replace_linear(self, layer: int, kind: str, module: nn.Module) -> None:
-        """Run ``module`` instead of the layer's ``kind`` linear (hooks on it keep firing)."""
+    def replace_linear(self, layer: int, kind: str, module: nn.Module, note: str | None = None) -> None:
+        """Run ``module`` instead of the layer's ``kind`` linear (hooks on it keep firing); ``note``: what to
+        record in ``Model.active_edits()`` (default "replaced by <class name>")."""
         self._check_open()
         if not isinstance(module, nn.Module):
             raise InputError(f"replace_linear(): module must be a torch nn.Module, got {type(module).__name__}.")
         self.model.check_layer(layer)
         wrapper = self.model.linear_wrapper(layer, kind)
         self._set_attr(wrapper, "_original_component", module)
-        self._record(f"L{layer}.{kind}", f"replaced by {type(module).__name__}")
+        self._record(f"L{layer}.{kind}", note or f"replaced by {type(module).__name__}")
 
     # ------------------------------------------------------------------ norms, embeddings
     def set_norm(self, layer: int | None, which: str = "ln1", weight: torch.Tensor | None = None,
@@ -159,6 +168,15 @@ class WeightEditor:
         w = torch.as_tensor(W_U)
         self._swap_tensor(mod, "weight", w.t() if w.ndim == 2 else w, "set_unembedding()")
         self._record("unembed", "edited")
+
+    def replace_unembedding(self, module: nn.Module, note: str | None = None) -> None:
+        """Run ``module`` (mapping (..., d) -> (..., V) logits) in place of the output projection; the hooks
+        around it keep firing. A tied embedding keeps the shared weight (the two are untied for the block)."""
+        self._check_open()
+        if not isinstance(module, nn.Module):
+            raise InputError(f"replace_unembedding(): module must be a torch nn.Module, got {type(module).__name__}.")
+        self._set_attr(self.model.bridge.unembed, "_original_component", module)
+        self._record("unembed", note or f"replaced by {type(module).__name__}")
 
     # ------------------------------------------------------------------ components
     def replace_component(self, layer: int, part: str, module: nn.Module) -> None:
