@@ -64,6 +64,27 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D"
 
 
+def _bump_structure(model) -> None:
+    """Count a change of which module/Parameter sits where (made by an editor, or undone)."""
+    model.__dict__["_edit_structure_version"] = model.__dict__.get("_edit_structure_version", 0) + 1
+
+
+def _is_shared(model, p: torch.Tensor) -> bool:
+    """``model.is_shared_parameter(p)`` from one pass over the modules, cached until an editor next changes which
+    module holds which Parameter (one pass costs tens of ms on SmolLM2; a rotation makes hundreds of edits)."""
+    version = model.__dict__.get("_edit_structure_version", 0)
+    cache = model.__dict__.get("_shared_parameter_cache")
+    if cache is None or cache[0] != version:
+        counts: dict[int, int] = {}
+        for m in model.hf.modules():
+            for q in m._parameters.values():
+                if q is not None:
+                    counts[id(q)] = counts.get(id(q), 0) + 1
+        cache = (version, {i for i, c in counts.items() if c > 1})
+        model.__dict__["_shared_parameter_cache"] = cache
+    return id(p) in cache[1]
+
+
 class WeightEditor:
     """Changes to one model's weights and components, undone by ``close()`` (see the module docstring)."""
 
@@ -73,6 +94,7 @@ class WeightEditor:
         self._undo: list[Callable[[], None]] = []
         self._redo: list[Callable[[], None]] = []  # the same edits, to re-apply after a suspension
         self._records: list[tuple[str, str]] = []
+        self._suspended = 0
         self.closed = False
 
     # ------------------------------------------------------------------ low level
@@ -83,8 +105,9 @@ class WeightEditor:
         if old is None:
             old = getattr(owner, name)
         setattr(owner, name, value)
-        self._undo.append(lambda: setattr(owner, name, old))
-        self._redo.append(lambda: setattr(owner, name, value))
+        _bump_structure(self.model)
+        self._undo.append(lambda: (setattr(owner, name, old), _bump_structure(self.model)))
+        self._redo.append(lambda: (setattr(owner, name, value), _bump_structure(self.model)))
 
     def _swap_tensor(self, owner: nn.Module, name: str, new: torch.Tensor, what: str) -> None:
         """Give ``owner.<name>`` (a Parameter) the values ``new``; tied parameters are untied first."""
@@ -99,7 +122,7 @@ class WeightEditor:
         if not torch.isfinite(new).all():
             raise InputError(f"{what}: the new values contain NaN or inf.")
         new = new.detach().to(device=p.device, dtype=p.dtype).contiguous()
-        if self.model.is_shared_parameter(p):
+        if _is_shared(self.model, p):
             # untie: only this module gets the new Parameter; the shared one stays with the others
             self._set_attr(owner, name, nn.Parameter(new, requires_grad=p.requires_grad))
         else:
@@ -194,8 +217,8 @@ class WeightEditor:
     # ------------------------------------------------------------------ lifecycle
     @property
     def records(self) -> list[tuple[str, str]]:
-        """(target, what was done) of every edit made so far."""
-        return list(self._records)
+        """(target, what was done) of every edit made so far and in force: none while ``suspended()``."""
+        return [] if self._suspended else list(self._records)
 
     @contextmanager
     def suspended(self) -> Iterator[None]:
@@ -203,9 +226,11 @@ class WeightEditor:
         self._check_open()
         for fn in reversed(self._undo):
             fn()
+        self._suspended += 1
         try:
             yield
         finally:
+            self._suspended -= 1
             for fn in self._redo:
                 fn()
 

@@ -117,7 +117,7 @@ class DFRot(WAQuant):
         run = model.run(ids, capture=["attn_in", "mlp_in"], logits=None)
         A = torch.cat([run[site, l][0] for l in range(L) for site in ("attn_in", "mlp_in")]).float()
         massive = massive_rows(A, self.massive_ratio)
-        R0 = residual_rotation(model.info.d_model, "rh", self.seed).to(A.device)
+        R0 = residual_rotation(model.info.d_model, "rh", self.seed).matrix().to(A.device)
         R, hist = refine_rotation(A, R0, self.a_bits, self.a_sym, self.a_clip, self.alpha, massive, self.n_iters)
         errs = {}
         for name, M in (("rh", R0), ("dfrot", R)):

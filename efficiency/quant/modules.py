@@ -16,6 +16,8 @@ holds (``Model.parameter_bytes()`` counts it).
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -77,14 +79,20 @@ class QuantLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"
 
 
+def supported_engines() -> list[str]:
+    """PyTorch's quantized engines on this build (``torch.backends.quantized.supported_engines``)."""
+    return list(torch.backends.quantized.supported_engines)
+
+
 def fbgemm_available() -> bool:
-    return "fbgemm" in torch.backends.quantized.supported_engines or "x86" in torch.backends.quantized.supported_engines
+    engines = supported_engines()
+    return "fbgemm" in engines or "x86" in engines
 
 
 def check_fbgemm() -> None:
     if not fbgemm_available():
         raise InputError("int8 dynamic quantization needs PyTorch's fbgemm (x86) quantized engine, which this PyTorch "
-                         f"build does not have (supported engines: {torch.backends.quantized.supported_engines}). "
+                         f"build does not have (supported engines: {supported_engines()}). "
                          "Use an x86 CPU build of PyTorch, or a simulated method (get_method('rtn', bits=8)).")
 
 
@@ -99,7 +107,9 @@ class Int8DynamicLinear(nn.Module):
         w = weight.detach().float().cpu()
         out, n = w.shape
         scale = (w.abs().amax(1) / 127.0).clamp_min(1e-12).double()
-        qw = torch.quantize_per_channel(w, scale, torch.zeros(out, dtype=torch.long), 0, torch.qint8)
+        with warnings.catch_warnings():  # torch marks quantized tensor creation deprecated; fbgemm still needs it
+            warnings.simplefilter("ignore", UserWarning)
+            qw = torch.quantize_per_channel(w, scale, torch.zeros(out, dtype=torch.long), 0, torch.qint8)
         self.inner = torch.ao.nn.quantized.dynamic.Linear(n, out, bias_=bias is not None, dtype=torch.qint8)
         self.inner.set_weight_bias(qw, None if bias is None else bias.detach().float().cpu())
         self.out_features, self.in_features = out, n

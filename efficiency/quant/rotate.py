@@ -39,7 +39,7 @@ class Rotate(EfficiencyMethod):
         check_rotatable(model)
 
     def matrix(self, model):
-        """(d, d) float64 residual rotation this method applies to ``model``."""
+        """The residual rotation (``efficiency.quant.rotation.Rotation``) this method applies to ``model``."""
         return residual_rotation(model.info.d_model, self.rotation, self.seed)
 
     def intervention(self, model) -> QuantEdit:
@@ -50,6 +50,10 @@ class Rotate(EfficiencyMethod):
 
         # a rotation is not a quantization: it may sit under one, so it skips the double-quantization check
         return _RotationEdit(self.label, apply)
+
+    def float_twin(self, model):
+        """The rotation itself (it quantizes nothing): compared against it, every error is zero."""
+        return self.intervention(model)
 
     @property
     def saving(self) -> str:

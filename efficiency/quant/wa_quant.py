@@ -119,7 +119,7 @@ class WAQuant(EfficiencyMethod):
 
     # ------------------------------------------------------------------ rotation
     def residual_matrix(self, model) -> torch.Tensor | None:
-        """(d, d) float64 residual rotation, or None."""
+        """The residual rotation (a ``Rotation`` or a (d, d) orthogonal matrix), or None."""
         if not self.rotated:
             return None
         return residual_rotation(model.info.d_model, self.rotation, self.seed)
@@ -134,7 +134,7 @@ class WAQuant(EfficiencyMethod):
             for l in range(model.info.n_layers):
                 W = model.linear_weight(l, "down")
                 T = KroneckerHadamard(W.shape[1], dtype=W.dtype, device=W.device)
-                wd = (W.double() @ T.matrix().to(W.device)).to(W.dtype)
+                wd = KroneckerHadamard(W.shape[1], dtype=torch.float64, device=W.device)(W.double()).to(W.dtype)
                 online[l] = T
                 if install_online:
                     editor.replace_linear(l, "down", QuantLinear(wd, model.linear_bias(l, "down"), transform=T), note=note)
