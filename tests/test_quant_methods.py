@@ -225,7 +225,7 @@ def test_int8_dynamic_runs_every_linear_and_lm_head_in_int8(tiny_llama):
         assert m.parameter_bytes() == cost.weight_bytes < cost.baseline_weight_bytes
         run = m.run(PROMPT, capture=["mlp_out"], layers=[1])  # captures and hooks keep working
         assert m.weights().W_U.shape == (m.info.d_model, m.info.d_vocab)  # analyses still read the weights
-        assert ("unembed", "quantized by int8_dynamic(lm_head=True)") in m.active_edits()
+        assert ("unembed", "quantized by " + meth.label) in m.active_edits()
         w8 = m.linear_weight(0, "up")
         g = m.generate(PROMPT, max_new_tokens=3)
     assert len(g.new_tokens) == 3
@@ -237,6 +237,33 @@ def test_int8_dynamic_runs_every_linear_and_lm_head_in_int8(tiny_llama):
     rel = float((run["mlp_out", 1] - ref["mlp_out", 1]).norm() / ref["mlp_out", 1].norm())
     assert 0 < rel < 0.25  # per-tensor 8-bit inputs on a random model
     assert _unchanged(m, snap)
+
+
+def test_int8_per_token_ranges_protect_the_other_tokens_from_a_massive_one():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(32, 64, generator=g)
+    x = torch.randn(5, 64, generator=g)
+    x[0] *= 2000.0  # a massive token, like the attention sink's down_proj input in SmolLM2's block 11
+    exact = x @ W.t()
+    tok = qmodules.Int8DynamicLinear(W, per_token=True)
+    ten = qmodules.Int8DynamicLinear(W, per_token=False)
+    assert torch.equal(tok(x), torch.cat([tok(x[i:i + 1]) for i in range(5)]))
+    err_tok = ((tok(x) - exact)[1:].norm() / exact[1:].norm()).item()
+    err_ten = ((ten(x) - exact)[1:].norm() / exact[1:].norm()).item()
+    assert err_tok < 0.02 < 0.3 < err_ten
+    assert torch.allclose(tok(x[1:2]), ten(x[1:2]))  # one token: the same call
+
+
+def test_int8_dynamic_on_a_rotated_model(tiny_llama, tiny_gpt2):
+    m = tiny_llama
+    meth = ef.get_method("int8_dynamic", rotation="rh")
+    cost = meth.cost(m, 4)
+    with m.intervene(meth.intervention(m)):
+        assert m.parameter_bytes() == cost.weight_bytes
+        assert any(how.startswith("rotated for") for _, how in m.active_edits())
+        m.run(PROMPT)
+    with pytest.raises(InputError, match="LayerNorm"):
+        ef.get_method("int8_dynamic", rotation="rh").check_model(tiny_gpt2)
 
 
 def test_int8_dynamic_without_fbgemm_fails_clearly(tiny_llama, monkeypatch):

@@ -10,7 +10,9 @@ weight-quantizing intervention holds them (``QuantEdit.packed``).
 
 ``Int8DynamicLinear`` wraps ``torch.ao.nn.quantized.dynamic.Linear`` (``quantized::linear_dynamic`` on the
 fbgemm/x86 engine): int8 weights per output channel, the input quantized to 8 bits per call with one
-range for the whole input tensor. ``weight`` / ``bias`` are read-only properties returning the dequantized
+range for the whole input tensor. With ``per_token`` (default), a multi-token input (prefill, a
+teacher-forced pass) runs one token per call, so each token gets its own range and the attention sink's
+massive activation cannot set the range of a whole prompt; decoding feeds one token per step anyway. ``weight`` / ``bias`` are read-only properties returning the dequantized
 float32 weight (computed on access) so analyses keep working; the packed int8 weight is what the model
 holds (``Model.parameter_bytes()`` counts it).
 """
@@ -99,11 +101,16 @@ def check_fbgemm() -> None:
 class Int8DynamicLinear(nn.Module):
     """A linear run by fbgemm's dynamic int8 kernel (see the module docstring).
 
-    Weight quantization: symmetric int8 per output channel, ``scale = max|w_row| / 127`` (zero point 0)."""
+    Weight quantization: symmetric int8 per output channel, ``scale = max|w_row| / 127`` (zero point 0).
+    per_token: True runs a multi-token input one token per kernel call, so every token gets its own input range
+    (a single token, as in decoding, is always one call); False hands the whole input to one call (fbgemm's
+    own behaviour: one range for all tokens, fastest prefill, but the attention sink's massive activation then
+    sets the range of the whole prompt)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, per_token: bool = True):
         super().__init__()
         check_fbgemm()
+        self.per_token = bool(per_token)
         w = weight.detach().float().cpu()
         out, n = w.shape
         scale = (w.abs().amax(1) / 127.0).clamp_min(1e-12).double()
@@ -115,7 +122,12 @@ class Int8DynamicLinear(nn.Module):
         self.out_features, self.in_features = out, n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
+        n = x.shape[-1]
+        if not self.per_token or x.numel() == n:
+            return self.inner(x)
+        rows = x.reshape(-1, n)
+        out = torch.cat([self.inner(rows[i:i + 1]) for i in range(rows.shape[0])])
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -127,4 +139,5 @@ class Int8DynamicLinear(nn.Module):
         return self.inner.bias()
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int8 per channel (fbgemm dynamic)"
+        return (f"in={self.in_features}, out={self.out_features}, int8 per channel (fbgemm dynamic), "
+                f"input ranges per {'token' if self.per_token else 'call'}")
