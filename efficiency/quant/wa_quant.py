@@ -103,7 +103,8 @@ class WAQuant(EfficiencyMethod):
     def check_model(self, model) -> None:
         if self.rotated:
             check_rotatable(model)
-            factor(model.info.d_model) if self.rotation == "rh" else None
+            if self.rotation == "rh":
+                factor(model.info.d_model)  # raises when no Hadamard matrix of that size can be built
             if self.head_rotation:
                 factor(model.info.d_head)
         if self.online_had:
