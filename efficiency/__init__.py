@@ -9,6 +9,10 @@ them: KVzip, HashEvict, EMS), evict-then-merge, KIVI quantization with packed st
 (sparse codes over learned dictionaries), per-head budgets stored ragged (AdaKV), per-layer budgets from
 layer uncertainty (ZigZagKV), the measurement harness (sweeps, compressed-prefix
 perplexity), and the internals view (retention, sink survival, attention divergence).
+
+Quantization (``efficiency.quant``): RTN and GPTQ weights, the real int8 path (fbgemm), activation
+quantization (W8A8/W4A8/W4A4) with rotations (QuaRot, DFRot), packed storage with exact bytes, and the
+analyses of where it breaks (per token and layer, the attention sink against the rest).
 """
 from .kv import (
     A2SF, EMS, H2O, POLICIES, TOVA, AdaKV, AdaptiveHeadBudgets, AttentionScorePolicy, HashEvict, KeyNorm, KVzip,
@@ -25,6 +29,10 @@ from .kv.packing import dequantize_groups, pack, quantize_groups, unpack
 from .kv.quantized import KIVILayer, KIVIQuantization
 from .kv.quantized import bytes_formula as kivi_bytes_formula
 from .method import FAMILIES, Combined, Cost, EfficiencyMethod, Knob, kv_bytes_full
+from .quant import (
+    DFRot, GPTQ, RTN, Int8Dynamic, QuaRot, QuantErrorResult, Rotate, RotationSpreadResult, WAQuant, quantization_error,
+    quantization_explorer, rotation_spread,
+)
 from .registry import METHODS, get_method, list_methods, register_method
 
 __all__ = [
@@ -37,4 +45,7 @@ __all__ = [
     "EfficiencyMethod", "Knob", "Cost", "Combined", "FAMILIES", "METHODS", "get_method", "list_methods",
     "register_method", "KVEviction", "KVQuantization", "kv_bytes_full", "KVzip", "HashEvict", "EMS",
     "LexicoCompression", "LexicoDictionary", "lexico_bytes_formula", "KVLexico",
+    "RTN", "GPTQ", "Int8Dynamic", "Rotate",
+    "WAQuant", "QuaRot", "DFRot", "quantization_error", "QuantErrorResult", "rotation_spread", "RotationSpreadResult",
+    "quantization_explorer",
 ]

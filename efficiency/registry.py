@@ -28,7 +28,7 @@ from workbench.hook_names import suggest
 from .method import FAMILIES, EfficiencyMethod
 
 # Modules that register efficiency methods; imported on first use of the registry.
-BUILTIN_MODULES: list[str] = ["efficiency.kv.methods"]
+BUILTIN_MODULES: list[str] = ["efficiency.kv.methods", "efficiency.quant"]
 
 METHODS: dict[str, type] = {}
 

@@ -32,6 +32,10 @@ SMALL = {
     "factual_recall": {"n_eval_per_relation": 2, "n_mech_per_relation": 3, "suppression_alphas": [0.0, 1.0],
                        "n_patch_pairs": 1, "lens_pydoc_chunks": 6, "lens_max_tokens": 48, "lens_layer_step": 10,
                        "lens_eval_tokens": 100, "lre_n_train": 1, "lre_n_test": 4, "sat_n_prompts": 40},
+    "quantization": {"eval_windows": 1, "eval_tokens": 192, "kl_tokens": 48, "gptq_samples": 2, "gptq_seq_len": 48,
+                     "dfrot_tokens": 48, "n_facts": 4, "n_passkey": 1, "passkey_tokens": 80, "explain_tokens": 40,
+                     "table_methods": ["RTN W3 per-channel", "W4A4 RH (QuaRot)"], "spread_rotations": ["none", "rh"],
+                     "error_methods": ["W4A4 RH (QuaRot)"], "int8_variants": [{}]},
     "transcoders": {"train_tokens": 2048, "train_steps": 5, "train_d_sae": 256, "eval_windows": 2, "eval_context": 64,
                     "feature_texts": 8},
 }

@@ -13,12 +13,19 @@ What can be edited (layer-wise linears are addressed by ``kind``, see ``Model.li
         the effective weights so analyses (``Model.weights()``) keep working
     set_norm(layer, which, weight, bias=None)   which: "ln1" | "ln2"; layer=None for the final norm
     set_embedding(W_E (V, d)), set_unembedding(W_U (d, V))   untie tied embeddings for the block
+    replace_unembedding(module)   any nn.Module mapping (..., d) -> (..., V) in place of the output
+        projection (an int8 lm_head); a tied embedding keeps the shared weight. Give it ``weight`` (V, d)
+        and ``bias`` attributes for analyses, as for replace_linear
     replace_component(layer, part, module)   part: "block" | "attn" | "mlp": the HF module the
         layer's wrapper calls (skip a block, swap an attention implementation); the module must
         accept and return what the original does
 
 ``WeightEdit`` is the ``Intervention`` base for methods that edit weights: implement
 ``edit(model, editor)``, and the edit holds inside ``model.intervene(...)`` or for one call.
+
+``note=`` (set_linear, replace_linear, replace_unembedding) replaces the default description recorded
+for ``Model.active_edits()``, so a method can mark what it did (e.g. "quantized by rtn(bits=4, ...)") and
+another can refuse to stack on it.
 """
 from __future__ import annotations
 
@@ -57,6 +64,27 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D"
 
 
+def _bump_structure(model) -> None:
+    """Count a change of which module/Parameter sits where (made by an editor, or undone)."""
+    model.__dict__["_edit_structure_version"] = model.__dict__.get("_edit_structure_version", 0) + 1
+
+
+def _is_shared(model, p: torch.Tensor) -> bool:
+    """``model.is_shared_parameter(p)`` from one pass over the modules, cached until an editor next changes which
+    module holds which Parameter (one pass costs tens of ms on SmolLM2; a rotation makes hundreds of edits)."""
+    version = model.__dict__.get("_edit_structure_version", 0)
+    cache = model.__dict__.get("_shared_parameter_cache")
+    if cache is None or cache[0] != version:
+        counts: dict[int, int] = {}
+        for m in model.hf.modules():
+            for q in m._parameters.values():
+                if q is not None:
+                    counts[id(q)] = counts.get(id(q), 0) + 1
+        cache = (version, {i for i, c in counts.items() if c > 1})
+        model.__dict__["_shared_parameter_cache"] = cache
+    return id(p) in cache[1]
+
+
 class WeightEditor:
     """Changes to one model's weights and components, undone by ``close()`` (see the module docstring)."""
 
@@ -66,6 +94,7 @@ class WeightEditor:
         self._undo: list[Callable[[], None]] = []
         self._redo: list[Callable[[], None]] = []  # the same edits, to re-apply after a suspension
         self._records: list[tuple[str, str]] = []
+        self._suspended = 0
         self.closed = False
 
     # ------------------------------------------------------------------ low level
@@ -76,8 +105,9 @@ class WeightEditor:
         if old is None:
             old = getattr(owner, name)
         setattr(owner, name, value)
-        self._undo.append(lambda: setattr(owner, name, old))
-        self._redo.append(lambda: setattr(owner, name, value))
+        _bump_structure(self.model)
+        self._undo.append(lambda: (setattr(owner, name, old), _bump_structure(self.model)))
+        self._redo.append(lambda: (setattr(owner, name, value), _bump_structure(self.model)))
 
     def _swap_tensor(self, owner: nn.Module, name: str, new: torch.Tensor, what: str) -> None:
         """Give ``owner.<name>`` (a Parameter) the values ``new``; tied parameters are untied first."""
@@ -92,7 +122,7 @@ class WeightEditor:
         if not torch.isfinite(new).all():
             raise InputError(f"{what}: the new values contain NaN or inf.")
         new = new.detach().to(device=p.device, dtype=p.dtype).contiguous()
-        if self.model.is_shared_parameter(p):
+        if _is_shared(self.model, p):
             # untie: only this module gets the new Parameter; the shared one stays with the others
             self._set_attr(owner, name, nn.Parameter(new, requires_grad=p.requires_grad))
         else:
@@ -110,8 +140,9 @@ class WeightEditor:
 
     # ------------------------------------------------------------------ linears
     def set_linear(self, layer: int, kind: str, weight: torch.Tensor | None = None,
-                   bias: torch.Tensor | None = None) -> None:
-        """New values for one linear: weight (out, in) as in ``nn.Linear``, bias (out,)."""
+                   bias: torch.Tensor | None = None, note: str | None = None) -> None:
+        """New values for one linear: weight (out, in) as in ``nn.Linear``, bias (out,); ``note``: what to
+        record in ``Model.active_edits()`` (default "weights edited")."""
         mod = self.model.linear_module(layer, kind)
         what = f"set_linear(layer={layer}, kind={kind!r})"
         if weight is None and bias is None:
@@ -123,17 +154,18 @@ class WeightEditor:
             if getattr(mod, "bias", None) is None:
                 raise InputError(f"{what}: this linear has no bias.")
             self._swap_tensor(mod, "bias", bias, what)
-        self._record(f"L{layer}.{kind}", "weights edited")
+        self._record(f"L{layer}.{kind}", note or "weights edited")
 
-    def replace_linear(self, layer: int, kind: str, module: nn.Module) -> None:
-        """Run ``module`` instead of the layer's ``kind`` linear (hooks on it keep firing)."""
+    def replace_linear(self, layer: int, kind: str, module: nn.Module, note: str | None = None) -> None:
+        """Run ``module`` instead of the layer's ``kind`` linear (hooks on it keep firing); ``note``: what to
+        record in ``Model.active_edits()`` (default "replaced by <class name>")."""
         self._check_open()
         if not isinstance(module, nn.Module):
             raise InputError(f"replace_linear(): module must be a torch nn.Module, got {type(module).__name__}.")
         self.model.check_layer(layer)
         wrapper = self.model.linear_wrapper(layer, kind)
         self._set_attr(wrapper, "_original_component", module)
-        self._record(f"L{layer}.{kind}", f"replaced by {type(module).__name__}")
+        self._record(f"L{layer}.{kind}", note or f"replaced by {type(module).__name__}")
 
     # ------------------------------------------------------------------ norms, embeddings
     def set_norm(self, layer: int | None, which: str = "ln1", weight: torch.Tensor | None = None,
@@ -160,6 +192,15 @@ class WeightEditor:
         self._swap_tensor(mod, "weight", w.t() if w.ndim == 2 else w, "set_unembedding()")
         self._record("unembed", "edited")
 
+    def replace_unembedding(self, module: nn.Module, note: str | None = None) -> None:
+        """Run ``module`` (mapping (..., d) -> (..., V) logits) in place of the output projection; the hooks
+        around it keep firing. A tied embedding keeps the shared weight (the two are untied for the block)."""
+        self._check_open()
+        if not isinstance(module, nn.Module):
+            raise InputError(f"replace_unembedding(): module must be a torch nn.Module, got {type(module).__name__}.")
+        self._set_attr(self.model.bridge.unembed, "_original_component", module)
+        self._record("unembed", note or f"replaced by {type(module).__name__}")
+
     # ------------------------------------------------------------------ components
     def replace_component(self, layer: int, part: str, module: nn.Module) -> None:
         """Run ``module`` in place of the HF ``part`` ("block", "attn" or "mlp") of ``layer``; its wrapper's
@@ -176,8 +217,8 @@ class WeightEditor:
     # ------------------------------------------------------------------ lifecycle
     @property
     def records(self) -> list[tuple[str, str]]:
-        """(target, what was done) of every edit made so far."""
-        return list(self._records)
+        """(target, what was done) of every edit made so far and in force: none while ``suspended()``."""
+        return [] if self._suspended else list(self._records)
 
     @contextmanager
     def suspended(self) -> Iterator[None]:
@@ -185,9 +226,11 @@ class WeightEditor:
         self._check_open()
         for fn in reversed(self._undo):
             fn()
+        self._suspended += 1
         try:
             yield
         finally:
+            self._suspended -= 1
             for fn in self._redo:
                 fn()
 
