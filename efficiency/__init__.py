@@ -8,6 +8,11 @@ KV cache (``efficiency.kv``): eviction policies and a registry by name, evict-th
 quantization with packed storage, per-head budgets stored ragged (AdaKV), per-layer budgets from
 layer uncertainty (ZigZagKV), the measurement harness (sweeps, compressed-prefix
 perplexity), and the internals view (retention, sink survival, attention divergence).
+
+Activation sparsity (``efficiency.sparsity``): TEAL with a gather-GEMV decode path. Layer pruning
+(``efficiency.pruning``): ShortGPT, SLEB, attention/MLP dropping, LaCo, TrimLLM (training-free), explicit
+drops, ``pruned_copy``. Low rank (``efficiency.lowrank``): LASER with its fact sweep, SVD-LLM. Latent
+attention (``efficiency.mla``): training-free MHA2MLA with a latent KV cache.
 """
 from .kv import (
     A2SF, H2O, POLICIES, TOVA, AdaKV, AdaptiveHeadBudgets, AttentionScorePolicy, KeyNorm, PyramidBudgets, PyramidKV,
@@ -24,6 +29,11 @@ from .kv.quantized import KIVILayer, KIVIQuantization
 from .kv.quantized import bytes_formula as kivi_bytes_formula
 from .method import FAMILIES, Combined, Cost, EfficiencyMethod, Knob, kv_bytes_full
 from .registry import METHODS, get_method, list_methods, register_method
+from .lowrank import LASER, SVDLLM, LowRankLinear, laser_sweep
+from .mla import MHA2MLA, LatentLayer, MLAAttention
+from .pruning import (SLEB, AttentionDrop, DropAttention, DropBlocks, DropLayers, LaCo, ShortGPT, TrimLLM,
+                      layer_scores, massive_activation_effect, pruned_copy)
+from .sparsity import TEAL, SparseInputLinear, calibrate_teal, measured_sparsity
 
 __all__ = [
     "POLICIES", "get_policy", "register", "ScorePolicy", "AttentionScorePolicy", "Sequential", "StreamingLLM",
@@ -34,4 +44,7 @@ __all__ = [
     "UncertaintyBudgets", "RaggedLayer", "ragged_attention", "ragged_bytes_formula", "long_texts",
     "EfficiencyMethod", "Knob", "Cost", "Combined", "FAMILIES", "METHODS", "get_method", "list_methods",
     "register_method", "KVEviction", "KVQuantization", "kv_bytes_full",
+    "TEAL", "SparseInputLinear", "calibrate_teal", "measured_sparsity", "DropLayers", "DropBlocks", "DropAttention",
+    "ShortGPT", "SLEB", "AttentionDrop", "LaCo", "TrimLLM", "layer_scores", "massive_activation_effect", "pruned_copy",
+    "LASER", "SVDLLM", "LowRankLinear", "laser_sweep", "MHA2MLA", "MLAAttention", "LatentLayer",
 ]
