@@ -341,7 +341,10 @@ class KVCache:
         new = torch.arange(self.next_position, self.next_position + n_new)
         for l in range(self.n_layers):
             b, g = self._batch_heads(l)
-            add = new.to(self.keys(l).device).expand(b, g, n_new)
+            lay = self.hf_cache.layers[l]
+            dev = getattr(lay, "device", None) or self.keys(l).device
+            # a skipped layer received nothing: its positions stay empty (B, G, 0)
+            add = new[: 0 if isinstance(lay, SkippedLayer) else n_new].to(dev).expand(b, g, -1)
             if l < len(self.positions):
                 self.positions[l] = torch.cat([self.positions[l], add], dim=-1)
             else:

@@ -17,7 +17,6 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from workbench import hook_name
 from workbench.errors import InputError
 from workbench.result import Result
 
@@ -53,7 +52,7 @@ class RemovalCurve(Result):
                                                             f"{self.metric} of every candidate (log10)"))
         f = self.to_frame()
         fig.add_scatter(x=f.step, y=f[self.metric], mode="lines+markers+text", name=self.metric,
-                        text=["" if r is None else f"L{int(r)}" for r in f.removed], textposition="top center",
+                        text=[f"L{int(r)}" if r == r and r is not None else "" for r in f.removed], textposition="top center",
                         row=1, col=1)
         c = self.candidates()
         if len(c):
