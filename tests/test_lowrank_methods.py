@@ -126,3 +126,13 @@ def test_svd_llm_bad_input(m6):
         SVDLLM(ratio=0.2).intervention(m6)
     with pytest.raises(InputError, match="out of range"):
         SVDLLM(ratio=1.0)
+
+
+def test_lowrank_explorer(m6):
+    from efficiency.lowrank import lowrank_explorer
+
+    box = lowrank_explorer(m6, PROMPT[:60], TEXTS, ratios=(0.2, 0.6), knobs={"svd_llm": {"window": 32, "n_windows": 2}})
+    e = box.show("laser L4.down", 0.6)
+    assert e.detail[4] < 1 and all(v == 1 for i, v in enumerate(e.detail) if i != 4)
+    assert all(v < 1 for v in box.effect("svd_llm", 0.2).detail)
+    assert m6.active_edits() == []

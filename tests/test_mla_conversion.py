@@ -108,3 +108,23 @@ def test_bad_input(m6):
 def test_gpt2_is_refused(tiny_gpt2):
     with pytest.raises(InputError, match="Llama-family"):
         ef.get_method("mha2mla", d_kv=8, rope_dims=4).prepare(tiny_gpt2, TEXTS)
+
+
+def test_mla_report_attention_effect_and_explorer(m6):
+    from efficiency.mla import mla_attention_effect, mla_explorer, mla_report
+
+    rep = mla_report(m6, TEXTS, [PROMPT], d_kvs=(4, 8), rope_dims=4, extra=lambda model: {"one": 1.0}, window=32,
+                     n_windows=2)
+    f = rep.to_frame()
+    assert list(f.variant) == ["unmodified", "d_kv=4", "d_kv=8"] and (f.one == 1.0).all()
+    i = m6.info
+    assert f.kv_ratio.iloc[1] == pytest.approx((4 + 4) / (2 * i.d_head))
+    assert sum(rep.layer_bytes["d_kv=8"]) == f.kv_bytes.iloc[2] and rep.figure() is not None
+    full = MHA2MLA(d_kv=16, rope_dims=16)
+    full.prepare(m6, TEXTS)
+    eff = mla_attention_effect(m6, full, PROMPT[:60])
+    assert float(eff.tv.max()) < 1e-4 and torch.allclose(eff.sink_base, eff.sink_mla, atol=1e-4)
+    box = mla_explorer(m6, PROMPT[:60], TEXTS, d_kvs=(4, 16), rope_dims=4, svds=("plain",))
+    e = box.show("plain", 16)
+    assert len(e.detail) == 6 and all(0 <= v <= 1 for v in e.detail)
+    assert m6.active_edits() == []

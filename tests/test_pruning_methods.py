@@ -141,3 +141,18 @@ def test_massive_activation_effect_finds_the_writer(m6):
     assert res.figure() is not None and "written by block" in res.summary()
     with pytest.raises(InputError, match="reserved"):
         massive_activation_effect(m6, PROMPT, {"base": None})
+
+
+def test_pruning_explorer_switches_method_and_ratio(m6):
+    from efficiency.pruning import pruning_explorer
+
+    box = pruning_explorer(m6, PROMPT[:60], TEXTS, methods=("shortgpt", "attn_drop"), ratios=(0.17, 0.34),
+                           knobs={"shortgpt": {"window": 32, "n_windows": 2}, "attn_drop": {"window": 32, "n_windows": 2}})
+    e = box.show("attn_drop", 0.34)
+    assert box.current() == ("attn_drop", 0.34) and box.strength_slider.value == 0.34
+    assert sorted(e.detail).count(0.5) == 2 and len(e.rel_err) == 6 and e.kl >= 0
+    assert list(box.detail_figure.data[0].y) == e.detail
+    assert box.effect("shortgpt", 0.17).detail.count(1.0) == 1
+    with pytest.raises(InputError, match="not in this explorer"):
+        box.show("laco", 0.17)
+    assert m6.active_edits() == []

@@ -141,3 +141,12 @@ def test_bad_input_fails_clearly(m6):
         ef.get_method("teal", sparsity=0.5).intervention(m6)
     with pytest.raises(InputError, match="kinds"):
         TEAL(sparsity=0.5, kinds=("qkv",))
+
+
+def test_sparsity_explorer(m6, calib):
+    from efficiency.sparsity import sparsity_explorer
+
+    box = sparsity_explorer(m6, PROMPT[:60], TEXTS, sparsities=(0.25, 0.5), allocations=("uniform",), calibration=calib)
+    lo, hi = box.effect("uniform", 0.25), box.show("uniform", 0.5)
+    assert sum(hi.detail) > sum(lo.detail) > 0 and float(hi.rel_err[-1]) > 0
+    assert m6.active_edits() == []

@@ -12,7 +12,7 @@ reduction (mostly late MLP matrices in the paper's 6B-7B models); the sweep show
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import pandas as pd

@@ -9,6 +9,11 @@ from .cache import LatentLayer
 from .convert import LayerFactors, convert_layer
 from .mha2mla import MHA2MLA, MLAEdit, kv_bytes_mla
 from .rope_select import pair_norm_scores, select_pairs
+from .analysis import MLAAttentionEffect, MLAReport, mla_attention_effect, mla_report
+from .explorer import mla_explorer
 
-__all__ = ["MHA2MLA", "MLAEdit", "MLAAttention", "LatentLayer", "LayerFactors", "convert_layer", "kv_bytes_mla",
-           "pair_norm_scores", "select_pairs"]
+__all__ = [
+    "mla_explorer", "MLAReport", "mla_report", "MLAAttentionEffect", "mla_attention_effect", "MHA2MLA",
+    "MLAEdit", "MLAAttention", "LatentLayer", "LayerFactors", "convert_layer", "kv_bytes_mla",
+    "pair_norm_scores", "select_pairs",
+]

@@ -19,9 +19,11 @@ from .shortgpt import ShortGPT
 from .skip import DropLayers, SkipAttention, SkipBlock, SkipMLP
 from .sleb import SLEB
 from .trimllm import TrimLLM
+from .explorer import pruning_explorer
 
 __all__ = [
-    "DropLayers", "SkipBlock", "SkipAttention", "SkipMLP", "LayerDropMethod", "DropBlocks", "DropAttention",
-    "ShortGPT", "SLEB", "AttentionDrop", "LaCo", "LacoEdit", "merge_rdsc", "TrimLLM", "LayerScores", "layer_scores",
-    "RemovalCurve", "MassiveEffect", "massive_activation_effect", "pruned_copy", "block_parameter_bytes",
+    "pruning_explorer", "DropLayers", "SkipBlock", "SkipAttention", "SkipMLP", "LayerDropMethod", "DropBlocks",
+    "DropAttention", "ShortGPT", "SLEB", "AttentionDrop", "LaCo", "LacoEdit", "merge_rdsc", "TrimLLM",
+    "LayerScores", "layer_scores", "RemovalCurve", "MassiveEffect", "massive_activation_effect", "pruned_copy",
+    "block_parameter_bytes",
 ]

@@ -12,7 +12,10 @@ from .gather_linear import SparseInputLinear
 from .greedy import GreedyAllocation, greedy_allocation
 from .histogram import MagnitudeHistogram
 from .teal import TEAL, TealEdit
+from .explorer import sparsity_explorer
 
-__all__ = ["TEAL", "TealEdit", "SparseInputLinear", "TealCalibration", "calibrate_teal", "MagnitudeHistogram",
-           "GreedyAllocation", "greedy_allocation", "MeasuredSparsity", "measured_sparsity", "block_forward",
-           "rope_tables"]
+__all__ = [
+    "sparsity_explorer", "TEAL", "TealEdit", "SparseInputLinear", "TealCalibration", "calibrate_teal",
+    "MagnitudeHistogram", "GreedyAllocation", "greedy_allocation", "MeasuredSparsity", "measured_sparsity",
+    "block_forward", "rope_tables",
+]
