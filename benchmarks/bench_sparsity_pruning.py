@@ -109,15 +109,17 @@ def quality(m, data, interventions=()) -> dict:
 def decode_ms(m, ids, steps: int, interventions=()) -> float:
     """Median ms per decode step of a greedy generation from ``ids`` (prefill excluded)."""
     stamps = []
-    m.generate(ids, steps + 1, stop_at_eos=False, interventions=interventions,
-               on_step=lambda c, ctx: stamps.append(time.perf_counter()))
+    with m.intervene(*interventions):
+        m.generate(ids, steps + 1, stop_at_eos=False, on_step=lambda c, ctx: stamps.append(time.perf_counter()))
     return statistics.median([(b - a) * 1e3 for a, b in zip(stamps, stamps[1:])])
 
 
 def prefill_s(m, ids, interventions=()) -> float:
-    t = time.perf_counter()
-    m.prefill(ids, interventions=interventions)
-    return time.perf_counter() - t
+    """Seconds of one prefill of ``ids`` (the edits are installed before the clock starts)."""
+    with m.intervene(*interventions):
+        t = time.perf_counter()
+        m.prefill(ids)
+        return time.perf_counter() - t
 
 
 def interleaved(variants: dict, fn, repeats: int) -> dict:
@@ -280,13 +282,13 @@ def sec_teal(m, data, cfg, log) -> dict:
     for s in cfg["teal_fracs"]:
         meth = ef.TEAL(sparsity=s, calibration=calib)
         q = quality(m, data, [meth.intervention(m)])
-        ms = measured_sparsity(m, meth, data.ood[:1], window=512, n_windows=2).frame
+        ms = measured_sparsity(m, meth, data.ood[:1], window=min(512, m.info.n_ctx), n_windows=2).frame
         row = {"sparsity": s, **q, "measured_mean": float(ms.measured.mean()),
                "measured_by_kind": ms.groupby("kind").measured.mean().to_dict()}
         out["rows"].append(row)
         log(f"teal: {row}")
-    # per-matrix decode speed: SmolLM2 weights of layer 15, real inputs of one held-out token
-    layer = 15
+    # per-matrix decode speed: the weights of a middle layer, real inputs of one held-out token
+    layer = m.info.n_layers // 2
     xs = _kind_inputs(m, data.ood[0][:2000], layer)
     per = []
     for kind in ("q", "k", "v", "o", "gate", "up", "down"):
@@ -401,8 +403,9 @@ def sec_svd_llm(m, data, cfg, log) -> dict:
             out["rows"].append(row)
             log(f"svd_llm: {row}")
     per = []
-    for kind, (o, i) in (("up", (1536, 576)), ("down", (576, 1536)), ("q", (576, 576)), ("k", (192, 576))):
-        w = m.linear_weight(15, kind)
+    for kind in ("up", "down", "q", "k"):
+        w = m.linear_weight(m.info.n_layers // 2, kind)
+        o, i = w.shape
         x = torch.randn(1, w.shape[1])
         dense = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
         dense.weight.data = w.clone()
