@@ -32,10 +32,10 @@
 # %% tags=["parameters"]
 model_name = None  # None: the bundled SmolLM2-135M-Instruct
 n_calib_windows = 2  # calibration windows (of calib_window tokens)
-calib_window = 128
+calib_window = 96
 ppl_tokens = 256  # tokens per held-out perplexity window
 n_ppl = 1  # held-out windows
-ratios = [0.1, 0.2]  # fractions of the blocks removed
+ratios = [0.1]  # fractions of the blocks removed
 facts_per_relation = 3  # fact prompts per relation (half to select on, half held out)
 teal_sparsity = 0.5
 mla_dkv = [8, 32]  # latent sizes of the MHA2MLA conversion (rope_dims 8)

@@ -110,6 +110,9 @@ def test_laco_reaches_the_target_depth(m6, rule):
         run = m6.run(PROMPT)
     assert torch.isfinite(run.logits).all() and same_params(m6, snap)
     assert meth.forced >= 0 and len(meth.history) >= 1
+    if rule == "rdsc":  # the copy holds the merged weights and fewer blocks
+        small = ef.pruned_copy(m6, meth, check_parity=False)
+        assert small.info.n_layers == 4 and torch.allclose(small.run(PROMPT).logits, run.logits, atol=1e-5)
 
 
 def test_trimllm_uses_the_score_and_breaks_ties_by_norm(m6):

@@ -150,3 +150,22 @@ def test_sparsity_explorer(m6, calib):
     lo, hi = box.effect("uniform", 0.25), box.show("uniform", 0.5)
     assert sum(hi.detail) > sum(lo.detail) > 0 and float(hi.rel_err[-1]) > 0
     assert m6.active_edits() == []
+
+
+def test_fused_mlp_matches_per_linear_teal(m6, calib):
+    per = TEAL(sparsity=0.5, calibration=calib)
+    fused = TEAL(sparsity=0.5, calibration=calib, fuse_mlp=True)
+    with m6.intervene(per.intervention(m6)):
+        a = m6.generate(PROMPT, 4, stop_at_eos=False)
+        ref_run = m6.run(PROMPT).logits
+    edit = fused.intervention(m6)
+    c = fused.cost(m6, 10)
+    with m6.intervene(edit):
+        assert edit.fused_layers() == list(range(6))
+        assert ("L0.mlp", "replaced by SparseGatedMLP") in m6.active_edits()
+        b = m6.generate(PROMPT, 4, stop_at_eos=False)
+        assert torch.allclose(m6.run(PROMPT).logits, ref_run, atol=1e-4)
+        assert m6.parameter_bytes() == c.weight_bytes > c.baseline_weight_bytes
+    assert torch.equal(a.new_tokens, b.new_tokens) and torch.allclose(a.logits, b.logits, atol=1e-4)
+    f = measured_sparsity(m6, fused, HELD_OUT, window=64, n_windows=1).frame
+    assert set(f.kind) == {"q", "k", "v", "o", "gate", "up", "down"} and (f.measured > 0.2).all()

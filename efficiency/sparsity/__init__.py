@@ -9,12 +9,14 @@ from .analysis import MeasuredSparsity, measured_sparsity
 from .block import block_forward, rope_tables
 from .calibration import TealCalibration, calibrate_teal
 from .gather_linear import SparseInputLinear
+from .gather_mlp import SparseGatedMLP
 from .greedy import GreedyAllocation, greedy_allocation
 from .histogram import MagnitudeHistogram
 from .teal import TEAL, TealEdit
 from .explorer import sparsity_explorer
 
 __all__ = [
+    "SparseGatedMLP",
     "sparsity_explorer", "TEAL", "TealEdit", "SparseInputLinear", "TealCalibration", "calibrate_teal",
     "MagnitudeHistogram", "GreedyAllocation", "greedy_allocation", "MeasuredSparsity", "measured_sparsity",
     "block_forward", "rope_tables",

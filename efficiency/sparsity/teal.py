@@ -25,20 +25,40 @@ from ..method import Cost, EfficiencyMethod, Knob, kv_bytes_full
 from ..registry import register_method
 from .calibration import TealCalibration, calibrate_teal
 from .gather_linear import SparseInputLinear
+from .gather_mlp import FusedSiteView, SparseGatedMLP
 from .greedy import KINDS, GreedyAllocation, greedy_allocation
 
 
 class TealEdit(WeightEdit):
-    """Replace each (layer, kind) linear with a ``SparseInputLinear`` at its threshold."""
+    """Replace each (layer, kind) linear with a ``SparseInputLinear`` at its threshold; with ``fuse_mlp``,
+    each MLP whose gate and up share a threshold (and has a down threshold) becomes a ``SparseGatedMLP``."""
 
-    def __init__(self, thresholds: dict, mode: str):
+    def __init__(self, thresholds: dict, mode: str, fuse_mlp: bool = False):
         self.thresholds = thresholds  # {(layer, kind): t}, only t > 0
         self.mode = mode
+        self.fuse_mlp = fuse_mlp
         self.modules: dict = {}
+
+    def fused_layers(self) -> list[int]:
+        th = self.thresholds
+        return sorted(l for (l, k) in th if k == "gate" and self.fuse_mlp and self.mode == "gather"
+                      and (l, "up") in th and (l, "down") in th and th[l, "up"] == th[l, "gate"])
 
     def edit(self, model, editor) -> None:
         self.modules = {}
+        fused = set(self.fused_layers())
+        for layer in sorted(fused):
+            if any(model.linear_bias(layer, k) is not None for k in ("gate", "up", "down")):
+                raise InputError("teal(fuse_mlp=True) supports MLPs without biases only.")
+            mlp = SparseGatedMLP(model.linear_weight(layer, "gate"), model.linear_weight(layer, "up"),
+                                 model.linear_weight(layer, "down"), self.thresholds[layer, "gate"],
+                                 self.thresholds[layer, "down"])
+            editor.replace_component(layer, "mlp", mlp)
+            self.modules[layer, "gate"] = self.modules[layer, "up"] = FusedSiteView(mlp, "in")
+            self.modules[layer, "down"] = FusedSiteView(mlp, "down")
         for (layer, kind), t in sorted(self.thresholds.items()):
+            if layer in fused and kind in ("gate", "up", "down"):
+                continue
             mod = SparseInputLinear(model.linear_weight(layer, kind), model.linear_bias(layer, kind), t, self.mode)
             editor.replace_linear(layer, kind, mod)
             self.modules[layer, kind] = mod
@@ -60,6 +80,8 @@ class TEAL(EfficiencyMethod):
     kinds: tuple = KINDS
     window: int = 256
     n_windows: int = 8
+    greedy_step: float = 0.05
+    fuse_mlp: bool = False
     calibration: TealCalibration | None = field(default=None, repr=False, compare=False)
     greedy: GreedyAllocation | None = field(default=None, repr=False, compare=False)
 
@@ -70,6 +92,8 @@ class TEAL(EfficiencyMethod):
         "allocation": Knob("choice", choices=("uniform", "greedy")),
         "mode": Knob("choice", choices=("gather", "mask"), doc="gather: real gather-GEMV at decode; mask: simulation."),
         "window": Knob("int", 8, 8192), "n_windows": Knob("int", 1, 100000),
+        "greedy_step": Knob("float", 0.001, 0.5, doc="Parameter-weighted sparsity added per greedy step."),
+        "fuse_mlp": Knob("bool", doc="One gather for gate and up (replaces the MLP; its inner hooks go quiet)."),
     }
 
     def validate(self) -> None:
@@ -91,7 +115,8 @@ class TEAL(EfficiencyMethod):
         if self.calibration is None:
             self.calibration = calibrate_teal(model, texts, self.window, self.n_windows)
         if self.allocation == "greedy" and self.greedy is None:
-            self.greedy = greedy_allocation(model, texts, self.calibration, max_sparsity=max(0.7, self.sparsity + 0.05))
+            self.greedy = greedy_allocation(model, texts, self.calibration, max_sparsity=max(0.7, self.sparsity + 0.05),
+                                            step=self.greedy_step)
 
     def sparsities(self, model) -> dict:
         """{(layer, kind): target sparsity} of every linear this method sparsifies."""
@@ -113,16 +138,22 @@ class TEAL(EfficiencyMethod):
 
     def intervention(self, model):
         self.check_model(model)
-        return TealEdit(self.thresholds(model), self.mode)
+        return TealEdit(self.thresholds(model), self.mode, self.fuse_mlp)
 
     @property
     def saving(self) -> str:
         return "mixed" if self.mode == "gather" and self.sparsity > 0 else ("simulated" if self.sparsity > 0 else "real")
 
     def cost(self, model, n_tokens: int) -> Cost:
-        w = model.parameter_bytes()
+        base = model.parameter_bytes()
         kv = kv_bytes_full(model, n_tokens)
+        w = base
+        if self.fuse_mlp and self.sparsity > 0:  # the MLP's linears stay in the model next to the fused copy
+            edit = TealEdit(self.thresholds(model), self.mode, True)
+            for l in edit.fused_layers():
+                w += sum(model.linear_weight(l, k).numel() * model.linear_weight(l, k).element_size()
+                         for k in ("gate", "up", "down"))
         note = ("no bytes saved (the weights are stored transposed, same size); decode time falls where the "
                 "gather-GEMV pays (large matrices, high sparsity), see the benchmark" if self.mode == "gather"
                 else "simulated: masked dense products, no saving")
-        return Cost(n_tokens, w, kv, w, kv, self.saving, note)
+        return Cost(n_tokens, w, kv, base, kv, self.saving, note)
