@@ -159,25 +159,38 @@ class SVDLLM(EfficiencyMethod):
             raise InputError(f"svd_llm: this model has no {missing} linears.")
         self._layers(model)
 
-    def prepare(self, model, texts=None) -> None:
+    def prepare(self, model, texts=None, layers_per_pass: int = 6) -> None:
+        """Covariances, whitened SVDs and factors, a few layers at a time (the float64 covariances and SVDs
+        of every matrix at once would take gigabytes); the loss allocation reads all spectra first, then
+        computes the factors in a second pass."""
         self.check_model(model)
         layers = self._layers(model)
-        cov, self.n_tokens = input_covariances(model, texts, layers, self.kinds, self.window, self.n_windows,
-                                               int(self.skip_first))
-        svds, shapes = {}, {}
-        with model.without_interventions():
-            for l in layers:
-                for k in self.kinds:
-                    w = model.linear_weight(l, k)
-                    svds[l, k] = whitened_svd(w, cov[l, SHARED_INPUTS[k]])
-                    shapes[l, k] = tuple(w.shape)
-            self.spectra = {key: s[1] for key, s in svds.items()}
-            if self.allocation == "uniform":
-                self.ranks = {key: min(uniform_rank(shapes[key], self.ratio), min(shapes[key])) for key in svds}
-            else:
-                self.ranks = loss_ranks(self.spectra, shapes, self.ratio)
-            self.factors = {key: whitened_factors(model.linear_weight(*key), svds[key], r)
-                            for key, r in self.ranks.items()}
+        self.spectra, self.factors, self.ranks = {}, {}, {}
+        shapes = {(l, k): tuple(model.linear_weight(l, k).shape) for l in layers for k in self.kinds}
+
+        def passes(make_factors: bool) -> None:
+            for start in range(0, len(layers), layers_per_pass):
+                chunk = layers[start: start + layers_per_pass]
+                cov, self.n_tokens = input_covariances(model, texts, chunk, self.kinds, self.window, self.n_windows,
+                                                       int(self.skip_first), layers_per_pass)
+                with model.without_interventions():
+                    for l in chunk:
+                        for k in self.kinds:
+                            w = model.linear_weight(l, k)
+                            svd = whitened_svd(w, cov[l, SHARED_INPUTS[k]])
+                            self.spectra[l, k] = svd[1]
+                            if make_factors:
+                                if self.allocation == "uniform":
+                                    self.ranks[l, k] = min(uniform_rank(shapes[l, k], self.ratio), min(shapes[l, k]))
+                                self.factors[l, k] = whitened_factors(w, svd, self.ranks[l, k])
+                del cov
+
+        if self.allocation == "uniform":
+            passes(True)
+        else:
+            passes(False)
+            self.ranks = loss_ranks(self.spectra, shapes, self.ratio)
+            passes(True)
 
     def _require(self) -> None:
         if not self.factors:
