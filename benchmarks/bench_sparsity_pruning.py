@@ -64,12 +64,13 @@ MODES = {
     "quick": dict(ppl_n=2, ppl_tokens=1024, facts_per_rel=20, repeats=3, decode_steps=8, prefill_tokens=256,
                   ratios=(0.1, 0.2, 0.3), sleb_windows=2, calib_windows=4, contexts=(2048,), passkey_n=4,
                   passkey_tokens=512, laser_layers=range(16, 30, 3), laser_kinds=("up", "down"),
-                  laser_rhos=(0.01, 0.05, 0.2), teal_fracs=(0.5,), svd_ratios=(0.2,), mla_dkv=(8, 16, 32)),
+                  laser_rhos=(0.01, 0.05, 0.2), teal_fracs=(0.5,), svd_ratios=(0.2,), mla_dkv=(8, 16, 32),
+                  mla_whitened_dkv=(32,)),
     "full": dict(ppl_n=4, ppl_tokens=2048, facts_per_rel=None, repeats=5, decode_steps=16, prefill_tokens=512,
                  ratios=(0.1, 0.2, 0.3), sleb_windows=8, calib_windows=16, contexts=(2048, 4096), passkey_n=10,
                  passkey_tokens=1024, laser_layers=range(0, 30), laser_kinds=("gate", "up", "down", "o"),
                  laser_rhos=(0.01, 0.02, 0.05, 0.1, 0.25), teal_fracs=(0.25, 0.4, 0.5, 0.65), svd_ratios=(0.2, 0.4),
-                 mla_dkv=(8, 16, 32)),
+                 mla_dkv=(8, 16, 32), mla_whitened_dkv=(8, 16, 32)),
 }
 
 
@@ -356,15 +357,18 @@ def sec_mla(m, data, cfg, log) -> dict:
     base_cache = m.prefill(ctx)
     out["base_kv_bytes_2k"] = base_cache.stats().physical_bytes
     del base_cache
-    for dkv in cfg["mla_dkv"]:
-        meth = ef.get_method("mha2mla", d_kv=dkv, rope_dims=8, window=256, n_windows=cfg["calib_windows"])
+    # the last row keeps the full joint rank (2 d_head - rope_dims): the cost of partial RoPE alone
+    grid = [(dkv, "plain") for dkv in cfg["mla_dkv"]] + [(dkv, "whitened") for dkv in cfg["mla_whitened_dkv"]]
+    grid.append((2 * m.info.d_head - 8, "plain"))
+    for dkv, svd in grid:
+        meth = ef.get_method("mha2mla", d_kv=dkv, rope_dims=8, svd=svd, window=256, n_windows=cfg["calib_windows"])
         meth.prepare(m, data.calib)
         iv = meth.intervention(m)
         q = quality(m, data, [iv])
         with m.intervene(iv):
             q["passkey"] = score_passkey(m, keys).accuracy
             st = m.prefill(ctx).stats()
-        row = {"d_kv": dkv, "rope_dims": 8, **q, "kv_physical_bytes_2k": st.physical_bytes,
+        row = {"d_kv": dkv, "rope_dims": 8, "svd": svd, **q, "kv_physical_bytes_2k": st.physical_bytes,
                "kv_formula_bytes_2k": meth.cost(m, st.full_tokens).kv_bytes,
                "kv_reduction": 1 - st.physical_bytes / out["base_kv_bytes_2k"]}
         out["rows"].append(row)
