@@ -357,18 +357,20 @@ def sec_mla(m, data, cfg, log) -> dict:
     base_cache = m.prefill(ctx)
     out["base_kv_bytes_2k"] = base_cache.stats().physical_bytes
     del base_cache
-    # the last row keeps the full joint rank (2 d_head - rope_dims): the cost of partial RoPE alone
-    grid = [(dkv, "plain") for dkv in cfg["mla_dkv"]] + [(dkv, "whitened") for dkv in cfg["mla_whitened_dkv"]]
-    grid.append((2 * m.info.d_head - 8, "plain"))
-    for dkv, svd in grid:
-        meth = ef.get_method("mha2mla", d_kv=dkv, rope_dims=8, svd=svd, window=256, n_windows=cfg["calib_windows"])
+    # the last rows keep the full joint rank (2 d_head - rope_dims): the cost of partial RoPE alone, per selection
+    grid = [(dkv, "plain", "2-norm") for dkv in cfg["mla_dkv"]]
+    grid += [(dkv, "whitened", "2-norm") for dkv in cfg["mla_whitened_dkv"]]
+    grid += [(2 * m.info.d_head - 8, "plain", sel) for sel in ("2-norm", "high", "low", "uniform")]
+    for dkv, svd, sel in grid:
+        meth = ef.get_method("mha2mla", d_kv=dkv, rope_dims=8, svd=svd, rope_select=sel, window=256,
+                             n_windows=cfg["calib_windows"])
         meth.prepare(m, data.calib)
         iv = meth.intervention(m)
         q = quality(m, data, [iv])
         with m.intervene(iv):
             q["passkey"] = score_passkey(m, keys).accuracy
             st = m.prefill(ctx).stats()
-        row = {"d_kv": dkv, "rope_dims": 8, "svd": svd, **q, "kv_physical_bytes_2k": st.physical_bytes,
+        row = {"d_kv": dkv, "rope_dims": 8, "svd": svd, "rope_select": sel, **q, "kv_physical_bytes_2k": st.physical_bytes,
                "kv_formula_bytes_2k": meth.cost(m, st.full_tokens).kv_bytes,
                "kv_reduction": 1 - st.physical_bytes / out["base_kv_bytes_2k"]}
         out["rows"].append(row)
