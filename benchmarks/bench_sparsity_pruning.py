@@ -465,9 +465,16 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sparsity_pruning.json"))
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
+                    help='override a mode setting, e.g. --set mla_dkv=[] "teal_fracs=[0.5, 0.65]"')
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = MODES[args.mode]
+    cfg = dict(MODES[args.mode])
+    for item in args.set:
+        key, _, val = item.partition("=")
+        if key not in cfg:
+            ap.error(f"--set: unknown setting {key!r}; settings: {', '.join(cfg)}")
+        cfg[key] = json.loads(val)
     t0 = time.perf_counter()
 
     def log(msg):
@@ -480,7 +487,8 @@ def main(argv=None) -> int:
                         "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                         "model": m.info.name, "fingerprint": m.fingerprint, "ppl_windows": cfg["ppl_n"],
                         "ppl_tokens": cfg["ppl_tokens"], "n_facts_eval": len(data.score_eval),
-                        "provisional": "timings measured on a shared, loaded machine: ratios only"}}
+                        "provisional": "timings measured on a shared, loaded machine: ratios only",
+                        "overrides": args.set}}
     fns = {"drop_speed": sec_drop_speed, "pruning": sec_pruning, "attn_drop": sec_attn_drop, "teal": sec_teal,
            "mla": sec_mla, "laser": sec_laser, "svd_llm": sec_svd_llm}
     out = Path(args.out)
