@@ -430,6 +430,13 @@ def sec_svd_llm(m, data, cfg, log) -> dict:
                    "weight_ratio": c.weight_ratio, **quality(m, data, [meth.intervention(m)])}
             out["rows"].append(row)
             log(f"svd_llm: {row}")
+            if alloc == "uniform":  # the same ranks by plain (unwhitened) truncated SVD, for contrast
+                from efficiency.lowrank import LowRankEdit
+
+                row = {"ratio": ratio, "allocation": "uniform, plain SVD (no whitening)", "weight_bytes": c.weight_bytes,
+                       "weight_ratio": c.weight_ratio, **quality(m, data, [LowRankEdit(dict(meth.ranks))])}
+                out["rows"].append(row)
+                log(f"svd_llm: {row}")
     per = []
     for kind in ("up", "down", "q", "k"):
         w = m.linear_weight(m.info.n_layers // 2, kind)
