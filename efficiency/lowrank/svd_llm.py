@@ -20,6 +20,7 @@ parameter updates of the paper are not done (no fine-tuning here).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -191,6 +192,12 @@ class SVDLLM(EfficiencyMethod):
             passes(False)
             self.ranks = loss_ranks(self.spectra, shapes, self.ratio)
             passes(True)
+        widest = max(i for _, i in shapes.values())
+        if self.n_tokens < 4 * widest:
+            warnings.warn(f"svd_llm: the input covariances were estimated from {self.n_tokens} tokens for inputs up to "
+                          f"{widest} wide; whitening then ignores the directions calibration never saw, and text from "
+                          f"elsewhere suffers. Calibrate on many more tokens (n_windows x window >> {widest}).",
+                          stacklevel=2)
 
     def _require(self) -> None:
         if not self.factors:
