@@ -13,6 +13,10 @@ perplexity), and the internals view (retention, sink survival, attention diverge
 Quantization (``efficiency.quant``): RTN and GPTQ weights, the real int8 path (fbgemm), activation
 quantization (W8A8/W4A8/W4A4) with rotations (QuaRot, DFRot), packed storage with exact bytes, and the
 analyses of where it breaks (per token and layer, the attention sink against the rest).
+Activation sparsity (``efficiency.sparsity``): TEAL with a gather-GEMV decode path. Layer pruning
+(``efficiency.pruning``): ShortGPT, SLEB, attention/MLP dropping, LaCo, TrimLLM (training-free), explicit
+drops, ``pruned_copy``. Low rank (``efficiency.lowrank``): LASER with its fact sweep, SVD-LLM. Latent
+attention (``efficiency.mla``): training-free MHA2MLA with a latent KV cache.
 """
 from .kv import (
     A2SF, EMS, H2O, POLICIES, TOVA, AdaKV, AdaptiveHeadBudgets, AttentionScorePolicy, HashEvict, KeyNorm, KVzip,
@@ -34,6 +38,11 @@ from .quant import (
     quantization_explorer, rotation_spread,
 )
 from .registry import METHODS, get_method, list_methods, register_method
+from .lowrank import LASER, SVDLLM, LowRankLinear, laser_sweep
+from .mla import MHA2MLA, LatentLayer, MLAAttention
+from .pruning import (SLEB, AttentionDrop, DropAttention, DropBlocks, DropLayers, LaCo, ShortGPT, TrimLLM,
+                      layer_scores, massive_activation_effect, pruned_copy)
+from .sparsity import TEAL, SparseInputLinear, calibrate_teal, measured_sparsity
 
 __all__ = [
     "POLICIES", "get_policy", "register", "ScorePolicy", "AttentionScorePolicy", "Sequential", "StreamingLLM",
@@ -48,4 +57,7 @@ __all__ = [
     "RTN", "GPTQ", "Int8Dynamic", "Rotate",
     "WAQuant", "QuaRot", "DFRot", "quantization_error", "QuantErrorResult", "rotation_spread", "RotationSpreadResult",
     "quantization_explorer",
+    "TEAL", "SparseInputLinear", "calibrate_teal", "measured_sparsity", "DropLayers", "DropBlocks", "DropAttention",
+    "ShortGPT", "SLEB", "AttentionDrop", "LaCo", "TrimLLM", "layer_scores", "massive_activation_effect", "pruned_copy",
+    "LASER", "SVDLLM", "LowRankLinear", "laser_sweep", "MHA2MLA", "MLAAttention", "LatentLayer",
 ]

@@ -28,7 +28,8 @@ from workbench.hook_names import suggest
 from .method import FAMILIES, EfficiencyMethod
 
 # Modules that register efficiency methods; imported on first use of the registry.
-BUILTIN_MODULES: list[str] = ["efficiency.kv.methods", "efficiency.quant"]
+BUILTIN_MODULES: list[str] = ["efficiency.kv.methods", "efficiency.quant", "efficiency.pruning", "efficiency.sparsity",
+                              "efficiency.lowrank", "efficiency.mla"]
 
 METHODS: dict[str, type] = {}
 

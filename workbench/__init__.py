@@ -1,7 +1,8 @@
 """workbench: look inside language models and watch what efficiency tricks do to those insides."""
 from .capture import AttentionSummary, CaptureEstimate, settings
 from .errors import CaptureBudgetError, ExportError, HookError, InputError, ModelLoadError, WorkbenchError
-from .edits import WeightEdit, WeightEditor
+from .edits import WeightEdit, WeightEditor, silenced_hooks
+from .export import pruned_copy
 from .hook_names import SPECS as HOOK_SPECS
 from .hook_names import hook_name
 from .figures import attention_pattern_figure, export_figures, residual_norms_figure, save_figure
@@ -22,5 +23,5 @@ __all__ = [
     "HookError", "CaptureBudgetError", "ExportError", "Generation", "KVCache", "CachePolicy", "CacheStats",
     "StepContext", "save_figure", "export_figures", "attention_pattern_figure", "residual_norms_figure",
     "hook_name", "PolicyBase", "Result", "ForwardSession", "AttentionFanout", "Weights", "LayerWeights",
-    "NormWeights", "WeightEdit", "WeightEditor", "compress_context", "CompressedContext", "Answer",
+    "NormWeights", "WeightEdit", "WeightEditor", "compress_context", "CompressedContext", "Answer", "silenced_hooks", "pruned_copy",
 ]

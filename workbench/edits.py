@@ -18,7 +18,8 @@ What can be edited (layer-wise linears are addressed by ``kind``, see ``Model.li
         and ``bias`` attributes for analyses, as for replace_linear
     replace_component(layer, part, module)   part: "block" | "attn" | "mlp": the HF module the
         layer's wrapper calls (skip a block, swap an attention implementation); the module must
-        accept and return what the original does
+        accept and return what the original does. Hooks inside the replaced component cannot fire:
+        asking for one raises a ``HookError`` naming the edit (``silenced_hooks(model)`` lists them)
 
 ``WeightEdit`` is the ``Intervention`` base for methods that edit weights: implement
 ``edit(model, editor)``, and the edit holds inside ``model.intervene(...)`` or for one call.
@@ -52,6 +53,50 @@ LINEAR_KINDS: dict[str, tuple[str, str]] = {
     "down": ("mlp", "out"),    # down_proj
 }
 PARTS = ("block", "attn", "mlp")
+
+
+#: attribute set on a HookPoint that cannot fire because the component around it is replaced
+SILENCED_ATTR = "_workbench_silenced"
+
+
+def _is_hook_point(m: nn.Module) -> bool:
+    return type(m).__name__ == "HookPoint"
+
+
+def silenced_hooks(model: "Model") -> dict[str, str]:
+    """{full hook name: why it cannot fire} for every hook inside a component replaced right now
+    (``replace_component``): a skipped block's attention and MLP hooks, a dropped attention's q/k/v/pattern..."""
+    return {n: p.__dict__[SILENCED_ATTR] for n, p in model._points.items() if SILENCED_ATTR in p.__dict__}
+
+
+class ComponentShim(nn.Module):
+    """Runs a replacement ``module`` in the slot of a bridge component that re-implements its own forward
+    (attention), firing that component's input and output hook points around it.
+
+    The hook points stay owned by the bridge (kept out of this module's children); ``module`` is a child,
+    so its parameters count as the model's."""
+
+    def __init__(self, module: nn.Module, hook_in: nn.Module | None, hook_out: nn.Module | None):
+        super().__init__()
+        self.module = module
+        object.__setattr__(self, "_hook_in", hook_in)
+        object.__setattr__(self, "_hook_out", hook_out)
+
+    def forward(self, *args, **kwargs):
+        if self._hook_in is not None:
+            if args and isinstance(args[0], torch.Tensor):
+                args = (self._hook_in(args[0]),) + args[1:]
+            elif isinstance(kwargs.get("hidden_states"), torch.Tensor):
+                kwargs["hidden_states"] = self._hook_in(kwargs["hidden_states"])
+        out = self.module(*args, **kwargs)
+        if self._hook_out is None:
+            return out
+        if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+            return (self._hook_out(out[0]),) + tuple(out[1:])
+        return self._hook_out(out) if isinstance(out, torch.Tensor) else out
+
+    def extra_repr(self) -> str:
+        return f"runs {type(self.module).__name__} with the bridge's input/output hooks"
 
 
 def original(component: nn.Module) -> nn.Module:
@@ -204,15 +249,50 @@ class WeightEditor:
     # ------------------------------------------------------------------ components
     def replace_component(self, layer: int, part: str, module: nn.Module) -> None:
         """Run ``module`` in place of the HF ``part`` ("block", "attn" or "mlp") of ``layer``; its wrapper's
-        hooks (resid_pre/resid_post for a block, attn_out/mlp_out...) keep firing, hooks inside it do not."""
+        hooks (resid_pre/resid_post for a block, attn_out/mlp_out...) keep firing, hooks inside it do not
+        (they are marked silenced: a capture or hook asking for one fails with a message naming this edit).
+
+        ``module`` is called exactly as the HF module it replaces: a Llama block gets
+        ``(hidden_states, attention_mask=, position_ids=, past_key_values=, use_cache=, position_embeddings=)``
+        and returns the new hidden states (B, T, d); an attention gets ``hidden_states`` and the same keywords
+        and returns ``(output (B, T, d), weights or None)``; an MLP gets ``x`` and returns (B, T, d)."""
         self._check_open()
         if part not in PARTS:
             raise InputError(f"replace_component(): part must be one of {PARTS}, got {part!r}.")
         if not isinstance(module, nn.Module):
             raise InputError(f"replace_component(): module must be a torch nn.Module, got {type(module).__name__}.")
+        _ = self.model.linear_kinds  # computed (and cached) from the intact block before anything is replaced
         wrapper = self.model.component_wrapper(layer, part)
-        self._set_attr(wrapper, "_original_component", module)
-        self._record(f"L{layer}.{part}", f"replaced by {type(module).__name__}")
+        target = f"L{layer}.{part}"
+        what = f"replaced by {type(module).__name__}"
+        if part == "attn":
+            # The TransformerBridge re-implements attention from its own q/k/v/o wrappers and never calls
+            # the HF attention module, so swapping that module would change nothing: the wrapper itself is
+            # swapped in its parent (the HF block) for a shim that fires its input/output hooks.
+            parent = original(self.model.component_wrapper(layer, "block"))
+            slot = next((k for k, v in parent._modules.items() if v is wrapper), None)
+            if slot is None:
+                raise InputError(f"replace_component(): cannot find the attention of layer {layer} in its block.")
+            keep = {id(wrapper._modules.get("hook_in")), id(wrapper._modules.get("hook_out"))}
+            self._silence([m for m in wrapper.modules() if _is_hook_point(m) and id(m) not in keep], target, what)
+            self._set_attr(parent, slot, ComponentShim(module, wrapper._modules.get("hook_in"),
+                                                       wrapper._modules.get("hook_out")))
+        else:
+            self._silence([m for m in original(wrapper).modules() if _is_hook_point(m)], target, what)
+            self._set_attr(wrapper, "_original_component", module)
+        self._record(target, what)
+
+    def _silence(self, points: list[nn.Module], target: str, what: str) -> None:
+        """Mark hook points that cannot fire while this edit holds (``HookSession`` refuses them)."""
+        reason = f"{target} is {what}"
+        for p in points:
+            old = p.__dict__.get(SILENCED_ATTR)
+            set_to = (lambda p=p: p.__dict__.__setitem__(SILENCED_ATTR, reason))
+            undo = ((lambda p=p: p.__dict__.pop(SILENCED_ATTR, None)) if old is None
+                    else (lambda p=p, old=old: p.__dict__.__setitem__(SILENCED_ATTR, old)))
+            set_to()
+            self._undo.append(undo)
+            self._redo.append(set_to)
 
     # ------------------------------------------------------------------ lifecycle
     @property

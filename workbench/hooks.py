@@ -32,6 +32,12 @@ class HookSession:
     def add(self, name: str, fn: HookFn, required: bool = True) -> None:
         if name not in self._points:
             raise unknown_name_error(name, self._points, self._dormant)
+        silenced = self._points[name].__dict__.get("_workbench_silenced")  # see workbench.edits.replace_component
+        if silenced is not None:
+            raise HookError(f"Hook {name!r} cannot fire: {silenced}, and hooks inside a replaced or skipped "
+                            "component never run. Capture it on the unmodified model (model.without_interventions()), "
+                            "or choose layers whose component is intact (workbench.edits.silenced_hooks(model) lists "
+                            "the silenced hooks).")
         self._pending.append((name, fn, required))
 
     def add_all(self, hooks, required: bool = False) -> None:

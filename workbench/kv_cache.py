@@ -428,6 +428,41 @@ class RaggedLayer(DynamicLayer):
         return f"RaggedLayer(lengths={list(self.lengths)}{f', room={self.room}' if self.room else ''})"
 
 
+class SkippedLayer(DynamicLayer):
+    """The cache layer of a layer whose attention never runs (a skipped block or a dropped attention).
+
+    It holds no entries and no storage: ``keys``/``values`` are empty (B, G, 0, d_head) tensors, so the
+    layer adds nothing to ``KVCache.stats().physical_bytes``. ``KVCache`` installs one after a forward
+    for every layer the model did not write to. Feeding it entries (the layer's attention is back on,
+    but the cache was built without it) is refused: rebuild the cache with the same model edits.
+    """
+
+    is_compileable = False
+
+    def __init__(self, batch: int, n_kv_heads: int, d_head: int, dtype: torch.dtype, device):
+        self.dtype, self.device = dtype, device
+        self.keys = torch.empty(batch, n_kv_heads, 0, d_head, dtype=dtype, device=device)
+        self.values = torch.empty(batch, n_kv_heads, 0, d_head, dtype=dtype, device=device)
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        raise InputError("This KV cache was built while this layer's attention was skipped, so it holds no keys "
+                         "or values for it; it cannot be used with that attention switched back on. Build a new "
+                         "cache (prefill again) under the same model edits.")
+
+    def get_seq_length(self) -> int:
+        return 0
+
+    def stored_tensors(self) -> list[torch.Tensor]:
+        return []
+
+    def __repr__(self) -> str:
+        return "SkippedLayer()"
+
+
 def _storage_key(t: torch.Tensor) -> tuple:
     st = t.untyped_storage()
     return (t.device.type, st.data_ptr(), st.nbytes())
@@ -656,6 +691,7 @@ class KVCache:
     # ---------------------------------------------------------------- bookkeeping
     def _record_new(self, n_new: int) -> None:
         """Called by the generator after a forward appended ``n_new`` tokens to every layer."""
+        self._mark_skipped()
         new = torch.arange(self.next_position, self.next_position + n_new)
         adds: dict = {}  # (device, b, g) -> the new positions (B, G, n_new), built once per step
 
@@ -676,7 +712,9 @@ class KVCache:
                     self.positions.append(pos)
                 continue
             b, g = self._batch_heads(l)
-            add = add_for(self._device(l), b, g)
+            # a skipped layer received nothing: its positions stay empty (B, G, 0)
+            add = (new[:0].to(self._device(l)).expand(b, g, 0) if isinstance(lay, SkippedLayer)
+                   else add_for(self._device(l), b, g))
             if l < len(self.positions):
                 self.positions[l] = torch.cat([self.positions[l], add], dim=-1)
             else:
@@ -684,15 +722,41 @@ class KVCache:
         self.next_position += n_new
 
     def _batch_heads(self, layer: int) -> tuple[int, int]:
+        """(B, G) of a layer's entries; a layer object may say it without materializing its keys
+        (``batch_heads()``, e.g. a latent layer that would have to decompress them)."""
         lay = self.hf_cache.layers[layer]
         if isinstance(lay, RaggedLayer):
             return 1, len(lay.lengths)
+        fn = getattr(lay, "batch_heads", None)
+        if callable(fn):
+            return tuple(fn())
         k = lay.keys
         return int(k.shape[0]), int(k.shape[1])
 
     def _device(self, layer: int):
         lay = self.hf_cache.layers[layer]
         return getattr(lay, "device", None) or self.keys(layer).device
+
+    def _mark_skipped(self) -> None:
+        """Give every layer the last forward did not write to (its attention was skipped) a ``SkippedLayer``."""
+        layers = self.hf_cache.layers
+        written = [lay for lay in layers if getattr(lay, "is_initialized", True) and not isinstance(lay, SkippedLayer)]
+        if not written:
+            return
+        ref = written[0]
+        b = self._batch_heads(layers.index(ref))[0]
+        dtype = getattr(ref, "dtype", None) or torch.float32
+        device = getattr(ref, "device", None) or "cpu"
+        for l in range(self.n_layers):
+            if l >= len(layers):
+                layers.append(SkippedLayer(b, self.n_kv_heads, self.d_head, dtype, device))
+            elif not getattr(layers[l], "is_initialized", True):
+                layers[l] = SkippedLayer(b, self.n_kv_heads, self.d_head, dtype, device)
+
+    def is_skipped(self, layer: int) -> bool:
+        """Whether ``layer`` holds nothing because its attention never ran (``SkippedLayer``)."""
+        self._check_layer(layer)
+        return layer < len(self.hf_cache.layers) and isinstance(self.hf_cache.layers[layer], SkippedLayer)
 
     def _check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.n_layers:
@@ -836,6 +900,8 @@ class KVCache:
         at once into a layer shorter than the longest one, the new tokens after each query (the
         model's mask is built for the longest layer, so in a shorter layer it would let query i see
         new tokens up to i + longest - N_l)."""
+        if layer < len(self.hf_cache.layers) and isinstance(self.hf_cache.layers[layer], SkippedLayer):
+            return None  # no attention runs in this layer: nothing to mask
         pos = self.positions[layer] if layer < len(self.positions) else None
         n = 0 if pos is None else pos.shape[-1]
         pad = pos is not None and self._has_padding(layer)
@@ -865,12 +931,12 @@ class KVCache:
             else:
                 rows.append(self.head_counts(l)[0].tolist())
         tokens = torch.tensor(rows, dtype=torch.long).reshape(self.n_layers, -1)
-        lay0 = self.hf_cache.layers[0] if self.hf_cache.layers else None
-        dtype = getattr(lay0, "dtype", None) if self.n_layers and self.seq_len(0) else None
-        if not isinstance(dtype, torch.dtype) and self.n_layers and self.seq_len(0):
-            dtype = self.keys(0).dtype
-        dtype_bytes = torch.tensor([], dtype=dtype).element_size() if isinstance(dtype, torch.dtype) else 4
-        b = self.positions[0].shape[0] if self.positions else 1
+        # dtype and batch from the first layer holding entries (layer 0 may be skipped or a latent layer)
+        held = next((l for l in range(self.n_layers) if self.seq_len(l)), None)
+        dtype = None if held is None else getattr(self.hf_cache.layers[held], "dtype", None)
+        dtype_bytes = 4 if held is None else (dtype.itemsize if isinstance(dtype, torch.dtype)
+                                              else self.keys(held).element_size())
+        b = self._batch_heads(held)[0] if held is not None else 1
         logical = int(tokens.sum()) * b * self.d_head * 2 * dtype_bytes
         seen, physical = set(), 0
         for t in [t for lay in self.hf_cache.layers for t in tensors_of(lay)] + list(self.positions):

@@ -61,8 +61,12 @@ def attention_observer_hooks(model: "Model", observe: Callable | None) -> list[t
         from .errors import InputError
 
         raise InputError(f"observe_attention must be a callable (layer, pattern) or None, got {type(observe).__name__}.")
+    from .edits import silenced_hooks
+
+    # a layer whose attention is skipped or replaced computes no pattern (and holds no KV to score)
+    silenced = silenced_hooks(model)
     return [(hook_name("pattern", l), (lambda l: lambda x, _n: observe(l, x.detach()))(l))
-            for l in range(model.info.n_layers)]
+            for l in range(model.info.n_layers) if hook_name("pattern", l) not in silenced]
 
 
 class AttentionFanout:

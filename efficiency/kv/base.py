@@ -216,6 +216,8 @@ class ScorePolicy:
         if not self._due(ctx) or self.ratio == 0:
             return
         for layer, k in enumerate(self.targets(cache)):
+            if cache.is_skipped(layer):  # its attention never ran (a dropped layer): nothing to evict
+                continue
             counts = cache.head_counts(layer)
             over = int(counts.sum(-1).max()) > k * cache.n_kv_heads if self.head_budgets is not None \
                 else int(counts.max()) > k
@@ -300,6 +302,8 @@ class AttentionScorePolicy(ScorePolicy):
             self._state_pos.clear()
             self._seen.clear()
         for layer in range(cache.n_layers):
+            if cache.is_skipped(layer):  # a dropped attention: no pattern, no entries
+                continue
             pos = cache.positions[layer]
             if layer in self._pending:
                 new, n_new = self._pending.pop(layer)
