@@ -90,7 +90,7 @@ class Frontier(Result):
     def widget(self, panel: str = "overview"):
         """The figure as a clickable ``FigureWidget``: clicking a method shows its internals ``panel`` below (a
         dropdown picks the panel). Returns an ipywidgets VBox with ``.figure``, ``.output``, ``.panel_dropdown``
-        and ``.show(method, panel=None)``."""
+        ``.show(method, panel=None)`` and ``.current()`` (the method shown)."""
         import ipywidgets as widgets
         import plotly.graph_objects as go
         from IPython.display import display
@@ -125,6 +125,7 @@ class Frontier(Result):
         dd.observe(lambda ch: show(state["method"]) if state["method"] else None, names="value")
         box = widgets.VBox([fig, dd, out])
         box.figure, box.output, box.panel_dropdown, box.show = fig, out, dd, show
+        box.current = lambda: state["method"]
         return box
 
 
