@@ -20,6 +20,7 @@ from workbench.result import Result
 from .effects import effects
 from .methods import parts, resolve_method
 from .report import EffectReport
+from .suite import get_suite
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -169,8 +170,11 @@ class EffectComparison(Result):
 
 
 def compare_effects(model, methods, suite="quick", with_parts: bool = True, transcoders="auto",
-                    progress: bool = True) -> EffectComparison:
-    """``effects`` for each method against one baseline; combinations also get their parts run alone."""
+                    progress: bool = True, reuse=None) -> EffectComparison:
+    """``effects`` for each method against one baseline; combinations also get their parts run alone.
+
+    reuse: reports already computed (a list of ``EffectReport`` or an ``EffectComparison``) taken as they are
+    when their method's label and suite match, instead of running again."""
     if isinstance(methods, (str, dict)) or not hasattr(methods, "__iter__"):
         methods = [methods]
     resolved = [resolve_method(m) for m in methods]
@@ -185,9 +189,19 @@ def compare_effects(model, methods, suite="quick", with_parts: bool = True, tran
             combos[m.label] = [p.label for p in parts(m)]
         if m.label not in [o.label for o in order]:
             order.append(m)
+    known = {}
+    if reuse is not None:
+        for r in (reuse.reports.values() if isinstance(reuse, EffectComparison) else reuse):
+            if not isinstance(r, EffectReport):
+                raise InputError(f"reuse takes EffectReport objects, got {type(r).__name__}.")
+            known[r.method] = r
+    text = get_suite(suite).describe()
     reports = {}
     for m in order:
-        reports[m.label] = effects(model, m, suite, transcoders=transcoders, progress=progress)
+        r = known.get(m.label)
+        if r is None or r.suite_text != text or r.model_name != model.info.name:
+            r = effects(model, m, suite, transcoders=transcoders, progress=progress)
+        reports[m.label] = r
     return EffectComparison(reports, combos)
 
 

@@ -15,6 +15,7 @@ from efficiency.method import Knob
 from workbench.errors import InputError
 
 from .effects import effects
+from .figures import replace_figure
 from .report import EffectReport
 
 BIG_RANGE = 4096  # wider integer ranges get a number box instead of a slider
@@ -25,10 +26,15 @@ def knob_widget(name: str, knob: Knob, value):
     import ipywidgets as widgets
 
     style = {"description_width": "initial"}
+    if knob.optional and knob.kind in ("int", "float"):
+        # None means "the method's default": a text box, empty for None
+        return widgets.Text(value="" if value is None else str(value), description=name, style=style,
+                            placeholder=f"{knob.range_text()}; empty: default")
     if knob.kind == "bool":
         return widgets.Checkbox(value=bool(value), description=name, style=style)
     if knob.kind == "choice":
-        opts = [(repr(c) if c is None else str(c), c) for c in knob.choices]
+        choices = list(knob.choices) + ([None] if knob.optional and None not in knob.choices else [])
+        opts = [(repr(c) if c is None else str(c), c) for c in choices]
         return widgets.Dropdown(options=opts, value=value, description=name, style=style)
     if knob.kind == "int":
         lo, hi = int(knob.low if knob.low is not None else 0), int(knob.high if knob.high is not None else 1 << 20)
@@ -52,6 +58,15 @@ def knob_widget(name: str, knob: Knob, value):
 
 
 def knob_value(knob: Knob, widget):
+    """The knob's value from its control (None for an empty optional field)."""
+    if knob.optional and knob.kind in ("int", "float"):
+        t = widget.value.strip()
+        if not t:
+            return None
+        try:
+            return int(t) if knob.kind == "int" else float(t)
+        except ValueError:
+            raise InputError(f"{t!r} is not a number ({knob.range_text()}).") from None
     if knob.kind == "layers":
         t = widget.value.strip()
         if not t:
@@ -115,12 +130,6 @@ def lab_explorer(model, suite="quick", families=None, transcoders="auto", panel:
         if ch["new"] is not None:
             build_knobs(ch["new"])
 
-    def replace_figure(new) -> None:
-        with fig.batch_update():
-            fig.data = ()
-            fig.add_traces(list(new.data))
-            fig.layout = new.layout
-
     def show_panel(p: str) -> None:
         if p not in PANELS:
             raise InputError(f"Unknown panel {p!r}; panels: {', '.join(PANELS)}.")
@@ -129,7 +138,7 @@ def lab_explorer(model, suite="quick", families=None, transcoders="auto", panel:
             return
         r = state["current"]
         if r is not None:
-            replace_figure(r.figure(p))
+            replace_figure(fig, r.figure(p))
 
     def render(r: EffectReport) -> None:
         state["current"] = r
@@ -149,8 +158,12 @@ def lab_explorer(model, suite="quick", families=None, transcoders="auto", panel:
                 if k not in state["knobs"]:
                     raise InputError(f"{name}: unknown knob {k!r}; knobs: {', '.join(state['knobs']) or 'none'}.")
                 kn, w = state["knobs"][k]
-                w.value = ",".join(map(str, v)) if kn.kind == "layers" and v is not None else ("" if v is None and
-                                                                                              kn.kind == "layers" else v)
+                if kn.kind == "layers":
+                    w.value = "" if v is None else ",".join(map(str, v))
+                elif kn.optional and kn.kind in ("int", "float"):
+                    w.value = "" if v is None else str(v)
+                else:
+                    w.value = v
         values = {k: knob_value(kn, w) for k, (kn, w) in state["knobs"].items()}
         method = get_method(meth_dd.value, **values)
         if method.label not in reports:

@@ -8,6 +8,14 @@ from plotly.subplots import make_subplots
 BASE, METH = "#7f7f7f", "#d62728"
 
 
+def replace_figure(widget, fig) -> None:
+    """Show ``fig``'s traces and layout in the ``go.FigureWidget`` ``widget``, in place (one batched update)."""
+    with widget.batch_update():
+        widget.data = ()
+        widget.add_traces(list(fig.data))
+        widget.layout = fig.layout
+
+
 def _title(r, what: str) -> str:
     return f"{what}: {r.method} vs baseline ({r.model_name}, suite {r.suite_name})"
 

@@ -88,15 +88,18 @@ class Frontier(Result):
         return fig
 
     def widget(self, panel: str = "overview"):
-        """The figure as a clickable ``FigureWidget``: clicking a method shows its internals ``panel`` below (a
-        dropdown picks the panel). Returns an ipywidgets VBox with ``.figure``, ``.output``, ``.panel_dropdown``
-        ``.show(method, panel=None)`` and ``.current()`` (the method shown)."""
+        """The figure as a clickable ``FigureWidget``: clicking a method draws its internals ``panel`` in a second
+        ``FigureWidget`` below, in place (a dropdown picks the panel). Returns an ipywidgets VBox with ``.figure``,
+        ``.panel_figure``, ``.panel_dropdown``, ``.show(method, panel=None)`` and ``.current()`` (the method
+        shown)."""
         import ipywidgets as widgets
         import plotly.graph_objects as go
-        from IPython.display import display
+
+        from .figures import replace_figure
 
         fig = go.FigureWidget(self.figure())
-        out = widgets.Output()
+        panel_fig = go.FigureWidget()
+        panel_fig.update_layout(height=420, template="plotly_white", title="click a method to see its internals")
         first = next(iter(self.reports.values()), None)
         panels = first.panels() if first is not None else []
         dd = widgets.Dropdown(options=panels, value=panel if panel in panels else (panels[0] if panels else None),
@@ -107,11 +110,10 @@ class Frontier(Result):
             if method not in self.reports:
                 raise InputError(f"{method!r} has no internals report (the baseline is the reference).")
             state["method"] = method
-            if panel is not None:
-                dd.value = panel
-            out.clear_output(wait=True)
-            with out:
-                display(self.reports[method].figure(dd.value))
+            if panel is not None and panel != dd.value:
+                dd.value = panel  # the observer redraws
+                return
+            replace_figure(panel_fig, self.reports[method].figure(dd.value))
 
         def on_click(trace, points, _state):
             if points.point_inds:
@@ -123,8 +125,8 @@ class Frontier(Result):
             if tr.customdata is not None:
                 tr.on_click(on_click)
         dd.observe(lambda ch: show(state["method"]) if state["method"] else None, names="value")
-        box = widgets.VBox([fig, dd, out])
-        box.figure, box.output, box.panel_dropdown, box.show = fig, out, dd, show
+        box = widgets.VBox([fig, dd, panel_fig])
+        box.figure, box.panel_figure, box.panel_dropdown, box.show = fig, panel_fig, dd, show
         box.current = lambda: state["method"]
         return box
 

@@ -74,6 +74,9 @@ def test_frontier_reuses_reports_and_clicks(tiny_llama, comparison):
             tr._dispatch_on_click(Points(point_inds=[i], xs=[tr.x[i]], ys=[tr.y[i]], trace_name=tr.name,
                                          trace_index=0), InputDeviceState())
     assert w.current() == label and w.panel_dropdown.value == "sinks"
+    assert "sink" in w.panel_figure.layout.title.text.lower() and label in w.panel_figure.layout.title.text
+    w.panel_dropdown.value = "drift"
+    assert "drift" in w.panel_figure.layout.title.text.lower()
     with pytest.raises(InputError, match="no internals report"):
         w.show("baseline")
     f2 = lab.frontier(tiny_llama, list(comparison.reports.values()), x="bytes", y="accuracy")
@@ -107,3 +110,28 @@ def test_lab_explorer(tiny_llama, tmp_path):
         box.run("nothing")
     with pytest.raises(InputError, match="No registered"):
         lab.lab_explorer(tiny_llama, suite=TINY, families=["quantum"])
+
+
+def test_knob_widgets_follow_knob_ranges():
+    from efficiency import Knob
+    from lab.explorer import knob_value, knob_widget
+
+    w = knob_widget("ratio", Knob("float", 0.0, 1.0, high_open=True), 0.5)
+    assert w.max < 1.0 and knob_value(Knob("float", 0.0, 1.0, high_open=True), w) == 0.5
+    assert type(knob_widget("bits", Knob("int", 2, 8), 4)).__name__ == "IntSlider"
+    assert type(knob_widget("residual", Knob("int", 0, 1 << 20), 32)).__name__ == "BoundedIntText"
+    group = Knob("choice", choices=(32, 64), optional=True)
+    wg = knob_widget("group", group, None)
+    assert None in [v for _, v in wg.options] and knob_value(group, wg) is None
+    opt = Knob("int", 1, 64, optional=True)
+    wo = knob_widget("rank", opt, None)
+    assert knob_value(opt, wo) is None
+    wo.value = "16"
+    assert knob_value(opt, wo) == 16
+    lay = Knob("layers")
+    wl = knob_widget("layers", lay, [0, 3])
+    assert wl.value == "0,3" and knob_value(lay, wl) == [0, 3]
+    wl.value = "0, x"
+    with pytest.raises(InputError, match="integers separated by commas"):
+        knob_value(lay, wl)
+    assert knob_widget("sym", Knob("bool"), True).value is True
