@@ -223,3 +223,33 @@ def test_bad_input(tiny_llama, tc_tiny):
     with pytest.raises(InputError, match="Cannot use"):
         lab.effects(m, 42, TINY)
     assert m.leftover_hooks() == []
+
+
+def test_concept_scores_by_hand(tiny_llama, monkeypatch):
+    from probes.frames import concept_scores
+    from probes.frames.wordnet import wordnet_available
+
+    if not wordnet_available():
+        pytest.skip("WordNet 3.0 is not installed (make system)")
+    s = TINY.replace(name="concept", concept="pc.n.01")
+    r0 = lab.effects(tiny_llama, ScaleLinear(0, "down", 1.0), s, progress=False)
+    assert r0.concept["correlation"] == pytest.approx(1.0) and r0.concept["mean_abs_change"] == 0
+    r = lab.effects(tiny_llama, ScaleLinear(1, "down", 0.5), s, progress=False)
+    text = tiny_llama.to_string(window(tiny_llama, s).tolist())
+    ref = concept_scores(tiny_llama, text, "pc.n.01").scores[0]
+    assert r.concept["base"] == pytest.approx(ref, abs=1e-4)
+    with tiny_llama.intervene(ScaleLinear(1, "down", 0.5).intervention(tiny_llama)):
+        ref_m = concept_scores(tiny_llama, text, "pc.n.01").scores[0]
+    assert r.concept["method"] == pytest.approx(ref_m, abs=1e-4)
+    assert r.figure("concepts").data
+
+
+def test_missing_wordnet_leaves_only_the_concept_panel_out(tiny_llama, monkeypatch):
+    import probes.frames.wordnet as wn
+
+    monkeypatch.setattr(wn, "wordnet_available", lambda: False)
+    s = TINY.replace(name="no-wordnet", concept="pc.n.01")
+    r = lab.effects(tiny_llama, ScaleLinear(1, "down", 0.5), s, progress=False)
+    assert r.concept is None and any("WordNet 3.0 is not installed" in n for n in r.notes)
+    assert "concepts" not in r.panels() and r.drift_rel[-1] > 0
+    assert "not measured" in r.figure("concepts").layout.title.text
