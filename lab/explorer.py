@@ -82,8 +82,9 @@ def _table_html(df) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:,.4g}", na_rep="")
 
 
-def lab_explorer(model, suite="quick", families=None, transcoders="auto", panel: str = "overview"):
-    """The interactive lab over every registered method (or those of ``families``).
+def lab_explorer(model, suite="quick", families=None, transcoders="auto", panel: str = "overview", reuse=None):
+    """The interactive lab over every registered method (or those of ``families``); ``reuse``: reports already
+    computed on this suite (shown at once when their setting is chosen).
 
     Returns an ``ipywidgets.VBox`` with ``.run(name=None, **knobs)`` (run the selected or given setting and show
     it; returns the ``EffectReport``), ``.show_panel(panel)``, ``.export(path)``, ``.reports`` (label -> report),
@@ -115,7 +116,12 @@ def lab_explorer(model, suite="quick", families=None, transcoders="auto", panel:
     path_txt = widgets.Text(value="out/lab_panel.html", description="export to")
     export_btn = widgets.Button(description="export", icon="download")
     state: dict = {"knobs": {}, "current": None}
-    reports: dict[str, EffectReport] = {}
+    from .suite import get_suite
+
+    text = get_suite(suite).describe()
+    reports: dict[str, EffectReport] = {r.method: r for r in (reuse or [])
+                                        if isinstance(r, EffectReport) and r.suite_text == text
+                                        and r.model_name == model.info.name}
 
     def build_knobs(name: str) -> None:
         m = get_method(name)
