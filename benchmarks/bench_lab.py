@@ -13,7 +13,8 @@ then every method runs through ``lab.effects``:
 - per method: the cost model's bytes against the measured bytes (must be equal), the quality numbers and the
   interleaved prefill/decode ms per token of baseline and method, with threads and load average.
 
-Timings on the shared 2-core machine are provisional: report the load average with them.
+Timings on the shared 2-core machine are provisional: report the load average with them. The process's CPU
+seconds are recorded too: on a loaded machine they show the work done (about threads × wall on a quiet one).
 """
 from __future__ import annotations
 
@@ -73,16 +74,16 @@ def main():
         for i, text in enumerate(a.methods):
             name, knobs = parse_method(text)
             load0 = os.getloadavg()
-            n0, t0 = model.forward_count, time.perf_counter()
+            n0, t0, c0 = model.forward_count, time.perf_counter(), time.process_time()
             r = lab.effects(model, (name, knobs), suite, progress=False)
-            wall = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             fp = r.forward_passes
             if i > 0 and fp["baseline"] != 0:
                 raise SystemExit(f"{r.method}: the baseline was recomputed ({fp['baseline']} forwards)")
             if model.forward_count - n0 != fp["baseline"] + fp["method"] + fp["timing"]:
                 raise SystemExit(f"{r.method}: forward passes do not add up")
             exact = (r.cost.weight_bytes, r.cost.kv_bytes) == (r.measured["weight_bytes"], r.measured["kv_bytes"])
-            row = {"method": r.method, "seconds": wall, "method_seconds": r.seconds, "forward_passes": fp,
+            row = {"method": r.method, "seconds": wall, "cpu_seconds": cpu, "method_seconds": r.seconds, "forward_passes": fp,
                    "includes_baseline": fp["baseline"] > 0, "cost_model_exact": exact, "saving": r.saving,
                    "measured": r.measured, "quality": {k: v for k, v in r.quality.items() if not isinstance(v, tuple)},
                    "timing": r.timing, "loadavg_before": load0, "loadavg_after": os.getloadavg()}
@@ -90,7 +91,7 @@ def main():
                 row["target_seconds"] = TARGETS.get(sname)
                 row["meets_target"] = TARGETS.get(sname) is None or wall <= TARGETS[sname]
             rows.append(row)
-            print(f"[{sname}] {r.method}: {wall:.1f} s (baseline forwards {fp['baseline']}, method {fp['method']}, "
+            print(f"[{sname}] {r.method}: {wall:.1f} s wall, {cpu:.1f} s CPU (baseline forwards {fp['baseline']}, method {fp['method']}, "
                   f"timing {fp['timing']}); cost model exact: {exact}; perplexity {r.quality['perplexity_base']:.3f} -> "
                   f"{r.quality['perplexity']:.3f}; load {load0[0]:.1f}", flush=True)
         out["suites"][sname] = {"suite": suite.describe(), "runs": rows}

@@ -1,5 +1,4 @@
 """Combinations against their parts, the Pareto frontier (static and clickable) and the lab explorer, on tiny-llama."""
-import numpy as np
 import pandas as pd
 import pytest
 

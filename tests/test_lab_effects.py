@@ -1,13 +1,10 @@
 """lab.effects on tiny-llama: every internals metric against a hand computation from a plain forward pass, the
 no-op method, baseline reuse (counted forward passes), and bad input."""
-import math
-
 import numpy as np
 import pytest
 import torch
 
 import lab
-from lab.engine import get_baseline
 from probes.factual import direct_logit_attribution
 from transcoder_helpers import random_tc
 from test_lab_support import TINY, DropSink, ScaleLinear, ScaleUnembedding, window
