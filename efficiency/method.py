@@ -24,6 +24,7 @@ Adding a method: see ``efficiency/registry.py`` (checklist) and ``docs/architect
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -176,6 +177,52 @@ class EfficiencyMethod:
         kv = kv_bytes_full(model, n_tokens)
         return Cost(n_tokens, w, kv, w, kv, self.saving)
 
+    # ------------------------------------------------------------------ measured bytes
+    def kv_tokens_kept(self, model, n_tokens: int) -> int:
+        """Entries per layer and KV head its cache policy leaves of ``n_tokens`` (eviction keeps fewer; default all).
+        ``Combined.cost`` chains it: a KV method after an eviction sees the kept count."""
+        return int(n_tokens)
+
+    def measured_weight_bytes(self, model, intervention) -> int:
+        """Physical bytes of the weights as this method holds them, measured from the tensors really held.
+
+        Called while ``intervention`` (what ``intervention(model)`` returned, or None) is in force. Default:
+        ``model.parameter_bytes()``, right for methods that store their weights in their final form
+        (int8 modules, pruned or low-rank linears). A simulated method, whose model computes with
+        full-precision stand-ins while it holds the packed form aside, overrides this to count what a
+        deployment holds: ``model.parameter_bytes()`` minus the stand-ins' bytes plus the packed tensors held.
+        """
+        return model.parameter_bytes()
+
+    def measured_kv_bytes(self, model, cache) -> int:
+        """Physical bytes of a KV cache produced with this method's cache policy (``KVCache.stats()``)."""
+        return int(cache.stats().physical_bytes)
+
+    def measure(self, model, prompt) -> Cost:
+        """The bytes measured on this machine with the method in force, for ``prompt`` (a text or (T,)/(1, T)
+        ids) as the context: ``cost(model, T)`` predicts exactly these numbers.
+
+        weight_bytes: ``measured_weight_bytes`` inside the method's intervention; kv_bytes: the physical
+        bytes of the cache after prefilling ``prompt`` with its cache policy (under its intervention);
+        baseline_*: the clean model's ``parameter_bytes()`` and full cache, measured the same way. Runs
+        two prefills. Call ``prepare`` first for methods that calibrate.
+        """
+        from workbench.generation import prefill
+
+        self.check_model(model)
+        with model.without_interventions():
+            base_w = model.parameter_bytes()
+            base_cache = prefill(model, prompt)
+            base_kv = int(base_cache.stats().physical_bytes)
+            n = int(base_cache.next_position)
+            del base_cache
+            iv = self.intervention(model)
+            with (model.intervene(iv) if iv is not None else nullcontext()):
+                w = int(self.measured_weight_bytes(model, iv))
+                cache = prefill(model, prompt, cache_policy=self.cache_policy(model))
+                kv = int(self.measured_kv_bytes(model, cache))
+        return Cost(n, w, kv, base_w, base_kv, self.saving, "measured")
+
     # ------------------------------------------------------------------ shared
     @property
     def label(self) -> str:
@@ -219,8 +266,25 @@ class Combined(EfficiencyMethod):
             m.prepare(model, texts)
 
     def intervention(self, model):
-        ivs = [iv for m in self.methods if (iv := m.intervention(model)) is not None]
-        return Compose(ivs) if ivs else None
+        pairs = [(m, iv) for m in self.methods if (iv := m.intervention(model)) is not None]
+        return CombinedIntervention(pairs) if pairs else None
+
+    def measured_weight_bytes(self, model, intervention) -> int:
+        """The sum of each part's change: ``parameter_bytes() + Σ_i (measured_i − parameter_bytes())``, each part
+        measured against its own sub-intervention (so each simulated part swaps its own stand-ins for its packed
+        form)."""
+        total = model.parameter_bytes()
+        if intervention is None:
+            return total
+        if not isinstance(intervention, CombinedIntervention):
+            raise InputError("Combined.measured_weight_bytes needs the intervention that Combined.intervention made.")
+        return total + sum(int(m.measured_weight_bytes(model, iv)) - total for m, iv in intervention.pairs)
+
+    def measured_kv_bytes(self, model, cache) -> int:
+        kv = [m for m in self.methods if type(m).measured_kv_bytes is not EfficiencyMethod.measured_kv_bytes]
+        if len(kv) > 1:
+            raise InputError("Combined: more than one part measures its KV cache its own way; measure them apart.")
+        return int(kv[0].measured_kv_bytes(model, cache)) if kv else int(cache.stats().physical_bytes)
 
     def cache_policy(self, model):
         pols = [p for m in self.methods if (p := m.cache_policy(model)) is not None]
@@ -238,11 +302,18 @@ class Combined(EfficiencyMethod):
         return kinds.pop() if len(kinds) == 1 else "mixed"
 
     def cost(self, model, n_tokens: int) -> Cost:
+        """Weights: the baseline plus each part's change. KV: the cache policies run in order after prefill, so the
+        cache holds what the *last* KV part makes of the entries the earlier ones left (e.g. eviction to 90 of 180
+        tokens, then KIVI packs those 90: KIVI's bytes at 90 tokens)."""
         costs = [m.cost(model, n_tokens) for m in self.methods]
         base_w, base_kv = costs[0].baseline_weight_bytes, costs[0].baseline_kv_bytes
         w = base_w + sum(c.weight_bytes - c.baseline_weight_bytes for c in costs)
-        kv = base_kv * _prod(c.kv_ratio for c in costs)
-        return Cost(n_tokens, int(w), int(round(kv)), base_w, base_kv, self.saving,
+        kv, n_kept = base_kv, int(n_tokens)
+        for m in self.methods:
+            if m.cache_policy(model) is not None:
+                kv = m.cost(model, n_kept).kv_bytes
+                n_kept = m.kv_tokens_kept(model, n_kept)
+        return Cost(n_tokens, int(w), int(kv), base_w, base_kv, self.saving,
                     "; ".join(c.note for c in costs if c.note))
 
     @property
@@ -250,8 +321,10 @@ class Combined(EfficiencyMethod):
         return " + ".join(m.label for m in self.methods)
 
 
-def _prod(xs) -> float:
-    out = 1.0
-    for x in xs:
-        out *= x
-    return out
+class CombinedIntervention(Compose):
+    """The interventions of a ``Combined`` method, composed in order, remembering which method made which
+    (``pairs``: (method, intervention)), so each part can measure its own bytes."""
+
+    def __init__(self, pairs):
+        self.pairs = list(pairs)
+        super().__init__([iv for _, iv in self.pairs])

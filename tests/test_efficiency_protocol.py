@@ -47,9 +47,16 @@ def test_combined_composes_policies_and_costs(tiny_llama):
     assert isinstance(both, ef.Combined) and len(both.methods) == 2
     pol = both.cache_policy(m)
     assert "→" in pol.name
-    c = both.cost(m, 64)
-    assert c.kv_ratio == pytest.approx(both.methods[0].cost(m, 64).kv_ratio * both.methods[1].cost(m, 64).kv_ratio,
-                                       rel=1e-3)
+    measured = both.measure(m, PROMPT)
+    c = both.cost(m, measured.n_tokens)
+    assert (c.kv_bytes, c.weight_bytes) == (measured.kv_bytes, measured.weight_bytes)
+    # eviction first, then KIVI packs what is left: KIVI's bytes at the kept count, less than either alone
+    kept = both.methods[0].kv_tokens_kept(m, measured.n_tokens)
+    assert kept < measured.n_tokens and c.kv_bytes == both.methods[1].cost(m, kept).kv_bytes
+    assert c.kv_bytes < min(mm.cost(m, measured.n_tokens).kv_bytes for mm in both.methods)
+    # the other order: eviction after KIVI stores the kept entries unpacked (what the cache really holds)
+    rev = both.methods[1] + both.methods[0]
+    assert rev.cost(m, measured.n_tokens).kv_bytes == rev.measure(m, PROMPT).kv_bytes
     assert both.intervention(m) is None and both.label.startswith("streaming_llm(ratio=0.5) + kivi(")
 
 

@@ -58,9 +58,12 @@ class KVEviction(EfficiencyMethod):
             bind(model)
         return pol
 
+    def kv_tokens_kept(self, model, n_tokens: int) -> int:
+        return min(self.cache_policy(model).target(n_tokens), n_tokens) if self.ratio else int(n_tokens)
+
     def cost(self, model, n_tokens: int) -> Cost:
         full = kv_bytes_full(model, n_tokens)
-        keep = min(self.cache_policy(model).target(n_tokens), n_tokens) if self.ratio else n_tokens
+        keep = self.kv_tokens_kept(model, n_tokens)
         w = model.parameter_bytes()
         return Cost(n_tokens, w, full * keep // max(n_tokens, 1), w, full, "real",
                     f"{keep} of {n_tokens} tokens kept per layer and KV head")

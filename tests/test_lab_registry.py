@@ -1,0 +1,65 @@
+"""Every registered efficiency method (``efficiency.list_methods()``, so methods added later are covered too), at
+its default setting, on tiny-llama: its cost model predicts exactly the bytes measured, and the lab runs it.
+
+A method that cannot run on this tiny family must refuse through ``check_model`` with a message, which is accepted.
+Methods that calibrate get ``prepare(model, texts)`` with a few tiny training texts first.
+"""
+import math
+
+import numpy as np
+import pytest
+
+import efficiency as ef
+import lab
+from workbench import InputError
+
+PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
+NAMES = sorted(ef.list_methods()["name"])
+# the smallest suite that still reads every panel (no timing)
+REGISTRY = lab.Suite("registry", ppl_windows=1, ppl_tokens=40, kl_positions=4, internals_windows=1, probe_rows=2,
+                     facts=(), facts_per_relation=0, fact_context=0, passkey_n=0, timing_repeats=0, calibration_n=2,
+                     calibration_tokens=32, concept=None)
+
+
+def _method_or_refusal(model, name):
+    m = ef.get_method(name)
+    try:
+        m.check_model(model)
+    except InputError as e:
+        assert str(e).strip(), f"{name} refused tiny-llama without saying why"
+        return None
+    if m.needs_calibration:
+        m.prepare(model, lab.suite.materialize(model, REGISTRY).calibration)
+    return m
+
+
+def test_the_registry_is_covered():
+    assert {"snapkv", "streaming_llm", "kivi"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cost_model_equals_measured_bytes(tiny_llama, name):
+    m = _method_or_refusal(tiny_llama, name)
+    if m is None:
+        return
+    measured = m.measure(tiny_llama, PROMPT)
+    predicted = m.cost(tiny_llama, measured.n_tokens)
+    assert (predicted.weight_bytes, predicted.kv_bytes) == (measured.weight_bytes, measured.kv_bytes), name
+    assert (predicted.baseline_weight_bytes, predicted.baseline_kv_bytes) == \
+        (measured.baseline_weight_bytes, measured.baseline_kv_bytes), name
+    assert predicted.saving == m.saving in ("real", "simulated", "mixed")
+    assert tiny_llama.active_edits() == []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_lab_runs_every_method(tiny_llama, name):
+    m = _method_or_refusal(tiny_llama, name)
+    if m is None:
+        return
+    r = lab.effects(tiny_llama, m, REGISTRY, progress=False)
+    q = r.quality
+    assert math.isfinite(q["perplexity"]) and q["kl"] >= 0
+    assert (r.cost.weight_bytes, r.cost.kv_bytes) == (r.measured["weight_bytes"], r.measured["kv_bytes"])
+    assert np.isfinite(r.drift_rel).all() and np.isfinite(r.attention_tv).all()
+    assert r.forward_passes["method"] > 0
+    assert tiny_llama.active_edits() == [] and tiny_llama.leftover_hooks() == []
