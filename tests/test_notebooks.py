@@ -31,8 +31,8 @@ SMALL = {
     "factual_recall": {"n_eval_per_relation": 2, "n_mech_per_relation": 3, "suppression_alphas": [0.0, 1.0],
                        "n_patch_pairs": 1, "lens_pydoc_chunks": 6, "lens_max_tokens": 48, "lens_layer_step": 10,
                        "lens_eval_tokens": 100, "lre_n_train": 1, "lre_n_test": 4, "sat_n_prompts": 40},
-    "transcoders": {"train_tokens": 2048, "train_steps": 5, "train_d_sae": 256, "eval_windows": 2, "eval_context": 64,
-                    "feature_texts": 8},
+    "transcoders": {"train_tokens": 2048, "train_steps": 5, "train_d_sae": 256, "eval_docs_per_domain": 1,
+                    "eval_tokens_per_domain": 32, "eval_context": 32, "eval_heldout_tokens": 32, "feature_texts": 8},
 }
 
 

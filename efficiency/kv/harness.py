@@ -235,7 +235,7 @@ def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snap
 # ---------------------------------------------------------------------------------------------- perplexity
 def long_texts(model, n: int = 4, n_tokens: int = 2048, corpus: str | None = None) -> list[str]:
     """``n`` texts of about ``n_tokens`` tokens cut from ``pydoc_data.topics`` (see the module docstring),
-    or from ``corpus`` when given (e.g. the bundled corpus joined: ``probes.transcoders.load_corpus``).
+    or from ``corpus`` when given (e.g. the bundled corpus joined: ``workbench.texts.load_corpus("heldout")``).
 
     The topics are joined in key order with blank lines, tokenized once, and cut into ``n`` windows
     starting at evenly spaced token offsets; each window is decoded back to text (re-tokenizing it
