@@ -33,6 +33,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def _autocast_iter(it, device_type: str, enabled: bool):
+    """Advance a generator (the streamed harvest) under bf16 autocast, one item at a time."""
+    import torch
+    while True:
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled):
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+        yield item
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, nargs="*", default=[8, 15], help="transcoder layers")
@@ -57,6 +69,10 @@ def main(argv=None) -> None:
     ap.add_argument("--checkpoint-every", type=int, default=250)
     ap.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
     ap.add_argument("--harvest-only", action="store_true")
+    ap.add_argument("--model", default=None, help="model to load (default: SmolLM2; e.g. tiny-llama for a smoke test)")
+    ap.add_argument("--no-autocast", dest="autocast", action="store_false",
+                    help="float32 throughout (default: bfloat16 autocast for the harvest forward pass and the "
+                         "training matmuls, about 2x faster on CPUs with AMX; evaluation is always float32)")
     args = ap.parse_args(argv)
 
     import torch
@@ -71,7 +87,8 @@ def main(argv=None) -> None:
 
     log = lambda s: print(s, flush=True)  # noqa: E731
     t0 = time.perf_counter()
-    model = wb.load()
+    load0 = os.getloadavg()[0]
+    model = wb.load(args.model) if args.model else wb.load()
     d = model.info.d_model
     if args.all_layers:
         args.layers, args.sae_layers = list(range(model.info.n_layers)), []
@@ -89,7 +106,7 @@ def main(argv=None) -> None:
         cfg = TranscoderTrainingConfig(d_in=d, d_out=d, d_sae=width, activation=args.activation, skip=args.skip,
                                        k=args.k, l1_coefficient=args.l1, l0_coefficient=args.l0, lr=args.lr,
                                        total_steps=args.steps, batch_size=args.batch_size, seed=args.seed + layer,
-                                       checkpoint_every=args.checkpoint_every,
+                                       checkpoint_every=args.checkpoint_every, autocast=args.autocast,
                                        resample_until=0 if args.activation == "topk" else args.steps // 2)
         dirs[key] = args.checkpoint_dir / key
         if not args.fresh and (dirs[key] / "training_state.json").exists():
@@ -105,12 +122,15 @@ def main(argv=None) -> None:
     layers = sorted({l for _, l, _ in specs})
     t_h = time.perf_counter()
     if args.all_layers:
-        data = pair_batches(model, layers, batch_size=args.batch_size, buffer_tokens=args.buffer_tokens,
-                            seed=args.seed, repeat=True, stats=stats)
+        data = _autocast_iter(pair_batches(model, layers, batch_size=args.batch_size,
+                                           buffer_tokens=args.buffer_tokens, seed=args.seed, repeat=True, stats=stats),
+                              model.device.type, args.autocast)
         harvest_wall = 0.0
     else:
         folder = args.activation_dir / f"layers{'-'.join(map(str, layers))}-{args.tokens}-seed{args.seed}"
-        acts = harvest_to_disk(model, layers, args.tokens, folder, seed=args.seed, stats=stats, log=log)
+        folder = folder.with_name(folder.name + ("-bf16" if args.autocast else ""))
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.autocast):
+            acts = harvest_to_disk(model, layers, args.tokens, folder, seed=args.seed, stats=stats, log=log)
         harvest_wall = time.perf_counter() - t_h
         if stats.tokens:
             log(f"harvested {stats.tokens} tokens at {stats.tokens_per_s:.0f} tok/s ({harvest_wall:.0f} s)")
@@ -128,7 +148,8 @@ def main(argv=None) -> None:
     summary = {"command": " ".join(["python", "scripts/train_transcoders.py", *(argv if argv is not None else sys.argv[1:])]),
                "wall_seconds": wall, "harvest_wall_seconds": harvest_wall, "train_wall_seconds": train_wall,
                "harvest_tokens": stats.tokens, "harvest_forward_seconds": stats.forward_s,
-               "harvest_tokens_per_s": stats.tokens_per_s, "threads": args.threads,
+               "harvest_tokens_per_s": stats.tokens_per_s, "threads": args.threads, "autocast_bf16": args.autocast,
+               "load_avg_start_end": [load0, os.getloadavg()[0]],
                "corpus_sha256": info.get("corpus_sha256"), "models": {}}
     args.out.mkdir(parents=True, exist_ok=True)
     for key, res in results.items():

@@ -216,3 +216,21 @@ def test_disk_harvest_matches_memory_and_resumes(tiny_llama, tmp_path):
     rows = torch.cat([next(it)[1][1] for _ in range(n // 31)])
     want = torch.from_numpy(np.asarray(again.arrays[("y", 1)]).astype(np.float32))
     assert torch.equal(rows[rows[:, 0].argsort()], want[want[:, 0].argsort()])
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_topk_training_loss_is_the_saelens_forward(autocast):
+    """The trainer's sparse TopK decode (embedding_bag) computes the same reconstruction as the
+    SAELens module's forward; with bf16 autocast up to bf16 rounding."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(256, 24, generator=g), torch.randn(256, 24, generator=g)
+    cfg = TranscoderTrainingConfig(d_in=24, d_out=24, d_sae=96, activation="topk", k=6, total_steps=10,
+                                   autocast=autocast, batch_size=256)
+    tr = TranscoderTrainer(cfg)
+    tr.step(x, y)  # sets the loss scale
+    with torch.no_grad():
+        want = float(((tr.tc(x) - y) ** 2).sum(-1).mean() / tr.scale)
+        l0 = float((tr.tc.encode(x) > 0).sum(-1).float().mean())
+    m = tr.step(x, y)
+    assert m["mse"] == pytest.approx(want, rel=2e-2 if autocast else 1e-5)
+    assert m["l0"] == pytest.approx(l0, abs=0.5 if autocast else 1e-6)
