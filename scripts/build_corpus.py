@@ -46,9 +46,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 OUT_DIR = ROOT / "workbench" / "texts" / "data" / "corpus"
 SOURCES = ("generated", "python-docs", "man-pages", "package-docs", "code", "wordnet")
 # Default character budgets per corpus source (about 4 characters per token for prose, 3 for code).
-BUDGETS = {"python-docs": 1_500_000, "man-pages": 1_000_000, "package-docs": 450_000, "code-python": 950_000,
-           "code-c-cpp": 350_000, "code-cython": 100_000, "code-javascript": 200_000, "code-typescript": 50_000,
-           "code-r": 30_000, "code-perl": 220_000, "wordnet": 320_000}
+BUDGETS = {"python-docs": 1_500_000, "man-pages": 1_000_000, "package-docs": 550_000, "code-python": 750_000,
+           "code-c-cpp": 250_000, "code-cython": 80_000, "code-javascript": 200_000, "code-typescript": 50_000,
+           "code-r": 30_000, "code-perl": 220_000, "wordnet": 450_000}
 # Largest share of a code budget one package may take (JavaScript: few packages ship readable JS).
 GROUP_CAP = {"code-javascript": 0.35, "code-typescript": 1.0, "code-r": 1.0}
 SHINGLE_WORDS = 12
@@ -87,7 +87,8 @@ def dedupe_paragraphs(docs: list[dict], min_par: int = 100, min_doc: int = 200) 
 
 def heldout_groups(docs: list[dict], fraction: float, seed: int) -> set[str]:
     """Whole groups to hold out: per (source, genre), groups in a seeded order until ``fraction``
-    of that stratum's characters is reached (groups above twice the remaining target skipped)."""
+    of that stratum's characters is reached, skipping groups larger than twice what is still
+    missing; when every group is that large, the smallest one."""
     strata: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for d in docs:
         strata[(d["source"], d["genre"])][d["group"]] += len(d["text"])
@@ -102,12 +103,12 @@ def heldout_groups(docs: list[dict], fraction: float, seed: int) -> set[str]:
         for g in order:
             if got >= target:
                 break
-            if sizes[g] > 2 * (target - got) and got > 0:
-                continue
-            if sizes[g] > 0.5 * sum(sizes.values()):
+            if sizes[g] > 2 * (target - got):
                 continue
             out.add(g)
             got += sizes[g]
+        if got == 0:
+            out.add(min(order, key=lambda g: (sizes[g], order.index(g))))
     return out
 
 
@@ -210,7 +211,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", type=Path, default=OUT_DIR)
     ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
-    ap.add_argument("--generated", type=int, default=960, help="model-generated documents (grid cells)")
+    ap.add_argument("--generated", type=int, default=192,
+                    help="model-generated documents (the first cells of the seeded grid; 1,920 cells in all)")
     ap.add_argument("--gen-batch-size", type=int, default=32)
     ap.add_argument("--gen-max-new-tokens", type=int, default=200)
     ap.add_argument("--gen-cache", type=Path, default=None, help="cache folder for generated batches")

@@ -12,8 +12,9 @@ layer 8's ``mlp_out``, all from one harvest of the bundled corpus's training spl
    ``--checkpoint-dir``, and rerunning the command resumes from them;
 3. write the float16 SAELens folders ``--out/smollm2-layer{L}[-sae]/`` and ``summary.json``.
 
-Several ``--d-sae`` values train one model per width from the same batches (a width sweep; the
-folders get a ``-d{width}`` suffix). ``--all-layers`` trains a transcoder for every layer from a
+``--extra KIND:LAYER:D_SAE`` trains more models from the same batches (e.g. ``tc:8:1536`` for a
+width comparison) into ``--extra-out``, with a ``-d{width}`` suffix; the shipped ones are
+unaffected (each model's result depends only on its seed and the shared batches). ``--all-layers`` trains a transcoder for every layer from a
 streamed harvest (a full forward pass per batch, no activation files: 30 layers of float16 rows
 would need about 70 kB per token), for complete replacement circuits.
 
@@ -52,14 +53,17 @@ def main(argv=None) -> None:
     ap.add_argument("--all-layers", action="store_true", help="a transcoder for every layer (streamed harvest)")
     ap.add_argument("--activation", default="topk", choices=["relu", "topk", "jumprelu"])
     ap.add_argument("--skip", action="store_true", help="add SAELens's skip connection W_skip")
-    ap.add_argument("--d-sae", type=int, nargs="+", default=[3072])
+    ap.add_argument("--d-sae", type=int, default=3072)
+    ap.add_argument("--extra", nargs="*", default=[], metavar="KIND:LAYER:D_SAE",
+                    help="more models trained on the same batches (KIND: tc or sae), written to --extra-out")
+    ap.add_argument("--extra-out", type=Path, default=ROOT / "out" / "transcoders-extra")
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--l1", type=float, default=3.0, help="L1 coefficient (relu)")
     ap.add_argument("--l0", type=float, default=0.02, help="L0 coefficient (jumprelu)")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=1024)
-    ap.add_argument("--tokens", type=int, default=1_000_000, help="activation rows harvested per layer")
+    ap.add_argument("--tokens", type=int, default=800_000, help="activation rows harvested per layer")
     ap.add_argument("--buffer-tokens", type=int, default=65536, help="shuffle buffer (--all-layers)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -92,17 +96,23 @@ def main(argv=None) -> None:
     d = model.info.d_model
     if args.all_layers:
         args.layers, args.sae_layers = list(range(model.info.n_layers)), []
-    specs = [(kind, l, w) for kind, ls in (("tc", args.layers), ("sae", args.sae_layers)) for l in ls for w in args.d_sae]
+    specs = [(kind, l, args.d_sae, False) for kind, ls in (("tc", args.layers), ("sae", args.sae_layers)) for l in ls]
+    for e in args.extra:
+        try:
+            kind, l, w = e.split(":")
+            assert kind in ("tc", "sae")
+            specs.append((kind, int(l), int(w), True))
+        except (ValueError, AssertionError):
+            ap.error(f"--extra {e!r}: expected KIND:LAYER:D_SAE with KIND tc or sae, e.g. tc:8:1536")
     if not specs:
         ap.error("nothing to train: give --layers and/or --sae-layers")
-    sweep = len(args.d_sae) > 1
 
-    def name(kind, l, w):
-        return f"smollm2-layer{l}{'-sae' if kind == 'sae' else ''}{f'-d{w}' if sweep else ''}"
+    def name(kind, l, w, extra):
+        return f"smollm2-layer{l}{'-sae' if kind == 'sae' else ''}{f'-d{w}' if extra else ''}"
 
     trainers, dirs = {}, {}
-    for kind, layer, width in specs:
-        key = name(kind, layer, width)
+    for kind, layer, width, extra in specs:
+        key = name(kind, layer, width, extra)
         cfg = TranscoderTrainingConfig(d_in=d, d_out=d, d_sae=width, activation=args.activation, skip=args.skip,
                                        k=args.k, l1_coefficient=args.l1, l0_coefficient=args.l0, lr=args.lr,
                                        total_steps=args.steps, batch_size=args.batch_size, seed=args.seed + layer,
@@ -119,7 +129,7 @@ def main(argv=None) -> None:
             trainers[key] = TranscoderTrainer(cfg, metadata=md)
 
     stats = HarvestStats()
-    layers = sorted({l for _, l, _ in specs})
+    layers = sorted({s[1] for s in specs})
     t_h = time.perf_counter()
     if args.all_layers:
         data = _autocast_iter(pair_batches(model, layers, batch_size=args.batch_size,
@@ -137,7 +147,8 @@ def main(argv=None) -> None:
         if args.harvest_only:
             return
         data = acts.batches(args.batch_size, seed=args.seed)
-    by_key = {key: (kind, l) for key, (kind, l, _) in zip([name(*s) for s in specs], specs)}
+    by_key = {name(*s): (s[0], s[1]) for s in specs}
+    extra_keys = {name(*s) for s in specs if s[3]}
     # an SAE is a transcoder whose input is its target
     stream = ({key: (b[l][1], b[l][1]) if kind == "sae" else b[l] for key, (kind, l) in by_key.items()} for b in data)
     t_train = time.perf_counter()
@@ -154,7 +165,7 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for key, res in results.items():
         kind, layer = by_key[key]
-        folder = args.out / key
+        folder = (args.extra_out if key in extra_keys else args.out) / key
         save_transcoder(as_sae(res.transcoder) if kind == "sae" else res.transcoder, folder, half=True)
         last = res.history.iloc[-1].to_dict()
         summary["models"][key] = {"kind": kind, "layer": layer, "d_sae": res.transcoder.cfg.d_sae,
