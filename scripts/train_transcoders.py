@@ -63,7 +63,8 @@ def main(argv=None) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=1024)
-    ap.add_argument("--tokens", type=int, default=800_000, help="activation rows harvested per layer")
+    ap.add_argument("--tokens", type=int, default=536_448,
+                    help="activation rows harvested per layer (default: 528 batches of 8 windows x 127 rows)")
     ap.add_argument("--buffer-tokens", type=int, default=65536, help="shuffle buffer (--all-layers)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
