@@ -7,6 +7,8 @@
 #   make test    run the test suite
 #   make lab     JupyterLab on notebooks/ (a double-click opens a .py as a notebook, kernel from .venv)
 #   make transcoders  retrain the shipped SmolLM2 transcoders (layers 8, 15) and the layer-8 SAE
+#   make transcoders-all-layers  a transcoder for every SmolLM2 layer (out/transcoders-all-layers)
+#   make corpus  rebuild the bundled training corpus (workbench/texts/data/corpus; needs make system)
 #   make bench   benchmarks (core, decoding, sinks, KV cache, factual recall, patching, transcoders, frames)
 #                -> benchmarks/results/*.json; see BENCHMARKS.md
 
@@ -26,7 +28,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 export TQDM_DISABLE ?= 1
 
-.PHONY: venv system model demo test lab bench transcoders
+.PHONY: venv system model demo test lab bench transcoders transcoders-all-layers corpus
 
 venv: $(STAMP)
 
@@ -77,6 +79,12 @@ bench: venv model
 	$(PY) benchmarks/bench_frames.py
 	$(PY) benchmarks/bench_transcoders.py
 
+# One harvest of the corpus feeds both transcoders and the SAE (see BENCHMARKS.md for the time).
 transcoders: venv model
 	OMP_NUM_THREADS=1 $(PY) scripts/train_transcoders.py --threads 1
-	OMP_NUM_THREADS=1 $(PY) scripts/train_transcoders.py --threads 1 --sae --layers 8
+
+transcoders-all-layers: venv model
+	OMP_NUM_THREADS=1 $(PY) scripts/train_transcoders.py --threads 1 --all-layers --out out/transcoders-all-layers
+
+corpus: venv model system
+	OMP_NUM_THREADS=1 $(PY) scripts/build_corpus.py --threads 1

@@ -165,10 +165,10 @@ def bench_quality(m, passkey_n, passkey_tokens, ppl_long_n=3, ppl_long_tokens=20
     ppl = {}
     runs = [("corpus_texts", texts, "prompt"), ("corpus_joined_per_domain", joined, "prompt")] if do_ppl else []
     if long:
-        from probes.transcoders import load_corpus
+        from workbench.texts import load_corpus
 
-        # the bundled corpus (held-out split of probes/data/corpus), joined and cut into long windows
-        bundled = long_texts(m, ppl_long_n, ppl_long_tokens, corpus="\n\n".join(load_corpus("eval")))
+        # the bundled corpus (in-domain held-out split, workbench/texts/data/corpus), joined and cut into long windows
+        bundled = long_texts(m, ppl_long_n, ppl_long_tokens, corpus="\n\n".join(load_corpus("heldout")))
         runs += [(f"pydoc_{ppl_long_tokens}", long, "prompt"), (f"pydoc_{ppl_long_tokens}_streaming", long, "stream"),
                  (f"bundled_corpus_{ppl_long_tokens}", bundled, "prompt"),
                  (f"bundled_corpus_{ppl_long_tokens}_streaming", bundled, "stream")]

@@ -25,9 +25,9 @@ is shared: compare ratios measured side by side in one run, not absolute times a
    (fp32, int8 with per-token input ranges, int8 with one range per call) and the physical weight bytes.
 
 2. Quality (``--sections quality``). For every method in the table (``QUICK`` / ``FULL`` below):
-   perplexity of 2048-token windows of the bundled corpus's ``python-3.11-docs`` source (the second half of each
+   perplexity of 2048-token windows of the bundled corpus's ``python-docs`` source (the second half of each
    window scored after the first half is prefilled, ``efficiency.kv.perplexity``, with the method's KV cache policy
-   if any), on held-out text: calibration (GPTQ, DFRot) uses the other source, ``wordnet-3.0-glosses`` (train
+   if any), on held-out text: calibration (GPTQ, DFRot) uses the other source, ``wordnet`` (train
    split); an in-domain perplexity on windows of the wordnet eval split is reported too; next-token KL against
    the float model on the first ``--kl-tokens`` tokens of each evaluation window; top-1 accuracy on bundled facts
    (``probes.factual``); passkey retrieval at ``--passkey-tokens`` (greedy, through the method's cache policy);
@@ -65,7 +65,7 @@ import torch  # noqa: E402
 
 CONTEXT = 256
 TARGET_RATIO, TARGET_PPL_INT8 = 0.95, 0.01
-CALIB_SOURCE, EVAL_SOURCE = "wordnet-3.0-glosses", "python-3.11-docs"
+CALIB_SOURCE, EVAL_SOURCE = "wordnet", "python-docs"
 
 # (row label, registry name, knobs)
 FULL = [
@@ -225,7 +225,7 @@ def _texts(m, cfg):
     calib = load_corpus("train", sources=[CALIB_SOURCE])
     ev = long_texts(m, cfg["windows"], cfg["window_tokens"], corpus="\n\n".join(load_corpus("all", sources=[EVAL_SOURCE])))
     ind = long_texts(m, cfg["in_windows"], cfg["window_tokens"],
-                     corpus="\n\n".join(load_corpus("eval", sources=[CALIB_SOURCE])))
+                     corpus="\n\n".join(load_corpus("heldout", sources=[CALIB_SOURCE])))
     return calib, ev, ind
 
 

@@ -8,9 +8,9 @@ timing compares variants measured in interleaved order in the same run (ratios, 
 the machine load (``os.getloadavg``) and thread count are recorded with the results.
 
 Data (no source shared between calibration and evaluation):
-- calibration: the bundled corpus, source "python-3.11-docs", train split;
-- held-out, out of domain: windows of the bundled corpus's "wordnet-3.0-glosses" documents;
-- held-out, in domain: windows of the "python-3.11-docs" eval split (documents never calibrated on);
+- calibration: the bundled corpus, source "python-docs", train split;
+- held-out, out of domain: windows of the bundled corpus's "wordnet" documents;
+- held-out, in domain: windows of the "python-docs" eval split (documents never calibrated on);
 - facts: ``probes.factual.load_facts()``; LASER and TrimLLM select on one half, report on the other.
 Perplexity is ``efficiency.kv.harness.perplexity`` (each window's second half scored after its first
 half), on windows of ``--ppl-tokens`` tokens (2048 in full mode).
@@ -79,9 +79,9 @@ class Data:
     """Calibration texts, held-out windows and facts (see the module docstring)."""
 
     def __init__(self, m, cfg):
-        self.calib = load_corpus("train", sources=["python-3.11-docs"])
-        gloss = "\n\n".join(load_corpus("all", sources=["wordnet-3.0-glosses"]))
-        docs_eval = "\n\n".join(load_corpus("eval", sources=["python-3.11-docs"]))
+        self.calib = load_corpus("train", sources=["python-docs"])
+        gloss = "\n\n".join(load_corpus("all", sources=["wordnet"]))
+        docs_eval = "\n\n".join(load_corpus("heldout", sources=["python-docs"]))
         self.ood = long_texts(m, cfg["ppl_n"], cfg["ppl_tokens"], corpus=gloss)
         self.indomain = long_texts(m, cfg["ppl_n"], cfg["ppl_tokens"], corpus=docs_eval)
         facts = load_facts()
@@ -220,7 +220,7 @@ def sec_pruning(m, data, cfg, log) -> dict:
 def sec_attn_drop(m, data, cfg, log) -> dict:
     out = {"rows": []}
     text = "\n\n".join(data.ood)
-    gloss = "\n\n".join(load_corpus("all", sources=["wordnet-3.0-glosses"]))
+    gloss = "\n\n".join(load_corpus("all", sources=["wordnet"]))
     methods = {"none": None}
     for r in (0.25, 0.5):
         meth = ef.get_method("attn_drop", ratio=r, window=256, n_windows=cfg["calib_windows"])

@@ -33,7 +33,7 @@ def check_texts(texts, what: str = "calibration") -> list[str]:
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
         raise InputError(f"The {what} corpus is empty: pass a non-empty list of non-empty strings "
-                         "(e.g. the bundled corpus, probes.transcoders.load_corpus()).")
+                         "(e.g. the bundled corpus, workbench.texts.load_corpus()).")
     return texts
 
 

@@ -28,14 +28,10 @@ from workbench.errors import InputError
 
 # ---------------------------------------------------------------------------------------------- texts
 def _corpus(split: str) -> list[str]:
-    """The bundled corpus's documents of one split ("train" or the held-out "eval").
+    """The bundled corpus's documents of one split ("train", or "eval" for the held-out groups)."""
+    from workbench.texts import load_corpus
 
-    The one place the lab reads the corpus: when it moves to ``workbench.texts.corpus`` this becomes
-    ``load_corpus({"eval": "heldout"}.get(split, split))`` imported from there.
-    """
-    from probes.transcoders.corpus import load_corpus
-
-    return load_corpus(split)
+    return load_corpus({"eval": "heldout"}.get(split, split))
 
 
 def evaluation_texts() -> list[str]:

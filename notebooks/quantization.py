@@ -92,7 +92,7 @@ model
 display(ef.list_methods("weight-quantization"))
 display(ef.list_methods("activation-quantization")[["name", "calibrates"]])
 
-CALIB_SOURCE, EVAL_SOURCE = "wordnet-3.0-glosses", "python-3.11-docs"
+CALIB_SOURCE, EVAL_SOURCE = "wordnet", "python-docs"
 calibration = load_corpus("train", sources=[CALIB_SOURCE])
 eval_texts = long_texts(model, eval_windows, eval_tokens, corpus="\n\n".join(load_corpus("all", sources=[EVAL_SOURCE])))
 print(f"calibration: {len(calibration)} documents of {CALIB_SOURCE}; evaluation: {len(eval_texts)} windows of "

@@ -70,8 +70,8 @@ from workbench.tasks import passkey_prompts, score_passkey
 torch.set_grad_enabled(False)
 figs = {}
 model = wb.load(model_name)
-calib = load_corpus("train", sources=["python-3.11-docs"])
-gloss = "\n\n".join(load_corpus("all", sources=["wordnet-3.0-glosses"]))
+calib = load_corpus("train", sources=["python-docs"])
+gloss = "\n\n".join(load_corpus("all", sources=["wordnet"]))
 held_out = long_texts(model, n_ppl, ppl_tokens, corpus=gloss)
 facts = list(load_facts().sample(facts_per_relation, seed=0))
 half = len(facts) // 2

@@ -26,23 +26,27 @@
 # 1. the bundled corpus and the streaming harvest of (mlp_in, mlp_out) pairs;
 # 2. training a TopK transcoder (tiny here; the shipped ones come from `scripts/train_transcoders.py`);
 # 3. saving and reloading it with SAELens;
-# 4. evaluating a shipped transcoder: L0, FVU, next-token loss with the MLP replaced, dead and
-#    dense features, next to an SAE on the MLP output trained the same way;
+# 4. evaluating a shipped transcoder on text it never saw: L0, FVU, the fraction of next-token loss
+#    recovered against a zero-ablated and a mean-ablated MLP, per domain with bootstrap
+#    intervals, dead and dense features, next to an SAE on the MLP output at the same L0;
 # 5. features and circuits;
 # 6. export of every figure.
 #
-# Formulas, defaults, measured numbers and papers: `docs/transcoders.md`.
+# Formulas, defaults, measured numbers and papers: `docs/transcoders.md`; the corpus, its licences and
+# how to rebuild it: `docs/corpus.md`.
 
 # %% tags=["parameters"]
 out_dir = "out/figures"  # where the figures go (relative to the kernel's working directory)
 export = True  # write the figures to out_dir at the end
 train_layer = 8  # layer of the demo transcoder
 train_tokens = 16384  # tokens harvested once for the demo training
-train_steps = 100  # Adam steps of the demo training (the shipped transcoders use 500)
+train_steps = 100  # Adam steps of the demo training (the shipped transcoders use 2,000)
 train_d_sae = 768  # features of the demo transcoder
 train_k = 32  # TopK of the demo transcoder
-eval_windows = 16  # held-out windows for the evaluation
+eval_docs_per_domain = 5  # out-of-domain documents per domain (5 = the whole set)
+eval_tokens_per_domain = None  # cap on tokens per domain (None: all)
 eval_context = 128  # tokens per evaluation window
+eval_heldout_tokens = 1024  # tokens per source of the in-domain held-out split (0: skip)
 feature_texts = 40  # held-out corpus texts streamed for top contexts
 feature_context = 64  # tokens per window (position 0 of each window is skipped)
 circuit_prompt = "The capital of France is Paris. The capital of Italy is"
@@ -76,19 +80,33 @@ model
 # %% [markdown]
 # ## 1. Corpus and harvest
 #
-# The corpus is bundled (`probes/data/corpus/corpus.jsonl`, about 2.5 MB: Python 3.11
-# documentation prose and WordNet 3.0 glosses; `scripts/build_corpus.py` rebuilds it from
-# Debian packages). One document in twenty is held out for evaluation. The harvester cuts it into
-# 128-token windows, runs a forward pass truncated after the last needed layer, drops position 0
-# (the attention sink, whose residual is about 100× larger than the rest and would dominate the
-# loss) and yields (mlp_in, mlp_out) rows.
+# The training corpus is bundled (`workbench/texts/data/corpus/`, built offline by
+# `scripts/build_corpus.py`, see `docs/corpus.md`): text the model itself generated over a seeded
+# grid of topics × genres × formats (stories, dialogue, news, how-to, encyclopedic, letters,
+# essays, reviews, FAQs and code, as chat transcripts, plain replies and continuations), Python
+# documentation, Linux man pages, package READMEs, source code in several languages and WordNet
+# glosses. Whole groups (a documentation file, a man page, a package, a generated topic) are held
+# out per source and genre as an in-domain test split. The **out-of-domain set** shares no source
+# with it: hand-written news, dialogue, fiction, how-to, explainer and chat text, and standard
+# library, zlib and npm code.
+#
+# The harvester cuts training text into 128-token windows, runs a forward pass truncated after
+# the last needed layer, drops position 0 (the attention sink, whose residual is about 100× larger
+# than the rest and would dominate the loss) and yields (mlp_in, mlp_out) rows.
 
 # %%
+from workbench.texts import corpus_info, load_documents, load_eval_set
+
 t0 = time.perf_counter()
-train_docs, eval_docs = T.load_corpus("train"), T.load_corpus("eval")
+info = corpus_info()
+display(pd.DataFrame({src: {f"{split} tokens": v["tokens"] for split, v in sp.items()}
+                      for src, sp in info["sizes"].items()}).T.fillna(0).astype(int))
+ood = load_eval_set()
+print(f"out-of-domain set: {len(ood)} documents in domains",
+      sorted({d.genre for d in ood}), "| sources:", sorted({d.source.split(" (")[0] for d in ood}))
 speed = T.measure_harvest(model, train_layer, n_windows=8)
-print(f"{len(train_docs)} training and {len(eval_docs)} held-out documents; harvest at layer {train_layer}: "
-      f"{speed.tokens} tokens in {speed.forward_s:.2f} s = {speed.tokens_per_s:.0f} tokens/s")
+print(f"harvest at layer {train_layer}: {speed.tokens} tokens in {speed.forward_s:.2f} s = "
+      f"{speed.tokens_per_s:.0f} tokens/s")
 cache = T.harvest_cache(model, [train_layer], train_tokens)
 x_all, y_all = cache[train_layer]
 print("cached", tuple(x_all.shape), "inputs and", tuple(y_all.shape), "targets;",
@@ -140,12 +158,15 @@ except wb.InputError as e:
 # %% [markdown]
 # ## 4. Evaluating a shipped transcoder
 #
-# The repo ships TopK transcoders for two mid layers (`probes/data/transcoders/`, float16, a few
-# MB each) and an SAE on the MLP output of the first one, trained by the same trainer on the
-# same activations at the same L0. The evaluation runs held-out windows three ways: clean,
+# The repo ships TopK transcoders for two mid layers (`probes/data/transcoders/`, float16) and
+# an SAE on the MLP output of the first one, trained by the same trainer on the same activations
+# at the same L0. `evaluate` runs every document of the out-of-domain set (by default) clean,
 # with the MLP output replaced (by the transcoder of `mlp_in`, or the SAE reconstruction of
-# `mlp_out`), and with the MLP zero-ablated. *Fraction of loss recovered* =
-# (CE_zero − CE_replaced) / (CE_zero − CE_clean). Position 0 is left clean in every replaced run.
+# `mlp_out`), with the MLP zero-ablated, and with the MLP output replaced by its mean over the
+# evaluation tokens. *Fraction of loss recovered* against a baseline b =
+# (CE_b − CE_replaced) / (CE_b − CE_clean); the mean-ablated baseline is the stricter one (it
+# already keeps the MLP's constant part). Intervals are bootstrap over documents, within each
+# domain. Position 0 is left clean in every replaced run.
 
 # %%
 t0 = time.perf_counter()
@@ -157,14 +178,29 @@ if eval_layer in T.shipped_layers("sae"):
     candidates[f"SAE on mlp_out L{eval_layer} (shipped)"] = T.load_pretrained_sae(model, eval_layer)
 if train_layer == eval_layer:
     candidates[f"demo transcoder ({train_steps} steps)"] = demo.transcoder
-report = T.evaluate(model, candidates, layer=eval_layer, n_windows=eval_windows, context=eval_context)
+report = T.evaluate(model, candidates, layer=eval_layer, max_docs_per_domain=eval_docs_per_domain,
+                    max_tokens_per_domain=eval_tokens_per_domain, context=eval_context)
 timings["evaluate"] = time.perf_counter() - t0
 figs["evaluation"] = report.figure()
 display(report)
+display(report.domain_frame().round(3))
 figs["evaluation"]
 
 # %% [markdown]
-# The clean, transcoder and zero-ablated losses are measured on the same held-out tokens. The
+# The same transcoders on the corpus's in-domain held-out split (whole documentation files,
+# man pages, packages and generated topics the trainer never saw, but from the training sources):
+# the gap between the two tables is what a user loses by bringing their own text.
+
+# %%
+if eval_heldout_tokens:
+    t0 = time.perf_counter()
+    heldout = T.evaluate(model, candidates, layer=eval_layer, eval_set="heldout",
+                         max_tokens_per_domain=eval_heldout_tokens, context=eval_context)
+    timings["evaluate held-out"] = time.perf_counter() - t0
+    display(heldout)
+
+# %% [markdown]
+# All four runs (clean, replaced, zero- and mean-ablated) score the same tokens. The
 # frequency histogram shows how often each feature fires: dead features (never active) are not
 # drawn on the log scale; dense ones (active on more than 10% of tokens) sit at the right edge.
 #
@@ -195,7 +231,7 @@ from probes.transcoders import (attribution_graph, capture_prompt, circuit_explo
 t0 = time.perf_counter()
 tcs = shipped  # {layer: SAELens transcoder}, checked against the model's fingerprint when loaded
 lo, hi = min(tcs), max(tcs)
-ctx = feature_contexts(model, tcs[hi], hi, T.load_corpus("eval")[:feature_texts], k=8, context=feature_context)
+ctx = feature_contexts(model, tcs[hi], hi, T.load_corpus("heldout")[:feature_texts], k=8, context=feature_context)
 timings["feature contexts"] = time.perf_counter() - t0
 print(ctx)
 figs["tc_feature_frequency"] = ctx.figure()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages for the workbench:
 #   - WordNet 3.0 (Debian `wordnet-base`, /usr/share/wordnet) for the frames module (probes/frames);
+#   - python3.11-doc, manpages, manpages-dev: sources of the training corpus (only to rebuild it);
 #   - a Chromium-based browser, which kaleido drives to export figures as PNG/SVG/PDF and the
 #     browser tests (Playwright) drive to test every interactive view in a real JupyterLab.
 # Everything else works without them (figures fall back to HTML; WordNet tests skip), so this
@@ -28,6 +29,28 @@ system: NOTE: WordNet 3.0 not found, so the frames module (probes/frames) cannot
           - point the workbench at a WordNet 3.0 dict folder:  export WORKBENCH_WORDNET_DIR=/path/to/dict
 MSG
     fi
+fi
+
+# ---------------------------------------------------------------- corpus sources (scripts/build_corpus.py)
+# Only needed to rebuild the bundled training corpus (`make corpus`); the corpus itself ships
+# with the repository. Python 3.11 documentation (PSF licence) and the Linux man pages (man-pages
+# project licences, SPDX header in each page), read offline from the Debian packages.
+corpus_pkgs=""
+[ -d /usr/share/doc/python3.11/html/_sources ] || corpus_pkgs="$corpus_pkgs python3.11-doc"
+dpkg -s manpages >/dev/null 2>&1 || corpus_pkgs="$corpus_pkgs manpages"
+dpkg -s manpages-dev >/dev/null 2>&1 || corpus_pkgs="$corpus_pkgs manpages-dev"
+if [ -z "$corpus_pkgs" ]; then
+    echo "system: corpus sources found (python3.11-doc, manpages, manpages-dev)"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "system: installing corpus sources with apt-get:$corpus_pkgs ..."
+    export DEBIAN_FRONTEND=noninteractive
+    # shellcheck disable=SC2086
+    apt-get install -y -q --no-install-recommends $corpus_pkgs >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $corpus_pkgs >/dev/null 2>&1; } \
+        || echo "system: NOTE: could not install$corpus_pkgs; only needed to rebuild the corpus (make corpus)."
+else
+    echo "system: NOTE:$corpus_pkgs not installed; only needed to rebuild the corpus (make corpus):"
+    echo "        sudo apt-get install -y$corpus_pkgs"
 fi
 
 # ---------------------------------------------------------------- browser (static figure export)

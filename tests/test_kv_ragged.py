@@ -307,9 +307,9 @@ def test_long_texts_are_long_distinct_windows(tiny_llama):
     with pytest.raises(InputError, match="exceeds the model's context"):
         long_texts(tiny_llama, 1, 10_000)
     # a given corpus is cut instead of the pydoc topics: the windows are its own text
-    from probes.transcoders import load_corpus
+    from workbench.texts import load_corpus
 
-    corpus = "\n\n".join(load_corpus("eval")[:40])
+    corpus = "\n\n".join(load_corpus("heldout")[:40])
     own = long_texts(tiny_llama, 2, 120, corpus=corpus)
     assert own != texts and all(t.split()[3] in corpus for t in own)
     with pytest.raises(InputError, match="fewer than n"):

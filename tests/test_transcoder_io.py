@@ -87,3 +87,28 @@ def test_shipped_transcoders_fit_smollm2(smollm2):
     if layer in shipped_layers("sae"):
         sae = load_pretrained_sae(smollm2, layer)
         assert sae.cfg.d_in == smollm2.info.d_model
+
+
+def test_plain_saelens_error_names_the_import(tmp_path):
+    """SAELens has no plugin mechanism: without ``import probes.transcoders`` loading a TopK
+    transcoder fails, and the error (the architecture name) says what to import. Old names load."""
+    import json
+    import subprocess
+    import sys
+
+    from probes.transcoders.architectures import TOPK_ARCH
+    tc = build_transcoder(8, 16, 8, "topk", k=2)
+    save_transcoder(tc, tmp_path / "tc")
+    assert json.loads((tmp_path / "tc" / "cfg.json").read_text())["architecture"] == TOPK_ARCH
+    code = ("import sys; from sae_lens.saes.transcoder import Transcoder\n"
+            "try:\n    Transcoder.load_from_disk(sys.argv[1])\nexcept KeyError as e:\n    print('KeyError', e)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tc")], capture_output=True, text=True,
+                         timeout=300)
+    assert "KeyError 'probes.transcoders:topk_transcoder'" in out.stdout, out.stdout + out.stderr
+    # a folder saved under the earlier name still loads once the module is imported
+    cfg = json.loads((tmp_path / "tc" / "cfg.json").read_text())
+    cfg["architecture"] = "topk_transcoder"
+    (tmp_path / "tc" / "cfg.json").write_text(json.dumps(cfg))
+    old = Transcoder.load_from_disk(str(tmp_path / "tc"))
+    x = torch.randn(3, 8)
+    assert torch.allclose(old(x), tc(x), atol=1e-6)

@@ -15,7 +15,7 @@ from probes.transcoders import (
     train_transcoder,
 )
 from probes.transcoders.checkpoint import load_training_state
-from probes.transcoders.corpus import tokenize_stream
+from workbench.texts import tokenize_stream
 from sae_lens.saes.transcoder import JumpReLUTranscoder, SkipTranscoder, Transcoder
 from workbench.errors import InputError
 
@@ -153,31 +153,15 @@ def test_empty_and_bad_data_are_clear_errors(tmp_path):
         train_transcoder(iter([]), cfg)
     with pytest.raises(InputError, match="do not match"):
         train_transcoder(iter([(torch.randn(4, 11), torch.randn(4, 10))]), cfg)
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n\n   \n")
-    with pytest.raises(InputError, match="no documents"):
-        load_corpus("all", path=empty)
-    with pytest.raises(InputError, match="does not exist"):
-        load_corpus(path=tmp_path / "missing.jsonl")
-    with pytest.raises(InputError, match="empty"):
-        tokenize_stream(None, [])
     with pytest.raises(InputError, match="activation"):
         TranscoderTrainingConfig(d_in=4, d_out=4, d_sae=8, activation="gelu")
     with pytest.raises(InputError, match="k must be"):
         TranscoderTrainingConfig(d_in=4, d_out=4, d_sae=8, activation="topk", k=9)
 
 
-def test_bundled_corpus_splits_are_disjoint(tiny_llama):
-    train, ev = load_corpus("train"), load_corpus("eval")
-    assert len(train) > 1000 and len(ev) > 50
-    assert not set(ev) & set(train[:2000])
-    w = next(token_windows(tiny_llama.tokenizer, ev[:20], context=32, batch_prompts=3))
-    assert w.shape == (3, 32) and w.dtype == torch.long
-
-
 def test_harvest_rows_match_captures_and_skip_position_0(tiny_llama):
     from probes.transcoders import harvest_cache, hook_names, pair_batches
-    texts = load_corpus("eval")[:30]
+    texts = load_corpus("heldout")[:30]
     cache = harvest_cache(tiny_llama, [1], 2 * 31, texts, context=32, batch_prompts=2, seed=None)
     ids = next(token_windows(tiny_llama.tokenizer, texts, context=32, batch_prompts=2, seed=None))
     hi, ho = hook_names(1)
@@ -199,3 +183,54 @@ def test_shuffle_buffer_emits_each_row_once():
     seen = torch.cat(out).flatten()
     assert len(seen) == len(set(seen.tolist())) and len(seen) >= 96  # at most one partial batch held back
     assert not torch.equal(seen[:8], torch.arange(8.0))  # shuffled
+
+
+def test_disk_harvest_matches_memory_and_resumes(tiny_llama, tmp_path):
+    import json
+
+    import numpy as np
+
+    from probes.transcoders import harvest_cache
+    from probes.transcoders.harvest import DiskActivations, harvest_to_disk
+    texts = load_corpus("heldout")[:40]
+    n = 5 * 2 * 31
+    mem = harvest_cache(tiny_llama, [0, 1], n, texts, context=32, batch_prompts=2, seed=3)
+    acts = harvest_to_disk(tiny_llama, [0, 1], n, tmp_path / "a", texts, context=32, batch_prompts=2, seed=3,
+                           flush_every=1)
+    for l in (0, 1):
+        for s, t in (("x", mem[l][0]), ("y", mem[l][1])):
+            assert np.allclose(acts.arrays[(s, l)], t.numpy(), atol=2e-3 * float(t.abs().max()))  # float16
+    # interrupted after two batches: the rerun fills in the rest and gives the same bytes
+    prog = json.loads((tmp_path / "a" / "progress.json").read_text())
+    before = {k: np.array(v) for k, v in acts.arrays.items()}
+    prog.update(batches=2, rows=2 * 2 * 31, complete=False)
+    (tmp_path / "a" / "progress.json").write_text(json.dumps(prog))
+    for k in before:
+        acts.arrays[k]  # noqa: B018  (memmaps stay valid)
+    with pytest.raises(InputError, match="incomplete"):
+        DiskActivations(tmp_path / "a")
+    again = harvest_to_disk(tiny_llama, [0, 1], n, tmp_path / "a", texts, context=32, batch_prompts=2, seed=3)
+    assert all(np.array_equal(before[k], np.asarray(again.arrays[k])) for k in before)
+    # an epoch of batches visits every row once
+    it = again.batches(batch_size=31, seed=0, layers=[1])
+    rows = torch.cat([next(it)[1][1] for _ in range(n // 31)])
+    want = torch.from_numpy(np.asarray(again.arrays[("y", 1)]).astype(np.float32))
+    assert torch.equal(rows[rows[:, 0].argsort()], want[want[:, 0].argsort()])
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_topk_training_loss_is_the_saelens_forward(autocast):
+    """The trainer's sparse TopK decode (embedding_bag) computes the same reconstruction as the
+    SAELens module's forward; with bf16 autocast up to bf16 rounding."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(256, 24, generator=g), torch.randn(256, 24, generator=g)
+    cfg = TranscoderTrainingConfig(d_in=24, d_out=24, d_sae=96, activation="topk", k=6, total_steps=10,
+                                   autocast=autocast, batch_size=256)
+    tr = TranscoderTrainer(cfg)
+    tr.step(x, y)  # sets the loss scale
+    with torch.no_grad():
+        want = float(((tr.tc(x) - y) ** 2).sum(-1).mean() / tr.scale)
+        l0 = float((tr.tc.encode(x) > 0).sum(-1).float().mean())
+    m = tr.step(x, y)
+    assert m["mse"] == pytest.approx(want, rel=2e-2 if autocast else 1e-5)
+    assert m["l0"] == pytest.approx(l0, abs=0.5 if autocast else 1e-6)

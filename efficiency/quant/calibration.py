@@ -34,13 +34,13 @@ SITES: dict[str, tuple[str, ...]] = {"attn_in": ("q", "k", "v"), "z": ("o",), "m
 def check_texts(texts, who: str) -> list[str]:
     if texts is None:
         raise InputError(f"{who} calibrates on text: pass texts, e.g. the bundled corpus "
-                         "(probes.transcoders.load_corpus()).")
+                         "(workbench.texts.load_corpus()).")
     if isinstance(texts, str):
         texts = [texts]
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
         raise InputError(f"{who}: the calibration corpus is empty (no non-empty text). Pass a list of texts, e.g. "
-                         "probes.transcoders.load_corpus().")
+                         "workbench.texts.load_corpus().")
     return texts
 
 

@@ -6,6 +6,8 @@ normalised MLP input) to ``mlp_out`` = ``blocks.{l}.hook_mlp_out``. Every transc
 ``Transcoder`` (``SkipTranscoder``, ``JumpReLUTranscoder``, or the ``TopKTranscoder`` registered
 here), so it loads with ``Transcoder.load_from_disk``.
 """
+from workbench.texts import load_corpus, token_windows  # re-exported: the corpus lives in workbench.texts
+
 from .architectures import (
     TopKSkipTranscoder,
     TopKSkipTranscoderConfig,
@@ -20,7 +22,6 @@ from .circuits import (AttributionGraph, ConnectionReport, Contributions, Prompt
                        one_step, top_features)
 from .checkpoint import load_transcoder, save_transcoder
 from .config import TranscoderTrainingConfig
-from .corpus import load_corpus, token_windows
 from .evaluate import EvalReport, ReplacementEval, as_sae, evaluate
 from .feature_explorer import feature_explorer
 from .features import DeEmbedding, FeatureContexts, LogitEffects, de_embeddings, feature_contexts, logit_effects

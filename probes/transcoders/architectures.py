@@ -3,9 +3,17 @@
 Every transcoder here is an ``sae_lens.saes.transcoder.Transcoder``: ``encode(x (..., d_in)) ->
 z (..., d_sae)``, ``decode(z) -> (..., d_out)``, ``forward(x)``; ``W_enc`` (d_in, d_sae), ``b_enc``
 (d_sae), ``W_dec`` (d_sae, d_out), ``b_dec`` (d_out), plus ``W_skip`` (d_out, d_in) for skip
-variants and ``threshold`` (d_sae) for JumpReLU. Importing this module registers
-``"topk_transcoder"`` and ``"topk_skip_transcoder"`` with SAELens, so ``Transcoder.load_from_disk``
-and ``SAE.load_from_disk`` load them like the built-in architectures.
+variants and ``threshold`` (d_sae) for JumpReLU.
+
+Registration with SAELens: SAELens keeps its architectures in a module-level dict filled by
+``sae_lens.registry.register_sae_class`` and has no plugin or entry-point mechanism (checked in
+6.54), so the TopK kinds exist for SAELens only once this module has been imported. Importing it
+registers them, after which ``Transcoder.load_from_disk`` and ``SAE.load_from_disk`` load them like
+the built-in architectures. Their architecture names carry the module to import,
+``"probes.transcoders:topk_transcoder"`` and ``"probes.transcoders:topk_skip_transcoder"``, so the
+error plain SAELens raises without the import (``KeyError: 'probes.transcoders:topk_transcoder'``)
+says what is missing. Folders saved under the earlier names ``"topk_transcoder"`` /
+``"topk_skip_transcoder"`` still load (both names are registered).
 """
 from __future__ import annotations
 
@@ -31,6 +39,10 @@ from sae_lens.util import filter_valid_dataclass_fields
 from workbench.errors import InputError
 
 ACTIVATIONS = ("relu", "topk", "jumprelu")
+# SAELens architecture names: "<module to import>:<kind>", so a KeyError names the import.
+TOPK_ARCH = "probes.transcoders:topk_transcoder"
+TOPK_SKIP_ARCH = "probes.transcoders:topk_skip_transcoder"
+LEGACY_NAMES = {"topk_transcoder": TOPK_ARCH, "topk_skip_transcoder": TOPK_SKIP_ARCH}  # saved before the rename
 
 
 @dataclass
@@ -40,7 +52,7 @@ class TopKTranscoderConfig(TranscoderConfig):
 
     @classmethod
     def architecture(cls) -> str:
-        return "topk_transcoder"
+        return TOPK_ARCH
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any]) -> "TopKTranscoderConfig":
@@ -78,7 +90,7 @@ class TopKTranscoder(Transcoder):
 class TopKSkipTranscoderConfig(TopKTranscoderConfig):
     @classmethod
     def architecture(cls) -> str:
-        return "topk_skip_transcoder"
+        return TOPK_SKIP_ARCH
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any]) -> "TopKSkipTranscoderConfig":
@@ -100,7 +112,9 @@ class TopKSkipTranscoder(TopKTranscoder, SkipTranscoder):
         return cls(TopKSkipTranscoderConfig.from_dict(config_dict))
 
 
-for _arch, _cls, _cfg in (("topk_transcoder", TopKTranscoder, TopKTranscoderConfig),
+for _arch, _cls, _cfg in ((TOPK_ARCH, TopKTranscoder, TopKTranscoderConfig),
+                          (TOPK_SKIP_ARCH, TopKSkipTranscoder, TopKSkipTranscoderConfig),
+                          ("topk_transcoder", TopKTranscoder, TopKTranscoderConfig),
                           ("topk_skip_transcoder", TopKSkipTranscoder, TopKSkipTranscoderConfig)):
     if _arch not in SAE_CLASS_REGISTRY:  # module reloads (notebooks) must not register twice
         register_sae_class(_arch, _cls, _cfg)

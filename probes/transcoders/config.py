@@ -19,6 +19,8 @@ class TranscoderTrainingConfig:
           + l1_coefficient · mean_b Σ_i z_bi / √v                   ("relu", decoder rows unit norm)
           + l0_coefficient · mean_b Σ_i 1[pre_bi > θ_i]             ("jumprelu", STE with bandwidth)
           + aux_coefficient · AuxK loss on dead features             ("topk")
+    With ``autocast`` the encoder and decoder matmuls run in bfloat16 under ``torch.autocast``
+    (mixed precision: parameters, optimizer state and the losses stay float32).
     Dead features: a feature is dead when it has not fired for ``dead_window`` steps. TopK uses
     the AuxK loss (the top ``aux_k`` dead pre-activations reconstruct the residual error);
     ReLU and JumpReLU resample dead features every ``resample_every`` steps (decoder row set to a
@@ -49,6 +51,8 @@ class TranscoderTrainingConfig:
     batch_size: int = 1024
     seed: int = 0
     checkpoint_every: int = 0         # steps; 0: only at the end (when a checkpoint dir is given)
+    autocast: bool = False            # bfloat16 matmuls (float32 parameters, Adam and losses);
+                                      # on CPUs with AMX several times faster
     log_every: int = 50
 
     def __post_init__(self):

@@ -10,17 +10,20 @@ fixed-size shuffling buffer so memory stays bounded whatever the corpus size.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Sequence
+
+import numpy as np
 
 import torch
 
 from workbench.hook_names import hook_name
 from workbench.errors import InputError
 from workbench.progress import progress
-
-from .corpus import load_corpus, token_windows
+from workbench.texts import load_corpus, token_windows
 
 
 
@@ -220,3 +223,96 @@ def cached_batches(cache: dict[int, tuple[torch.Tensor, torch.Tensor]], batch_si
             idx = perm[i:i + batch_size]
             yield {l: (cache[l][0][idx].float(), cache[l][1][idx].float()) for l in layers}
         epoch += 1
+
+
+def harvest_to_disk(model, layers, n_tokens: int, folder, texts: Sequence[str] | None = None, *, context: int = 128,
+                    batch_prompts: int = 8, seed: int = 0, exclude_first: bool = True, log=None,
+                    stats: HarvestStats | None = None, flush_every: int = 16) -> "DiskActivations":
+    """Harvest ``n_tokens`` (x, y) rows per layer into float16 ``.npy`` files in ``folder``.
+
+    For corpora whose activations do not fit in memory: rows go to memory-mapped files
+    ``x{layer}.npy`` / ``y{layer}.npy`` (n_tokens, d_model), 2 bytes per value. Windows come in
+    the seeded order of ``token_windows``; ``progress.json`` records how many batches are on disk,
+    so an interrupted harvest resumes where it stopped (same arguments). Returns the
+    ``DiskActivations`` view of the folder.
+    """
+    layers = _check_layers(model, layers)
+    if n_tokens <= 0:
+        raise InputError(f"n_tokens must be positive, got {n_tokens}.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if texts is None:
+        texts = load_corpus("train")
+    d = model.info.d_model
+    key = {"layers": layers, "n_tokens": n_tokens, "context": context, "batch_prompts": batch_prompts, "seed": seed,
+           "exclude_first": exclude_first, "model_fingerprint": model.fingerprint, "n_texts": len(texts),
+           "text_chars": sum(len(t) for t in texts)}
+    prog_file = folder / "progress.json"
+    prog = json.loads(prog_file.read_text()) if prog_file.exists() else None
+    fresh = prog is None or prog.get("key") != key
+    mode = "w+" if fresh else "r+"
+    arrays = {(s, l): np.lib.format.open_memmap(folder / f"{s}{l}.npy", mode=mode, dtype=np.float16, shape=(n_tokens, d))
+              for l in layers for s in ("x", "y")}
+    done_batches, n = (0, 0) if fresh else (prog["batches"], prog["rows"])
+    if n >= n_tokens:
+        return DiskActivations(folder)
+    windows = token_windows(model.tokenizer, texts, context=context, batch_prompts=batch_prompts, seed=seed)
+    for _ in range(done_batches):
+        next(windows)
+
+    def flush():
+        for a in arrays.values():
+            a.flush()
+        prog_file.write_text(json.dumps({"key": key, "batches": done_batches, "rows": n, "complete": n >= n_tokens}))
+
+    for chunk in harvest_windows(model, windows, layers, exclude_first=exclude_first, stats=stats):
+        take = min(n_tokens - n, chunk[layers[0]][0].shape[0])
+        for l in layers:
+            for s, t in (("x", chunk[l][0]), ("y", chunk[l][1])):
+                half = t[:take].float().cpu().numpy().astype(np.float16)
+                if not np.isfinite(half).all():
+                    raise InputError(f"Layer {l} {s} activations overflow float16 (|value| > 65504) in batch "
+                                     f"{done_batches}; harvest into memory with harvest_cache instead.")
+                arrays[(s, l)][n:n + take] = half
+        n += take
+        done_batches += 1
+        if done_batches % flush_every == 0 or n >= n_tokens:
+            flush()
+            if log is not None:
+                log(f"harvested {n}/{n_tokens} tokens")
+        if n >= n_tokens:
+            return DiskActivations(folder)
+    flush()
+    raise InputError(f"The corpus gave only {n} tokens, fewer than the {n_tokens} requested; "
+                     "lower n_tokens or pass more text.")
+
+
+class DiskActivations:
+    """The activations written by ``harvest_to_disk``: ``layers``, ``n_rows``, and ``batches``."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        prog = json.loads((self.folder / "progress.json").read_text())
+        if not prog.get("complete"):
+            raise InputError(f"The harvest in {folder} is incomplete ({prog['rows']} rows); rerun harvest_to_disk.")
+        self.layers = list(prog["key"]["layers"])
+        self.n_rows = int(prog["rows"])
+        self.arrays = {(s, l): np.load(self.folder / f"{s}{l}.npy", mmap_mode="r") for l in self.layers for s in "xy"}
+
+    def batches(self, batch_size: int = 1024, seed: int = 0, layers=None,
+                n_rows: int | None = None) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+        """Endless fp32 batches {layer: (x (B, d), y (B, d))} of rows drawn without replacement,
+        reshuffled every epoch with a seeded generator (reproducible). ``n_rows`` uses only the
+        first rows (a smaller corpus)."""
+        layers = self.layers if layers is None else list(layers)
+        n = self.n_rows if n_rows is None else min(n_rows, self.n_rows)
+        if n < batch_size:
+            raise InputError(f"{n} activation rows are fewer than one batch of {batch_size}.")
+        epoch = 0
+        while True:
+            perm = np.random.default_rng(seed * 7919 + epoch).permutation(n)
+            for i in range(0, n - batch_size + 1, batch_size):
+                idx = np.sort(perm[i:i + batch_size])  # sorted reads are kinder to the page cache
+                yield {l: (torch.from_numpy(self.arrays[("x", l)][idx].astype(np.float32)),
+                           torch.from_numpy(self.arrays[("y", l)][idx].astype(np.float32))) for l in layers}
+            epoch += 1

@@ -1,9 +1,11 @@
 """Transcoders shipped with the repo (``probes/data/transcoders/``), trained on SmolLM2 by
-``scripts/train_transcoders.py`` (see ``summary.json`` there for the command and numbers).
+``scripts/train_transcoders.py`` (``make transcoders``; ``summary.json`` there records the command,
+the corpus hash, timings and final training metrics).
 
 Folder ``smollm2-layer{L}/`` holds a SAELens transcoder (``cfg.json`` + float16
-``sae_weights.safetensors``); ``smollm2-layer{L}-sae/`` an SAE on ``mlp_out`` trained the same
-way, for side-by-side comparisons.
+``sae_weights.safetensors``; its TopK architecture is registered with SAELens when
+``probes.transcoders`` is imported); ``smollm2-layer{L}-sae/`` an SAE on ``mlp_out`` (SAELens's
+built-in TopK SAE) trained on the same batches, for side-by-side comparisons.
 """
 from __future__ import annotations
 

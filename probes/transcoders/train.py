@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from sae_lens.saes.jumprelu_sae import JumpReLU, Step
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.saes.transcoder import Transcoder
@@ -88,7 +89,7 @@ class TranscoderTrainer:
             self.tc.threshold.requires_grad_(False)
             self.log_threshold = torch.nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold)))
             params.append(self.log_threshold)
-        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas)
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, fused=True)  # one kernel per tensor
         self.n_steps = 0
         self.tokens = 0
         self.last_fired = torch.zeros(cfg.d_sae, dtype=torch.long)
@@ -132,7 +133,8 @@ class TranscoderTrainer:
         err = (y - y_hat).detach()
         vals, idx = torch.topk(pre[:, dead], k_aux, dim=-1, sorted=False)
         acts = torch.zeros(pre.shape[0], n_dead, dtype=pre.dtype).scatter(-1, idx, vals.relu())
-        err_hat = acts @ self.tc.W_dec[dead]
+        with torch.autocast(pre.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast):
+            err_hat = (acts @ self.tc.W_dec[dead]).float()
         return ((err_hat - err) ** 2).sum(-1).mean() / self.scale * min(n_dead / self.cfg.aux_k, 1.0)
 
     @torch.no_grad()
@@ -179,8 +181,31 @@ class TranscoderTrainer:
         lr = self._lr()
         for grp in self.opt.param_groups:
             grp["lr"] = lr
-        pre, z, l0_term = self._encode(x)
-        y_hat = self._decode(z, x)
+        # bf16 autocast (cfg.autocast): the matmuls run in bfloat16, parameters, Adam and the
+        # losses stay float32 (the outputs are cast back before any reduction).
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=c.autocast):
+            if c.activation == "topk":
+                # sparse path: decode only the k active rows of W_dec (embedding_bag), the same
+                # function as the dense z @ W_dec with about d_sae / k times fewer operations
+                pre = x @ tc.W_enc + tc.b_enc
+                vals, idx = torch.topk(pre, c.k, dim=-1, sorted=False)
+                vals = vals.float().relu()
+                y_hat = F.embedding_bag(idx, tc.W_dec, per_sample_weights=vals, mode="sum") + tc.b_dec
+                if c.skip:
+                    y_hat = y_hat + x @ tc.W_skip.T
+                z, l0_term = None, None
+            else:
+                pre, z, l0_term = self._encode(x)
+                y_hat = self._decode(z, x)
+                z = z.float()
+        pre, y_hat = pre.float(), y_hat.float()
+        if z is None:
+            active = vals > 0
+            fired = torch.zeros(c.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, idx[active], True)
+            l0_now = float(active.sum(-1).float().mean())
+        else:
+            fired = (z > 0).any(0)
+            l0_now = float((z > 0).float().sum(-1).mean())
         mse = ((y_hat - y) ** 2).sum(-1).mean() / self.scale
         loss = mse
         metrics: dict[str, float] = {}
@@ -191,7 +216,6 @@ class TranscoderTrainer:
             metrics["l1"] = l1.item()
         elif c.activation == "jumprelu":
             loss = loss + c.l0_coefficient * l0_term
-        fired = (z > 0).any(0)
         dead = (self.n_steps - self.last_fired) >= c.dead_window
         if c.activation == "topk" and dead.any() and c.aux_coefficient > 0:
             aux = self._aux_loss(pre, y, y_hat, dead)
@@ -202,7 +226,7 @@ class TranscoderTrainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
-        if not all(torch.isfinite(gr).all() for gr in grads):
+        if not torch.isfinite(torch.stack([gr.sum() for gr in grads]).sum()):  # NaN/inf survive a sum
             self.opt.zero_grad(set_to_none=True)
             self._diverged("a gradient is not finite")
         with torch.no_grad():
@@ -220,7 +244,7 @@ class TranscoderTrainer:
                 and c.dead_window <= self.n_steps <= c.resample_until):
             metrics["resampled"] = self._resample(x, y, y_hat.detach(), (self.n_steps - 1 - self.last_fired) >= c.dead_window)
         self.seconds += time.perf_counter() - t0
-        metrics.update(step=self.n_steps, loss=loss.item(), mse=mse.item(), l0=float((z > 0).float().sum(-1).mean()),
+        metrics.update(step=self.n_steps, loss=loss.item(), mse=mse.item(), l0=l0_now,
                        dead=int(((self.n_steps - self.last_fired) >= c.dead_window).sum()), lr=lr)
         if self.n_steps % c.log_every == 0 or self.n_steps == 1 or self.n_steps == c.total_steps:
             self.history.append(metrics)
