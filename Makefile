@@ -86,5 +86,6 @@ transcoders: venv model
 transcoders-all-layers: venv model
 	OMP_NUM_THREADS=1 $(PY) scripts/train_transcoders.py --threads 1 --all-layers --out out/transcoders-all-layers
 
-corpus: venv model system
+corpus: venv model
+	bash scripts/install_system.sh --corpus
 	OMP_NUM_THREADS=1 $(PY) scripts/build_corpus.py --threads 1

@@ -370,7 +370,7 @@ def table(res: dict) -> str:
                   f"  workbench  fp32 {r['wb_fp32']['ms_min']:.1f}  int8 {r['wb_int8']['ms_min']:.1f}  -> {sp['wb_speedup']:.2f}x",
                   f"  workbench speed-up / HF speed-up = {sp['ratio']:.2f} (target >= {TARGET_RATIO}: "
                   f"{'pass' if sp['pass'] else 'FAIL'})",
-                  f"  prefill s: " + ", ".join(f"{k} {v:.2f}" for k, v in sp["prefill_s"].items()),
+                  "  prefill s: " + ", ".join(f"{k} {v:.2f}" for k, v in sp["prefill_s"].items()),
                   f"  weight bytes: fp32 {sp['weight_bytes']['fp32'] / 2**20:.1f} MiB, int8 "
                   f"{sp['weight_bytes']['int8'] / 2**20:.1f} MiB (predicted {sp['weight_bytes']['predicted_int8'] / 2**20:.1f})", ""]
     q = res.get("quality")

@@ -95,7 +95,7 @@ model
 # than the rest and would dominate the loss) and yields (mlp_in, mlp_out) rows.
 
 # %%
-from workbench.texts import corpus_info, load_documents, load_eval_set
+from workbench.texts import corpus_info, load_eval_set
 
 t0 = time.perf_counter()
 info = corpus_info()

@@ -32,10 +32,11 @@ MSG
 fi
 
 # ---------------------------------------------------------------- corpus sources (scripts/build_corpus.py)
-# Only needed to rebuild the bundled training corpus (`make corpus`); the corpus itself ships
-# with the repository. Python 3.11 documentation (PSF licence) and the Linux man pages (man-pages
+# Only needed to rebuild the bundled training corpus (`make corpus` passes --corpus); the corpus
+# itself ships with the repository, so `make test` never installs these. Python 3.11 documentation (PSF licence) and the Linux man pages (man-pages
 # project licences, SPDX header in each page), read offline from the Debian packages.
 corpus_pkgs=""
+if [ "${1:-}" = "--corpus" ]; then
 [ -d /usr/share/doc/python3.11/html/_sources ] || corpus_pkgs="$corpus_pkgs python3.11-doc"
 dpkg -s manpages >/dev/null 2>&1 || corpus_pkgs="$corpus_pkgs manpages"
 dpkg -s manpages-dev >/dev/null 2>&1 || corpus_pkgs="$corpus_pkgs manpages-dev"
@@ -51,6 +52,7 @@ elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
 else
     echo "system: NOTE:$corpus_pkgs not installed; only needed to rebuild the corpus (make corpus):"
     echo "        sudo apt-get install -y$corpus_pkgs"
+fi
 fi
 
 # ---------------------------------------------------------------- browser (static figure export)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import efficiency as ef
-from efficiency.lowrank import (LASER, SVDLLM, LowRankLinear, laser_sweep, truncated_svd, whitened_factors,
+from efficiency.lowrank import (SVDLLM, LowRankLinear, laser_sweep, truncated_svd, whitened_factors,
                                 whitened_svd)
 from efficiency.lowrank.svd_llm import loss_ranks
 from efficiency_helpers import HELD_OUT, TEXTS, deep_tiny_llama, same_params, snapshot

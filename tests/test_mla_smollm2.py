@@ -1,6 +1,5 @@
 """SmolLM2: the MHA2MLA conversion at full rank with every RoPE pair reproduces the model."""
 import pytest
-import torch
 
 from efficiency.mla import MHA2MLA
 

@@ -15,7 +15,6 @@ from probes.transcoders import (
     train_transcoder,
 )
 from probes.transcoders.checkpoint import load_training_state
-from workbench.texts import tokenize_stream
 from sae_lens.saes.transcoder import JumpReLUTranscoder, SkipTranscoder, Transcoder
 from workbench.errors import InputError
 
