@@ -43,6 +43,21 @@ def tiny(request, tiny_llama, tiny_gpt2):
 
 
 @pytest.fixture(scope="session")
+def tiny_family_models():
+    """name -> a tiny model of that family (``workbench.loading.tiny.TINY_MODELS``), each loaded once per session."""
+    import workbench as wb
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = wb.load(name)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     import workbench as wb
 

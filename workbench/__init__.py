@@ -1,6 +1,7 @@
 """workbench: look inside language models and watch what efficiency tricks do to those insides."""
 from .capture import AttentionSummary, CaptureEstimate, settings
-from .errors import CaptureBudgetError, ExportError, HookError, InputError, ModelLoadError, WorkbenchError
+from .errors import (CaptureBudgetError, DecompositionError, ExportError, HookError, InputError, ModelLoadError,
+                     WorkbenchError)
 from .edits import WeightEdit, WeightEditor, silenced_hooks
 from .export import pruned_copy
 from .hook_names import SPECS as HOOK_SPECS
@@ -20,7 +21,7 @@ from .weights import LayerWeights, NormWeights, Weights
 __all__ = [
     "load", "wrap", "Model", "ModelInfo", "ParityReport", "Run", "Intervention", "Compose", "settings",
     "AttentionSummary", "CaptureEstimate", "HOOK_SPECS", "WorkbenchError", "ModelLoadError", "InputError",
-    "HookError", "CaptureBudgetError", "ExportError", "Generation", "KVCache", "CachePolicy", "CacheStats",
+    "DecompositionError", "HookError", "CaptureBudgetError", "ExportError", "Generation", "KVCache", "CachePolicy", "CacheStats",
     "StepContext", "save_figure", "export_figures", "attention_pattern_figure", "residual_norms_figure",
     "hook_name", "PolicyBase", "Result", "ForwardSession", "AttentionFanout", "Weights", "LayerWeights",
     "NormWeights", "WeightEdit", "WeightEditor", "compress_context", "CompressedContext", "Answer", "silenced_hooks", "pruned_copy",

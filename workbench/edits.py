@@ -215,8 +215,9 @@ class WeightEditor:
     # ------------------------------------------------------------------ norms, embeddings
     def set_norm(self, layer: int | None, which: str = "ln1", weight: torch.Tensor | None = None,
                  bias: torch.Tensor | None = None) -> None:
-        """New gain (d,) and/or bias (d,) of a norm: ``which`` "ln1"/"ln2" of ``layer``, or layer=None for the
-        final norm."""
+        """New gain (d,) and/or bias (d,) of a norm: ``which`` "ln1"/"ln2" (or "ln1_post"/"ln2_post" on models with
+        post norms, e.g. Gemma) of ``layer``, or layer=None for the final norm. The gain is the stored weight
+        (Gemma's norms multiply by 1 + weight)."""
         mod = self.model.norm_module(layer, which)
         what = f"set_norm(layer={layer}, which={which!r})"
         if weight is not None:

@@ -26,3 +26,8 @@ class CaptureBudgetError(WorkbenchError, MemoryError):
 
 class ExportError(WorkbenchError, RuntimeError):
     """A figure could not be exported."""
+
+
+class DecompositionError(WorkbenchError, ArithmeticError):
+    """An exact decomposition (e.g. direct logit attribution) does not add up to its target within the
+    stated tolerance, so its numbers would be wrong."""

@@ -50,16 +50,24 @@ _SPECS = [
     HookSpec("z", "blocks.{l}.attn.hook_z", "bthe", "per-head attention output before the output projection"),
     HookSpec("head_out", "blocks.{l}.attn.hook_z", "bthd", "per-head output written to the residual (z_h W_O[h])",
              derived_from="z"),
-    HookSpec("attn_out", "blocks.{l}.hook_attn_out", "btd", "attention output (sum over heads plus bias)"),
+    HookSpec("attn_out", "blocks.{l}.hook_attn_out", "btd",
+             "attention output (sum over heads plus bias; after the post-attention norm where there is one)"),
     HookSpec("resid_mid", "blocks.{l}.hook_resid_mid", "btd", "residual stream between attention and MLP"),
     HookSpec("mlp_norm_scale", "blocks.{l}.ln2.hook_scale", "bt1", "normalization scale before the MLP"),
     HookSpec("mlp_in", "blocks.{l}.ln2.hook_normalized", "btd", "normalized MLP input"),
     HookSpec("mlp_pre", "blocks.{l}.mlp.hook_pre", "btf", "MLP pre-activation (the gate, for gated MLPs)"),
     HookSpec("mlp_hidden", "blocks.{l}.mlp.hook_post", "btf", "MLP hidden activation (act(gate)*up for SwiGLU)"),
-    HookSpec("mlp_out", "blocks.{l}.hook_mlp_out", "btd", "MLP output"),
+    HookSpec("attn_post_norm_scale", "blocks.{l}.ln1_post.hook_scale", "bt1",
+             "scale of the norm after attention (models with post norms only, e.g. Gemma 2/3)"),
+    HookSpec("mlp_out", "blocks.{l}.hook_mlp_out", "btd", "MLP output (after the post-MLP norm where there is one)"),
+    HookSpec("mlp_post_norm_scale", "blocks.{l}.ln2_post.hook_scale", "bt1",
+             "scale of the norm after the MLP (models with post norms only, e.g. Gemma 2/3)"),
     HookSpec("resid_post", "blocks.{l}.hook_resid_post", "btd", "residual stream leaving block l"),
     HookSpec("final_norm_scale", "ln_final.hook_scale", "bt1", "final normalization scale"),
     HookSpec("final_resid", "ln_final.hook_normalized", "btd", "final normalized residual (before the unembedding)"),
+    HookSpec("unembed_in", "unembed.hook_in", "btd",
+             "what the unembedding reads: the final norm's output, gain included (logits before any soft-cap = "
+             "unembed_in · W_U + b_U)"),
 ]
 SPECS: dict[str, HookSpec] = {s.short: s for s in _SPECS}
 RESIDUAL = ("resid_pre", "resid_mid", "resid_post")

@@ -255,13 +255,18 @@ class Model:
         return None if b is None else b.detach()
 
     def norm_module(self, layer: int | None, which: str = "ln1") -> nn.Module:
-        """The HF norm module ``which`` ("ln1"/"ln2") of ``layer``, or the final norm for layer=None
-        (for ``workbench.edits`` only)."""
+        """The HF norm module ``which`` of ``layer`` ("ln1"/"ln2" before attention / the MLP, "ln1_post"/"ln2_post"
+        after them on models with post norms), or the final norm for layer=None (for ``workbench.edits`` only)."""
         if layer is None:
             return _edits.original(self.bridge.ln_final)
-        if which not in ("ln1", "ln2"):
-            raise InputError(f"which must be 'ln1' (before attention) or 'ln2' (before the MLP), got {which!r}.")
-        return _edits.original(getattr(self.bridge.blocks[self.check_layer(layer)], which))
+        if which not in ("ln1", "ln2", "ln1_post", "ln2_post"):
+            raise InputError(f"which must be 'ln1' (before attention), 'ln2' (before the MLP), 'ln1_post' or 'ln2_post' "
+                             f"(after them, models with post norms only), got {which!r}.")
+        blk = self.bridge.blocks[self.check_layer(layer)]
+        if which.endswith("_post") and which not in blk._modules:
+            raise InputError(f"{self.info.name} has no norm {which!r} after attention / the MLP (no post norms); "
+                             "use 'ln1' or 'ln2'.")
+        return _edits.original(getattr(blk, which))
 
     def embedding_module(self) -> nn.Module:
         return _edits.original(self.bridge.embed)

@@ -15,6 +15,28 @@ So the components sum to the logit exactly, up to float32 rounding: products wit
 (W_O) run in the model's float32, projections onto the target directions and all sums in float64;
 |Σ − logit| is about 1e-5 on SmolLM2, the rounding of the model's own float32 forward.
 
+**Every family.** Three architecture traits change the algebra, and each is handled exactly:
+
+- *Norms after attention and after the MLP* (Gemma 2/3): the block adds post(Σ_h head_h + b_O)
+  to the residual, not the heads themselves. With each post norm's scale frozen at its clean-run
+  value (``attn_post_norm_scale``, ``mlp_post_norm_scale``) the post norm is linear too, so a head
+  is read through w_l = P(g_post ⊙ w) / s_post (``NormWeights.read_direction``) and its DLA is
+  head_{l,h} · w_l. ``mlp_out`` is already the post-normed MLP output. (A post-norm bias, which no
+  bundled family has, goes to the layer's "attn bias" component.)
+- *Parallel attention and MLP* (GPT-NeoX): both read the same residual and both are added to it,
+  so the sum above is unchanged; nothing special is needed.
+- *QKV biases* (Qwen 2): the value bias is inside v and z, so heads and per-source splits carry it.
+- *Logit soft-capping* (Gemma 2: logits = c · tanh(ℓ / c)): tanh is not linear, so the
+  decomposition is of the **pre-cap logit** ℓ. ``DLAResult.logits`` holds ℓ (the model's own
+  unembedding input times W_U, + b_U), ``capped_logits`` the model's output, ``softcap`` the cap.
+  The attention soft-cap (Gemma 2) changes the pattern, which DLA reads as it is.
+
+**The sum-to-logit check runs on every call.** With ``E`` = max over targets of
+|Σ components − logit| and ``S`` = Σ |components| of the answer (the magnitude float rounding
+scales with), a result with ``E > rtol · max(1, S)`` (``rtol`` default 1e-4) is never returned
+silently: ``on_error="raise"`` (default) raises ``workbench.DecompositionError``, ``"warn"``
+warns and returns the result with ``result.check_passed = False``.
+
 **By source token.** head_{l,h}[END] = Σ_s A^{l,h}[END, s] · v_s^{kv(h)} W_O^h with kv(h) =
 h // group_size (GQA, HF ``repeat_kv`` order), so DLA_{l,h,s} = A[END, s] · (v_s W_O^h) · w.
 Sources are grouped into subject / relation (``probes.factual.data.token_positions``), ``last``
@@ -38,6 +60,7 @@ answer for every prompt or a list with one answer per prompt (strings or token i
 from __future__ import annotations
 
 import html
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -45,7 +68,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.errors import InputError
+from workbench.errors import DecompositionError, InputError
 
 from .data import candidate_tokens, token_positions
 
@@ -57,7 +80,8 @@ METRICS = ("logit", "diff")
 class DLAResult:
     """DLA of one prompt at its last position (L layers, H heads, T tokens, K target tokens).
 
-    targets: (K,) token ids, the answer first, then the alternatives. logits: (K,) the run's logits.
+    targets: (K,) token ids, the answer first, then the alternatives. logits: (K,) the run's logits
+    (pre-cap logits on a soft-capped model: that is what is decomposed; see ``capped_logits``).
     embed: (K,) token (+ position) embedding. heads: (L, H, K) (from z W_O). groups: (L, H, 4, K)
     head DLA from subject / relation / last / other tokens (``SOURCE_GROUPS``; from the pattern and
     v; "last" is the final token itself, never subject or relation). attn_bias: (L, K) output bias
@@ -87,6 +111,11 @@ class DLAResult:
     fact_id: str | None = None
     relation: str | None = None
     meta: dict = field(default_factory=dict)
+    capped_logits: np.ndarray | None = None  # (K,) the model's soft-capped logits (None without a cap)
+    softcap: float | None = None             # the final logit soft-cap; ``logits`` are then pre-cap
+    attn_post_norm_scales: np.ndarray | None = None  # (L,) frozen post-attention norm scales at END (Gemma)
+    rtol: float = 1e-4
+    check_passed: bool = True
 
     # ------------------------------------------------------------------ sums
     @property
@@ -107,6 +136,18 @@ class DLAResult:
     def error(self) -> float:
         """max |Σ components − logit| over the targets."""
         return float(np.abs(self.total - self.logits).max())
+
+    @property
+    def magnitude(self) -> float:
+        """Σ |components| of the answer: the size float rounding of the sum scales with."""
+        parts = [self.embed[:1], self.heads[..., 0].ravel(), self.attn_bias[:, 0], self.mlps[:, 0],
+                 self.norm_bias[:1], self.unembed_bias[:1]]
+        return float(sum(np.abs(p).sum() for p in parts))
+
+    @property
+    def tolerance(self) -> float:
+        """The largest error the sum-to-logit check accepts: ``rtol · max(1, magnitude)``."""
+        return self.rtol * max(1.0, self.magnitude)
 
     def metric(self, x: np.ndarray, metric: str = "logit") -> np.ndarray:
         """Reduce the last (K) axis of a per-target array to one metric."""
@@ -250,9 +291,12 @@ class DLAResult:
 
     def __repr__(self) -> str:
         gt = self.group_totals()
-        return (f"DLAResult({self.fact_id or self.prompt[-40:]!r} → {self.target_strs[0]!r}: logit "
+        what = "pre-cap logit" if self.softcap else "logit"
+        flag = "" if self.check_passed else " FAILED the sum-to-logit check"
+        return (f"DLAResult({self.fact_id or self.prompt[-40:]!r} → {self.target_strs[0]!r}: {what} "
                 f"{self.logits[0]:.3f} = embed {gt['embed']:.2f} + attention {gt['attention']:.2f} + MLP "
-                f"{gt['mlp']:.2f} + biases {gt['biases']:.2f}; |error| {self.error:.1e})")
+                f"{gt['mlp']:.2f} + biases {gt['biases']:.2f}; |error| {self.error:.1e} "
+                f"(tolerance {self.tolerance:.1e}){flag})")
 
     def _repr_html_(self) -> str:
         df = self.to_frame()
@@ -260,6 +304,31 @@ class DLAResult:
         cols = ["component", "logit", "diff"] + [f"logit_{g}" for g in SOURCE_GROUPS]
         return (f"<pre>{html.escape(repr(self))}</pre>"
                 + top[cols].to_html(index=False, float_format=lambda v: f"{v:+.3f}", na_rep=""))
+
+
+ON_ERROR = ("raise", "warn")
+
+
+def check_sum_to_logit(result: DLAResult, on_error: str = "raise") -> DLAResult:
+    """Check that the components of ``result`` sum to its (pre-cap) logits within ``result.tolerance``.
+
+    Raises ``workbench.DecompositionError`` (``on_error="raise"``) or warns and marks
+    ``result.check_passed = False`` (``"warn"``); returns the result when it passes or only warns."""
+    if on_error not in ON_ERROR:
+        raise InputError(f"on_error must be one of {ON_ERROR}, got {on_error!r}.")
+    err, tol = result.error, result.tolerance
+    result.check_passed = bool(np.isfinite(err) and err <= tol)
+    if result.check_passed:
+        return result
+    msg = (f"DLA of {result.fact_id or result.prompt[-40:]!r} on {result.model_name}: the components sum to "
+           f"{result.total[0]:.6g} but the {'pre-cap ' if result.softcap else ''}logit is {result.logits[0]:.6g} "
+           f"(max error {err:.2e} > tolerance {tol:.2e} = rtol {result.rtol:g} × max(1, Σ|components| "
+           f"{result.magnitude:.3g})). Something the decomposition does not model changed the residual (a hook or "
+           "intervention that adds to it, or an architecture trait not handled); do not use these numbers.")
+    if on_error == "raise":
+        raise DecompositionError(msg)
+    warnings.warn("workbench: " + msg, stacklevel=3)
+    return result
 
 
 # ---------------------------------------------------------------------- pure algebra
@@ -288,7 +357,7 @@ class _Unembed:
 def _unembed(model) -> _Unembed:
     W = model.weights()
     fn = W.final_norm
-    gain = fn.w if fn.w is not None else torch.ones(model.info.d_model, device=W.W_U.device)
+    gain = fn.gain if fn.gain is not None else torch.ones(model.info.d_model, device=W.W_U.device)
     return _Unembed(gain.double(), None if fn.b is None else fn.b.double(), W.W_U,
                     None if W.b_U is None else W.b_U.double(), fn.kind == "LN")
 
@@ -307,6 +376,10 @@ def capture_names(model) -> list[str]:
     names = ["embed", "v", "pattern", "z", "mlp_out", "final_norm_scale"]
     if "hook_pos_embed" in model.hook_names():
         names.insert(1, "pos_embed")
+    if model.info.post_norms:
+        names += ["attn_post_norm_scale"]
+    if model.info.logit_softcap:
+        names += ["unembed_in"]  # pre-cap logits = unembed_in · W_U + b_U
     return names
 
 
@@ -359,7 +432,8 @@ def _check_positions(pos: list[int], n: int, what: str) -> list[int]:
 
 def direct_logit_attribution(model, prompt, answer=None, alternatives: Sequence | None = None,
                              subject_positions: Sequence[int] | None = None,
-                             relation_positions: Sequence[int] | None = None) -> DLAResult:
+                             relation_positions: Sequence[int] | None = None, on_error: str = "raise",
+                             rtol: float = 1e-4) -> DLAResult:
     """Exact DLA of one prompt (a string or a FactPrompt) at its last position; see the module docstring.
 
     answer: token id or single-token string (FactPrompt: default its first-token answer).
@@ -368,10 +442,13 @@ def direct_logit_attribution(model, prompt, answer=None, alternatives: Sequence 
     subject_positions / relation_positions: token positions of the source groups (FactPrompt:
     default ``token_positions``); the last position is always its own group "last" (dropped from
     these if listed); the rest is "other".
+    on_error / rtol: the sum-to-logit check run on every result (module docstring): "raise" raises
+    ``workbench.DecompositionError`` when the error exceeds ``rtol · max(1, Σ|components|)``, "warn"
+    warns and returns the result marked ``check_passed=False``.
     """
     return direct_logit_attribution_many(model, [prompt], answer=answer, alternatives=alternatives,
                                          subject_positions=subject_positions,
-                                         relation_positions=relation_positions)[0]
+                                         relation_positions=relation_positions, on_error=on_error, rtol=rtol)[0]
 
 
 def _per_prompt(answer, n: int) -> list:
@@ -390,7 +467,8 @@ def _per_prompt(answer, n: int) -> list:
 
 
 def direct_logit_attribution_many(model, prompts, batch_size: int = 16, answer=None, alternatives=None,
-                                  subject_positions=None, relation_positions=None) -> list[DLAResult]:
+                                  subject_positions=None, relation_positions=None, on_error: str = "raise",
+                                  rtol: float = 1e-4) -> list[DLAResult]:
     """DLA of several prompts / FactPrompts, ``batch_size`` per forward pass (right padding).
 
     answer: None (FactPrompts: their own answers), one answer for every prompt (token id or
@@ -405,9 +483,16 @@ def direct_logit_attribution_many(model, prompts, batch_size: int = 16, answer=N
                 for it, a in zip(items, answers)]
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if on_error not in ON_ERROR:
+        raise InputError(f"on_error must be one of {ON_ERROR}, got {on_error!r}.")
+    if not isinstance(rtol, (int, float)) or not rtol > 0:
+        raise InputError(f"rtol must be a positive number, got {rtol!r}.")
     out: list[DLAResult] = []
     for i in range(0, len(resolved), batch_size):
         out += _dla_batch(model, resolved[i:i + batch_size])
+    for r in out:
+        r.rtol = float(rtol)
+        check_sum_to_logit(r, on_error)
     return out
 
 
@@ -430,6 +515,12 @@ def _dla_batch(model, resolved) -> list[DLAResult]:
     has_pos = "hook_pos_embed" in run.captures
     stacked = {n: torch.stack([run[n, l] for l in range(L)], 1) for n in ("pattern", "v", "z", "mlp_out")}
     group = H // model.info.n_kv_heads
+    cap = model.info.logit_softcap or None
+    post_norms = None
+    if model.info.post_norms:
+        post_norms = [lw.ln1_post for lw in model.weights().layers]
+        if any(pn is None for pn in post_norms):
+            raise InputError(f"{model.info.name} has post norms on some layers only; DLA does not support that yet.")
     results = []
     for b, (text, ans, alts, subj, rel, fid, relation) in enumerate(resolved):
         t = run.lengths[b]
@@ -449,8 +540,18 @@ def _dla_batch(model, resolved) -> list[DLAResult]:
         if un.centre:
             w = w - w.mean(0, keepdim=True)
         w = w / scale
+        # what a head adds reaches the residual through the layer's post-attention norm (Gemma):
+        # with its scale frozen, read each head through that norm's direction w_l (L, d, K)
+        w_attn, post_scales, post_bias = w.expand(L, *w.shape), None, torch.zeros(L, len(targets), device=dev,
+                                                                                    dtype=torch.float64)
+        if post_norms is not None:
+            s_post = run.stack("attn_post_norm_scale")[:, b, end, 0].double()  # (L,)
+            w_attn = torch.stack([pn.read_direction(w, s_post[l]) for l, pn in enumerate(post_norms)])
+            post_bias = torch.stack([pn.b.double() @ w if pn.b is not None else post_bias[l]
+                                     for l, pn in enumerate(post_norms)])
+            post_scales = s_post.cpu().numpy()
         # metric directions for the per-source split: answer, answer − mean(alternatives)
-        wm = torch.stack([w[:, 0], w[:, 0] - w[:, 1:].mean(1)], 1)  # (d, 2)
+        wm = torch.stack([w_attn[..., 0], w_attn[..., 0] - w_attn[..., 1:].mean(-1)], -1)  # (L, d, 2)
         emb = run["embed"][b, end].double()
         if has_pos:
             emb = emb + run["pos_embed"][b, end].double()
@@ -462,21 +563,30 @@ def _dla_batch(model, resolved) -> list[DLAResult]:
         member[1, rel] = 1
         member[2, end] = 1
         member[3] = 1 - member[0] - member[1] - member[2]
-        heads = torch.einsum("lhe,lhed->lhd", z, w_o).double() @ w  # (L, H, K), from z
+        heads = torch.einsum("lhd,ldk->lhk", torch.einsum("lhe,lhed->lhd", z, w_o).double(), w_attn)  # (L, H, K)
         zg = torch.einsum("lhs,gs,lshe->lhge", rows, member, v_h)  # (L, H, 4, e) grouped before W_O
-        groups = torch.einsum("lhge,lhed->lhgd", zg, w_o).double() @ w  # (L, H, 4, K)
-        ov = torch.einsum("lhed,dm->lhem", w_o, wm.float()).double()  # (L, H, e, 2): W_O projected first
+        groups = torch.einsum("lhgd,ldk->lhgk", torch.einsum("lhge,lhed->lhgd", zg, w_o).double(), w_attn)
+        ov = torch.einsum("lhed,ldm->lhem", w_o, wm.float()).double()  # (L, H, e, 2): W_O projected first
         sources = rows.double()[..., None] * torch.einsum("lshe,lhem->lhsm", v_h.double(), ov)  # (L, H, T, 2)
-        mlps = stacked["mlp_out"][b, :, end].double() @ w  # (L, K)
-        attn_bias = b_o @ w  # (L, K)
+        mlps = stacked["mlp_out"][b, :, end].double() @ w  # (L, K); already after any post-MLP norm
+        attn_bias = torch.einsum("ld,ldk->lk", b_o, w_attn) + post_bias  # (L, K)
         wu = un.W_U[:, tgt].double()
         norm_bias = (un.bias @ wu).cpu().numpy() if un.bias is not None else np.zeros(len(targets))
         unembed_bias = un.b_U[tgt].cpu().numpy() if un.b_U is not None else np.zeros(len(targets))
+        logits = logits_all[tgt]
+        capped = None
+        if cap:  # decompose the pre-cap logit: the model's own final normalized residual times W_U (+ b_U)
+            capped = logits.cpu().numpy()
+            logits = run["unembed_in"][b, end].double() @ wu
+            if un.b_U is not None:
+                logits = logits + un.b_U[tgt]
         np_ = lambda x: x.cpu().numpy()  # noqa: E731
         results.append(DLAResult(
             model_name=model.info.name, prompt=text, str_tokens=list(run.str_tokens[b]), targets=targets,
-            target_strs=model.str_tokens(targets), logits=np_(logits_all[tgt]), embed=np_(emb @ w),
+            target_strs=model.str_tokens(targets), logits=np_(logits), embed=np_(emb @ w),
             heads=np_(heads), groups=np_(groups), attn_bias=np_(attn_bias), mlps=np_(mlps), norm_bias=norm_bias,
             unembed_bias=unembed_bias, sources=np_(sources.permute(3, 0, 1, 2)), attn_rows=np_(rows.double()),
-            subject_positions=subj, relation_positions=rel, scale=scale, fact_id=fid, relation=relation))
+            subject_positions=subj, relation_positions=rel, scale=scale, fact_id=fid, relation=relation,
+            capped_logits=capped, softcap=cap,
+            attn_post_norm_scales=post_scales))
     return results
