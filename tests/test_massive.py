@@ -71,13 +71,49 @@ def test_report_api_and_bad_input(tiny_llama):
 
 
 
+def test_planted_massive_activation_behind_a_scaled_embedding_outlier(tiny_family_models):
+    """tiny-gemma2 (embeddings × √d, post norms): the first token's embedding row is made an outlier (so by the
+    plain ratio it is "massive" from the embedding on), and block 1's MLP is edited to write a huge value into
+    dim 37 at that token only. The detector must report block 1 and dim 37, not the embedding."""
+    m = tiny_family_models("tiny-gemma2")
+    prompts = ["# the cat sat on the mat.", "# a dog ran far away."]
+    d_in, d_out, unit = 5, 37, 11
+    first = int(m.tokenize("#")[0][0, 0])
+    W = m.weights()
+    with m.edit_weights() as ed:
+        W_E = W.W_E.clone()
+        W_E[:, d_in] = 0
+        W_E[first, d_in] = 30.0  # × √d = 240: only the first token has anything in d_in
+        ed.set_embedding(W_E)
+        gate, up, down = (m.linear_weight(1, k).clone() for k in ("gate", "up", "down"))
+        gate[unit], up[unit] = 0, 0
+        gate[unit, d_in], up[unit, d_in] = 2.0, 2.0  # one MLP unit that fires on d_in only
+        down[d_out] = 0
+        down[d_out, unit] = 10.0  # ... and writes into d_out only
+        for kind, w in (("gate", gate), ("up", up), ("down", down)):
+            ed.set_linear(1, kind, weight=w)
+        gain = W.layers[1].ln2_post.w.clone()
+        gain[d_out] = 49.0  # Gemma's post-MLP norm multiplies by 1 + w: 50 on d_out
+        ed.set_norm(1, "ln2_post", weight=gain)
+        r = massive_activations(m, prompts)
+    for b in range(2):
+        assert float(r.ratio[b, 0]) > r.factor and float(r.ratio[b, 1]) > r.factor  # the trap: plain ratio
+        assert not bool(r.massive[b, :2].any())  # ... but nothing written before block 1 is massive
+        assert int(r.peak_position[b]) == 0 and r.appears[b] == 2 and r.peak_stage[b] == 2  # block 1's output
+        assert r.stage_name(r.appears[b]) == "block 1's output"
+        assert r.peak_dims(b)[0][0] == d_out and r.peak_dims(b)[0][1] > 300 and r.peak_norm[b] > 400
+        assert r.massive_dims(b)[0] == d_out
+        assert float(r.embed_ratio[b]) > r.factor and "not counted" in repr(r)
+    assert {"written_ratio", "massive"} <= set(r.to_frame().columns)
+
+
 @pytest.mark.smollm2
 def test_smollm2_peak_at_position0_carried_by_dim_507(smollm2):
     r = massive_activations(smollm2, SMOL_PROMPTS)
     for b in range(len(SMOL_PROMPTS)):
         assert int(r.peak_position[b]) == 0
         s = int(r.ratio[b].argmax())
-        assert r.ratio[b, s] > 10
+        assert r.ratio[b, s] > 10 and r.peak_stage[b] == s
         assert r.top_dims[b, s, 0] == 507
         assert r.top_values[b, s, 0].abs() > 0.9 * r.norms[b, s, 0]  # one dim carries the peak
         assert r.appears[b] == 12  # after block 11 (stage 0 is the embedding)

@@ -2,17 +2,28 @@
 dimensions, from which layer on, and where it is removed.
 
 Stages: s = 0 is the embedding (the residual entering block 0, ``blocks.0.hook_resid_pre``; it
-includes learned positions on GPT-2-like models) and s = l + 1 the residual leaving block l
-(``resid_post``), so there are L + 1 stages. Per prompt:
+includes learned positions on GPT-2-like models and Gemma's √d embedding scale) and s = l + 1 the
+residual leaving block l (``resid_post``), so there are L + 1 stages. Per prompt:
 
-- norms[s, j] = ‖x_j^s‖₂ (equal to HF ``output_hidden_states[s]`` for s < L).
-- peak token p: the arg-max-norm token at the stage where (max norm / median of the other
-  tokens) is largest. ratio[s] = ‖x_p^s‖ / median_{j ≠ p} ‖x_j^s‖ (padding excluded).
-- massive stages: ratio >= ``factor``. appears / removed: first stage of the run of massive
-  stages that holds the largest ratio, and the first stage after that run (None when the peak
-  lasts to the last block; the final norm then removes it). first_massive: the first massive
-  stage at all (a weaker, earlier peak can come and go before the main one).
-- top dims of x_p^s by |value|, with their signed values and the share of ‖x_p^s‖² they carry.
+- norms[s, j] = ‖x_j^s‖₂, the absolute residual norm (equal to HF ``output_hidden_states[s]`` for s < L).
+- written[s, j] = ‖x_j^s − x_j^0‖₂: what the blocks up to s have written, the embedding removed.
+  Detection uses this, so an embedding row that is large to begin with (Gemma's first-token
+  embedding, multiplied by √d) is not mistaken for a massive activation made by a block: such a token
+  looks like a peak "at block 0" by the plain ratio, while the real massive activation appears later.
+- peak token p: the arg-max-written-norm token at the block-output stage s ≥ 1 where (max written
+  norm / median written norm of the other tokens) is largest; the embedding stage is never the peak.
+  written_ratio[s] = written[s, p] / median_{j ≠ p} written[s, j] (s ≥ 1; padding excluded).
+  ratio[s] = ‖x_p^s‖ / median_{j ≠ p} ‖x_j^s‖ is the plain ratio of absolute norms, kept for display
+  and comparison (at s = 0 it says whether p's embedding row is itself an outlier: ``embed_ratio``).
+- **massive** stages: s ≥ 1 with written_ratio ≥ ``factor``. **appears**: the first stage of the run
+  of massive stages that holds the largest written ratio (the block whose output first carries
+  the peak is block appears − 1). **removed**: the first stage after that run, i.e. the first block
+  output where the peak token's written norm is back below ``factor`` × the median of the others
+  (None when the peak lasts to the last block; the final norm then removes it). first_massive: the
+  first massive stage at all (a weaker, earlier peak can come and go before the main one).
+- top dims of x_p^s by |value| (the absolute residual), with their signed values and the share of
+  ‖x_p^s‖² they carry; ``peak_norm`` / ``peak_dims`` give the absolute norm and the dims at the stage
+  with the largest written ratio.
 
 Measured on SmolLM2 (fp32, CPU; 9 prompts of 21-116 tokens: the three integration-test prompts and
 three prose and three code texts of ``workbench.texts.load_domain``; checked by ``tests/test_massive.py``):
@@ -49,7 +60,9 @@ class MassiveActivationReport(Result):
 
     norms: (B, S, T) L2 norm per token; NaN at padded positions.
     peak_position: (B,) the peak token of each prompt.
-    ratio: (B, S) peak-token norm / median norm of the other real tokens.
+    ratio: (B, S) peak-token norm / median norm of the other real tokens (absolute residual norms).
+    written_ratio: (B, S) the same on ‖x^s − x^0‖ (what the blocks wrote), the detection ratio;
+        NaN at the embedding stage s = 0.
     median_other, max_other: (B, S) median and max norm over the other real tokens.
     top_dims, top_values: (B, S, k) the peak token's largest dims by |x| and their signed values.
     top_share: (B, S) share of the peak token's squared norm carried by those k dims.
@@ -74,6 +87,37 @@ class MassiveActivationReport(Result):
     removed: list[int | None]
     first_massive: list[int | None]
     factor: float = 10.0
+    written_ratio: torch.Tensor | None = None
+
+    @property
+    def massive(self) -> torch.Tensor:
+        """(B, S) bool: block-output stages where the peak token's written norm is >= ``factor`` × the median
+        of the others (never the embedding stage)."""
+        m = torch.nan_to_num(self.written_ratio, nan=0.0) >= self.factor
+        m[:, 0] = False
+        return m
+
+    @property
+    def peak_stage(self) -> list[int]:
+        """Per prompt, the block-output stage (>= 1) with the largest written ratio."""
+        return [1 + int(torch.nan_to_num(self.written_ratio[b, 1:], nan=-1.0).argmax()) for b in range(len(self.prompts))]
+
+    @property
+    def peak_norm(self) -> list[float]:
+        """Per prompt, the absolute residual norm ‖x_p‖ of the peak token at ``peak_stage``."""
+        return [float(self.norms[b, s, int(self.peak_position[b])]) for b, s in enumerate(self.peak_stage)]
+
+    def peak_dims(self, prompt: int = 0) -> list[tuple[int, float]]:
+        """(dim, signed value) of the peak token's largest residual dims at ``peak_stage``."""
+        self._check_prompt(prompt)
+        s = self.peak_stage[prompt]
+        return [(int(d), float(v)) for d, v in zip(self.top_dims[prompt, s], self.top_values[prompt, s])]
+
+    @property
+    def embed_ratio(self) -> torch.Tensor:
+        """(B,) plain ratio of the peak token's embedding norm to the median of the others (stage 0): large when the
+        embedding row itself is an outlier (not a massive activation made by a block)."""
+        return self.ratio[:, 0]
 
     @property
     def stage_labels(self) -> list[str]:
@@ -89,7 +133,7 @@ class MassiveActivationReport(Result):
         """Dims that carry at least ``min_share`` of the peak token's squared norm at some stage
         where the peak is massive (ratio >= factor), most frequent first; [] if never massive."""
         self._check_prompt(prompt)
-        sel = (self.ratio[prompt] >= self.factor).nonzero().flatten().tolist()
+        sel = self.massive[prompt].nonzero().flatten().tolist()
         counts: dict[int, float] = {}
         norms2 = self.norms[prompt, :, int(self.peak_position[prompt])] ** 2
         for s in sel:
@@ -114,7 +158,8 @@ class MassiveActivationReport(Result):
                     "prompt": b, "stage": lab, "layer": None if s == 0 else self.layers[s - 1],
                     "peak_position": p, "peak_token": self.str_tokens[b][p], "peak_norm": float(self.norms[b, s, p]),
                     "median_other": float(self.median_other[b, s]), "max_other": float(self.max_other[b, s]),
-                    "ratio": float(self.ratio[b, s]), "massive": bool(self.ratio[b, s] >= self.factor),
+                    "ratio": float(self.ratio[b, s]), "written_ratio": float(self.written_ratio[b, s]),
+                    "massive": bool(self.massive[b, s]),
                     "top_dims": [(int(d), round(float(v), 2)) for d, v in zip(self.top_dims[b, s], self.top_values[b, s])],
                     "top_share": float(self.top_share[b, s]),
                 })
@@ -134,7 +179,7 @@ class MassiveActivationReport(Result):
         dim_txt = f" — dims {', '.join(map(str, dims[:3]))}" if dims else ""
         fig = go.Figure()
         for s in range(len(x)):
-            if self.ratio[prompt, s] >= self.factor:
+            if self.massive[prompt, s]:
                 fig.add_vrect(x0=s - 0.5, x1=s + 0.5, fillcolor="rgba(214,39,40,0.08)", line_width=0)
         peak = self.norms[prompt, :, p].numpy()
         top = [", ".join(f"{d}: {v:.4g}" for d, v in zip(self.top_dims[prompt, s].tolist(), self.top_values[prompt, s].tolist()))
@@ -155,7 +200,7 @@ class MassiveActivationReport(Result):
             f"dim {d}: {v:.3g}" for d, v in zip(self.top_dims[prompt, s_max].tolist(), self.top_values[prompt, s_max].tolist())),
             showarrow=True, arrowhead=2, ax=40, ay=40, align="left", bgcolor="rgba(255,255,255,0.8)")
         a, r = self.appears[prompt], self.removed[prompt]
-        sub = (f"massive (≥{self.factor:g}× median) from {self.stage_name(a)}"
+        sub = (f"massive (written norm ≥{self.factor:g}× median) from {self.stage_name(a)}"
                + (f", gone at {self.stage_name(r)}" if r is not None else ", to the last block") if a is not None
                else f"no token reaches {self.factor:g}× the median")
         fig.update_layout(title=dict(text=title or f"Residual norm per layer ({self.model_name}): {sub}"),
@@ -170,7 +215,7 @@ class MassiveActivationReport(Result):
                  f"factor {self.factor:g})"]
         for b in range(min(len(self.prompts), 5)):
             p = int(self.peak_position[b])
-            s = int(torch.nan_to_num(self.ratio[b], nan=-1).argmax())
+            s = self.peak_stage[b]
             dims = ", ".join(f"{d}: {v:.4g}" for d, v in zip(self.top_dims[b, s].tolist(), self.top_values[b, s].tolist()))
             a, r, first = self.appears[b], self.removed[b], self.first_massive[b]
             if a is None:
@@ -180,8 +225,11 @@ class MassiveActivationReport(Result):
                     f"gone at {self.stage_name(r)}" if r is not None else "lasts to the last block")
                 if first != a:
                     where += f" (first massive at {self.stage_name(first)})"
-            lines.append(f"  prompt {b}: peak {self.str_tokens[b][p]!r} @{p}, max ratio {float(self.ratio[b, s]):.1f} "
-                         f"({self.stage_labels[s]}, norm {float(self.norms[b, s, p]):.4g}; dims {dims}); {where}")
+            emb = (f"; its embedding is already {float(self.ratio[b, 0]):.1f}× the median (not counted)"
+                   if float(self.ratio[b, 0]) >= self.factor else "")
+            lines.append(f"  prompt {b}: peak {self.str_tokens[b][p]!r} @{p}, max written ratio "
+                         f"{float(self.written_ratio[b, s]):.1f} ({self.stage_labels[s]}, norm {float(self.norms[b, s, p]):.4g}; "
+                         f"dims {dims}); {where}{emb}")
         return "\n".join(lines)
 
     def html_table(self):
@@ -199,12 +247,14 @@ def _median_max_other(norms: torch.Tensor, p: int, n: int) -> tuple[torch.Tensor
 
 
 def _massive_run(ratio: torch.Tensor, factor: float) -> tuple[int | None, int | None, int | None]:
-    """(S,) ratios -> (start of the massive run holding the max ratio, first stage after it or
-    None, first massive stage); all None when no stage reaches ``factor``."""
+    """(S,) written ratios (stage 0 = the embedding, never massive) -> (start of the massive run holding the
+    max ratio, first stage after it or None, first massive stage); all None when no stage reaches ``factor``."""
+    ratio = torch.nan_to_num(ratio.clone(), nan=-1.0)
+    ratio[0] = -1.0
     massive = (ratio >= factor).tolist()
     if not any(massive):
         return None, None, None
-    top = int(torch.nan_to_num(ratio, nan=-1.0).argmax())
+    top = int(ratio.argmax())
     a = top
     while a > 0 and massive[a - 1]:
         a -= 1
@@ -239,23 +289,28 @@ def massive_activations_from_run(model, run, layers: list[int], texts: list[str]
     norms = torch.stack([x.detach().float().norm(dim=-1).cpu() for x in xs], 1)  # (B, S, T)
     pad = torch.arange(t)[None, :] >= torch.tensor(lengths)[:, None]
     norms = norms.masked_fill(pad[:, None, :], float("nan"))
-    peak_pos, ratios, meds, maxs, tdims, tvals, tshare, appears, removed, firsts = ([] for _ in range(10))
+    x0 = xs[0].detach().float()
+    written = torch.stack([(x.detach().float() - x0).norm(dim=-1).cpu() for x in xs], 1)  # (B, S, T); 0 at s = 0
+    peak_pos, ratios, wratios, meds, maxs, tdims, tvals, tshare, appears, removed, firsts = ([] for _ in range(11))
     for i, n in enumerate(lengths):
         nm = norms[i, :, :n]  # (S, n)
-        top2 = nm.topk(2, dim=-1)  # per stage: the max token and the runner-up
-        best_s = int((top2.values[:, 0] / nm.median(-1).values).argmax())
-        p = int(top2.indices[best_s, 0])
+        wn = written[i, 1:, :n]  # (S - 1, n) block-output stages only: the embedding is never the peak
+        best_s = int((wn.max(-1).values / wn.median(-1).values.clamp_min(1e-30)).argmax())
+        p = int(wn[best_s].argmax())
         med, mx = _median_max_other(nm, p, n)
         ratio = nm[:, p] / med
+        wmed, _ = _median_max_other(written[i, :, :n], p, n)
+        wratio = written[i, :, p] / wmed.clamp_min(1e-30)
+        wratio[0] = float("nan")
         vec = torch.stack([x[i, p].detach().float().cpu() for x in xs])  # (S, d)
         v, d = vec.abs().topk(top_k, dim=-1)
         signed = vec.gather(1, d)
         share = (signed ** 2).sum(-1) / (vec ** 2).sum(-1).clamp_min(1e-30)
-        a, r, first = _massive_run(ratio, factor)
-        peak_pos.append(p), ratios.append(ratio), meds.append(med), maxs.append(mx)
+        a, r, first = _massive_run(wratio, factor)
+        peak_pos.append(p), ratios.append(ratio), wratios.append(wratio), meds.append(med), maxs.append(mx)
         tdims.append(d), tvals.append(signed), tshare.append(share), appears.append(a), removed.append(r)
         firsts.append(first)
     return MassiveActivationReport(
         model.info.name, texts, run.str_tokens, lengths, layer_list, norms, torch.tensor(peak_pos), torch.stack(ratios),
         torch.stack(meds), torch.stack(maxs), torch.stack(tdims), torch.stack(tvals), torch.stack(tshare),
-        appears, removed, firsts, factor)
+        appears, removed, firsts, factor, torch.stack(wratios))
