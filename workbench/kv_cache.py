@@ -592,12 +592,23 @@ class KVCache:
         self.next_position = 0
         #: tokens a preallocated cache is sized for (prompt + steps); None for a growing cache
         self.capacity: int | None = None
+        #: sliding-window layers (Gemma 2/3) and their window W: a query at position q sees keys at
+        #: positions > q - W only; ``blocked_slots`` enforces it by position, so eviction keeps it exact
+        self.sliding_layers: frozenset = frozenset()
+        self.sliding_window: int | None = None
+
+    def _set_sliding(self, model) -> "KVCache":
+        i = model.info
+        if i.sliding_window and i.layer_types:
+            self.sliding_layers = frozenset(l for l in range(i.n_layers) if i.is_sliding(l))
+            self.sliding_window = int(i.sliding_window)
+        return self
 
     @classmethod
     def empty(cls, model) -> "KVCache":
         """A growing cache (each forward concatenates its entries; bytes held = entries)."""
         i = model.info
-        return cls(WorkbenchDynamicCache(), i.n_layers, i.n_kv_heads, i.d_head)
+        return cls(WorkbenchDynamicCache(), i.n_layers, i.n_kv_heads, i.d_head)._set_sliding(model)
 
     @classmethod
     def preallocated(cls, model, capacity: int) -> "KVCache":
@@ -610,7 +621,7 @@ class KVCache:
         i = model.info
         hf = WorkbenchDynamicCache()
         hf.layer_class_to_replicate = partial(PreallocatedLayer, capacity)
-        cache = cls(hf, i.n_layers, i.n_kv_heads, i.d_head)
+        cache = cls(hf, i.n_layers, i.n_kv_heads, i.d_head)._set_sliding(model)
         cache.capacity = capacity
         return cache
 
@@ -638,6 +649,7 @@ class KVCache:
         new = KVCache(copy.deepcopy(self.hf_cache), self.n_layers, self.n_kv_heads, self.d_head)
         new.next_position = self.next_position
         new.capacity = self.capacity
+        new.sliding_layers, new.sliding_window = self.sliding_layers, self.sliding_window
         # positions of preallocated layers are views of their (copied) buffers
         new.positions = [lay.positions if isinstance(lay, PreallocatedLayer) and l < len(self.positions)
                          else p.clone() for l, (p, lay) in enumerate(zip(self.positions, new.hf_cache.layers))]
@@ -899,13 +911,16 @@ class KVCache:
         Two cases: padding slots of a ragged layer (per KV head), and, when several tokens are fed
         at once into a layer shorter than the longest one, the new tokens after each query (the
         model's mask is built for the longest layer, so in a shorter layer it would let query i see
-        new tokens up to i + longest - N_l)."""
+        new tokens up to i + longest - N_l), plus, on a sliding-window layer, every entry whose position is at
+        or before q - W for query position q (the model's own sliding mask counts slots, not positions, so
+        after eviction it would let the layer see entries older than its window)."""
         if layer < len(self.hf_cache.layers) and isinstance(self.hf_cache.layers[layer], SkippedLayer):
             return None  # no attention runs in this layer: nothing to mask
         pos = self.positions[layer] if layer < len(self.positions) else None
         n = 0 if pos is None else pos.shape[-1]
         pad = pos is not None and self._has_padding(layer)
-        if not pad and (n_new == 1 or n >= longest):
+        out_of_window = self._out_of_window(layer, pos, n_new)
+        if not pad and (n_new == 1 or n >= longest) and out_of_window is None:
             return None
         g = self.n_kv_heads
         dev = pos.device if pos is not None else None
@@ -914,7 +929,23 @@ class KVCache:
             out[:, :, :n] = (pos[0] < 0)[:, None, :]
         if n_new > 1:
             out[:, :, n:] = torch.ones(n_new, n_new, dtype=torch.bool, device=dev).triu(1)
+        if out_of_window is not None:
+            out |= out_of_window.to(out.device)
         return out
+
+    def _out_of_window(self, layer: int, pos: torch.Tensor | None, n_new: int) -> torch.Tensor | None:
+        """(G, n_new, N_l + n_new) bool: entries outside the sliding window of the new queries, or None when the
+        layer is global or nothing in it is out of window."""
+        if layer not in self.sliding_layers or not self.sliding_window:
+            return None
+        w = self.sliding_window
+        g = self.n_kv_heads
+        dev = pos.device if pos is not None else None
+        q = self.next_position + torch.arange(n_new, device=dev)  # (n_new,) query positions
+        old = pos[0] if pos is not None and pos.numel() else torch.zeros(g, 0, dtype=torch.long, device=dev)
+        keys = torch.cat([old, q.expand(g, n_new)], -1)  # (G, N_l + n_new) key positions (new tokens last)
+        out = (keys[:, None, :] <= q[None, :, None] - w) & (keys[:, None, :] >= 0)  # padding is masked elsewhere
+        return out if bool(out.any()) else None
 
     def set_layer(self, layer: int, layer_obj) -> None:
         """Install a custom cache-layer object (a transformers ``CacheLayerMixin``), e.g. quantized."""

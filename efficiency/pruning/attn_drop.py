@@ -55,7 +55,15 @@ class AttentionDrop(LayerDropMethod):
         cands.sort(key=lambda c: -c[0])  # most similar (most redundant) first
         return [(p, l) for _, p, l in cands]
 
+    def check_model(self, model) -> None:
+        if model.info.parallel_attn_mlp:
+            raise InputError(f"{type(self).__name__} ranks attention / MLP sublayers by cos(resid_pre, resid_mid) and "
+                             f"cos(resid_mid, resid_post); {model.info.name} runs attention and MLP in parallel "
+                             "(GPT-NeoX), so there is no residual between them. Use a block-level method (shortgpt, "
+                             "sleb) on this family.")
+
     def prepare(self, model, texts=None) -> None:
+        self.check_model(model)
         n = model.info.n_layers
         total = 2 * n if self.part == "joint" else n
         k = int(round(self.ratio * total))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 import plotly.graph_objects as go
+import numpy as np
 import torch
 
 from workbench import hook_name
@@ -108,9 +109,10 @@ def layer_scores(model, windows: torch.Tensor, batch_size: int = 4, label: str =
 
     hooks = []
     mids = set()
+    parallel = model.info.parallel_attn_mlp  # attention and MLP read the same residual: no resid_mid
     for l in range(n):
         hooks.append((hook_name("resid_pre", l), on_pre(l)))
-        if hook_name("resid_mid", l) not in silenced:
+        if not parallel and hook_name("resid_mid", l) not in silenced:
             hooks.append((hook_name("resid_mid", l), on_mid(l)))
             mids.add(l)
         hooks.append((hook_name("resid_post", l), on_post(l)))
@@ -122,6 +124,9 @@ def layer_scores(model, windows: torch.Tensor, batch_size: int = 4, label: str =
     for l in set(range(n)) - mids:  # a skipped block: attention and MLP add nothing
         acc["cos_attn"][l] = count.clone()
     m = {k: (v / count.clamp_min(1)).numpy() for k, v in acc.items()}
+    if parallel:  # the sublayer similarities need the residual between attention and MLP, which does not exist
+        m["cos_attn"][:] = np.nan
+        m["cos_mlp"][:] = np.nan
     frame = pd.DataFrame({
         "layer": list(range(n)),
         "bi": 1 - m["cos_blk"][:, 0], "bi_no_first": 1 - m["cos_blk"][:, 1], "bi_angular": m["ang"][:, 0],
