@@ -114,3 +114,15 @@ def test_attention_drop_refuses_parallel_attention(tiny_family_models):
     m = tiny_family_models("tiny-neox")
     with pytest.raises(wb.InputError, match="parallel"):
         get_method("attn_drop").prepare(m, TEXTS)
+
+
+def test_ffn_sub_updates_refuse_post_norms_and_post_norm_editing(tiny_family_models):
+    from probes.factual.ffn_updates import ffn_sub_updates
+
+    with pytest.raises(wb.InputError, match="post norms"):
+        ffn_sub_updates(tiny_family_models("tiny-gemma2"), PROMPT, 0)
+    llama = tiny_family_models("tiny-llama")
+    assert ffn_sub_updates(llama, PROMPT, 0).coefficients.shape == (llama.info.d_mlp,)
+    with pytest.raises(wb.InputError, match="no post norms"):
+        with llama.edit_weights() as ed:
+            ed.set_norm(0, "ln1_post", weight=torch.ones(llama.info.d_model))

@@ -260,8 +260,8 @@ class Model:
         if layer is None:
             return _edits.original(self.bridge.ln_final)
         if which not in ("ln1", "ln2", "ln1_post", "ln2_post"):
-            raise InputError(f"which must be 'ln1' (before attention), 'ln2' (before the MLP), 'ln1_post' or 'ln2_post' "
-                             f"(after them, models with post norms only), got {which!r}.")
+            raise InputError(f"which must be 'ln1' (before attention), 'ln2' (before the MLP), 'ln1_post' or "
+                             f"'ln2_post' (after them, models with post norms only), got {which!r}.")
         blk = self.bridge.blocks[self.check_layer(layer)]
         if which.endswith("_post") and which not in blk._modules:
             raise InputError(f"{self.info.name} has no norm {which!r} after attention / the MLP (no post norms); "

@@ -124,6 +124,13 @@ class FFNSubUpdates:
         return f"<pre>{html.escape(repr(self))}</pre>" + self.to_frame().round(4).to_html(index=False)
 
 
+def _check_family(model) -> None:
+    if model.info.post_norms:
+        raise InputError(f"FFN sub-updates are not supported on {model.info.name}: it has post norms (a norm after "
+                         "the MLP, as Gemma 2/3), so Σ m_i v_i is not what the MLP adds to the residual. Use "
+                         "direct_logit_attribution (exact there, MLP outputs after the norm) instead.")
+
+
 def ffn_sub_updates(model, prompt, layer: int, answer=None, position: int = -1, top_k: int = 10,
                     top_tokens: int = 10, rank_by: str = "magnitude", through_norm: bool = True) -> FFNSubUpdates:
     """Dominant sub-updates of MLP ``layer`` at ``position`` (default the last token) of one prompt.
@@ -140,6 +147,7 @@ def ffn_sub_updates(model, prompt, layer: int, answer=None, position: int = -1, 
         raise InputError(f"prompt must be a non-empty string or a FactPrompt-like object, got {prompt!r}.")
     if rank_by not in ("magnitude", "answer"):
         raise InputError(f"rank_by must be 'magnitude' or 'answer', got {rank_by!r}.")
+    _check_family(model)
     if rank_by == "answer" and answer is None:
         raise InputError("rank_by='answer' needs an answer (token id or string such as ' Paris').")
     layer = model.check_layer(layer)

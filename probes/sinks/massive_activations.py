@@ -100,7 +100,8 @@ class MassiveActivationReport(Result):
     @property
     def peak_stage(self) -> list[int]:
         """Per prompt, the block-output stage (>= 1) with the largest written ratio."""
-        return [1 + int(torch.nan_to_num(self.written_ratio[b, 1:], nan=-1.0).argmax()) for b in range(len(self.prompts))]
+        wr = torch.nan_to_num(self.written_ratio[:, 1:], nan=-1.0)
+        return [1 + int(wr[b].argmax()) for b in range(len(self.prompts))]
 
     @property
     def peak_norm(self) -> list[float]:
