@@ -13,7 +13,9 @@ with w_a = P(g ⊙ W_U[:, a]) / scale (P centres for LayerNorm). Weights come fr
 residual stream is made of (e.g. quantized activations inside ``o_proj``), the decomposition misses
 and the lab says so (``ComponentDLA.error``; the report warns above ``DLA_TOLERANCE``).
 With no cache policy and no preamble this equals ``probes.factual.direct_logit_attribution``'s
-components (tested).
+components (tested). As there, it is exact on every family: with post norms (Gemma) each head is read
+through its post-attention norm with the scale frozen, and with a logit soft-cap (Gemma 2) the
+decomposed logit is the pre-cap one (``ComponentDLA.logits``; the unembedding's input times W_U).
 """
 from __future__ import annotations
 
@@ -62,6 +64,10 @@ def capture_hooks(model, store: dict) -> list[tuple[str, callable]]:
     if hook_name("pos_embed") in model.hook_names():
         names.append(("pos_embed", hook_name("pos_embed")))
     names.append(("scale", hook_name("final_norm_scale")))
+    if model.info.post_norms:
+        names += [(("post_scale", l), hook_name("attn_post_norm_scale", l)) for l in range(model.info.n_layers)]
+    if model.info.logit_softcap:
+        names.append(("unembed_in", hook_name("unembed_in")))
     names += [(("z", l), hook_name("z", l)) for l in range(model.info.n_layers)]
     names += [(("mlp_out", l), hook_name("mlp_out", l)) for l in range(model.info.n_layers)]
 
@@ -81,7 +87,8 @@ def component_dla(model, store: dict, logits: torch.Tensor, targets) -> Componen
     fn = W.final_norm
     tgt = torch.tensor(list(targets), device=W.W_U.device)
     scale = float(store["scale"].double().reshape(-1)[0])
-    gain = fn.w.double() if fn.w is not None else torch.ones(model.info.d_model, dtype=torch.float64, device=tgt.device)
+    gain = fn.gain.double() if fn.gain is not None else torch.ones(model.info.d_model, dtype=torch.float64,
+                                                                   device=tgt.device)
     w = gain[:, None] * W.W_U[:, tgt].double()  # (d, K)
     if fn.kind == "LN":
         w = w - w.mean(0, keepdim=True)
@@ -91,17 +98,30 @@ def component_dla(model, store: dict, logits: torch.Tensor, targets) -> Componen
         emb = emb + store["pos_embed"].double()
     w_o = W.stacked("W_O").float()  # (L, H, e, d)
     z = torch.stack([store[("z", l)].float() for l in range(L)])  # (L, H, e)
-    heads = torch.einsum("lhe,lhed->lhd", z, w_o).double() @ w  # (L, H, K)
+    w_attn = w.expand(L, *w.shape)  # (L, d, K): a head reaches the residual through the post-attention norm (Gemma)
+    if model.info.post_norms:
+        w_attn = torch.stack([W.layers[l].ln1_post.read_direction(w, store[("post_scale", l)].double().reshape(-1)[0])
+                              for l in range(L)])
+    heads = torch.einsum("lhd,ldk->lhk", torch.einsum("lhe,lhed->lhd", z, w_o).double(), w_attn)  # (L, H, K)
     mlps = torch.stack([store[("mlp_out", l)].double() for l in range(L)]) @ w  # (L, K)
     b_o = torch.stack([W.layers[l].b_O.double() if W.layers[l].b_O is not None
                        else torch.zeros(model.info.d_model, dtype=torch.float64, device=w.device) for l in range(L)])
+    attn_bias = torch.einsum("ld,ldk->lk", b_o, w_attn)
+    if model.info.post_norms:
+        attn_bias = attn_bias + torch.stack([W.layers[l].ln1_post.b.double() @ w if W.layers[l].ln1_post.b is not None
+                                             else torch.zeros(len(tgt), dtype=torch.float64, device=w.device)
+                                             for l in range(L)])
+    if model.info.logit_softcap:  # decompose the pre-cap logit
+        pre = store["unembed_in"].double() @ W.W_U[:, tgt].double()
+        logits = logits.clone().double()
+        logits[tgt] = pre + (W.b_U[tgt].double() if W.b_U is not None else 0)
     rest = torch.zeros(len(tgt), dtype=torch.float64, device=w.device)
     if fn.b is not None:
         rest = rest + fn.b.double() @ W.W_U[:, tgt].double()
     if W.b_U is not None:
         rest = rest + W.b_U[tgt].double()
     np_ = lambda x: x.detach().cpu().numpy()  # noqa: E731
-    return ComponentDLA(list(targets), np_(logits[tgt].double()), np_(emb @ w), np_(heads), np_(b_o @ w), np_(mlps),
+    return ComponentDLA(list(targets), np_(logits[tgt].double()), np_(emb @ w), np_(heads), np_(attn_bias), np_(mlps),
                         np_(rest))
 
 

@@ -82,3 +82,21 @@ def test_broken_decomposition_is_caught(tiny_family_models):
         check_sum_to_logit(clean)
     with pytest.raises(wb.InputError, match="on_error"):
         direct_logit_attribution(m, PROMPT, answer=70, on_error="ignore")
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_lab_component_dla_is_exact_and_matches_the_probe(name, tiny_family_models):
+    """The lab's one-query DLA (used against compressed caches) is exact on every family and equals the probe's."""
+    from lab.dla import capture_hooks, component_dla
+
+    m = tiny_family_models(name)
+    ids, _ = m.tokenize(PROMPT)
+    store = {}
+    with m.session(hooks=capture_hooks(m, store)) as s:
+        logits = s.forward(ids)[0, -1]
+    targets = [70, 71]
+    c = component_dla(m, store, logits, targets)
+    assert c.error <= 1e-4
+    r = direct_logit_attribution(m, PROMPT, answer=70, alternatives=[71])
+    np.testing.assert_allclose(c.heads, r.heads, atol=1e-5)
+    np.testing.assert_allclose(c.logits, r.logits, atol=1e-5)
