@@ -59,6 +59,7 @@ demo: venv system model
 	$(PY) scripts/run_notebook.py notebooks/00_tour.py out/00_tour.ipynb -p out_dir out/figures
 
 test: venv system model
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 # Jupyter refuses to run as root without --allow-root (containers); LAB_ARGS adds more (--no-browser, --port=...).
@@ -78,6 +79,9 @@ bench: venv model
 	$(PY) benchmarks/bench_patching.py
 	$(PY) benchmarks/bench_frames.py
 	$(PY) benchmarks/bench_transcoders.py
+	$(PY) benchmarks/bench_quant.py
+	$(PY) benchmarks/bench_sparsity_pruning.py
+	$(PY) benchmarks/bench_lab.py
 
 # One harvest of the corpus feeds both transcoders and the SAE (see BENCHMARKS.md for the time).
 transcoders: venv model

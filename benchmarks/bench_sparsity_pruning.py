@@ -253,7 +253,7 @@ def sec_attn_drop(m, data, cfg, log) -> dict:
                 row["kv_formula_bytes"] = meth.cost(m, st.full_tokens).kv_bytes
             out["rows"].append(row)
             log(f"attn_drop: {row}")
-        del caches
+        caches.clear()
     for name, meth in methods.items():
         if meth is not None:
             out.setdefault("quality", {})[name] = quality(m, data, [meth.intervention(m)])
