@@ -13,6 +13,8 @@
 #                -> benchmarks/results/*.json; see BENCHMARKS.md
 
 PYTHON ?= python3
+# pytest-xdist workers for `make test` (one per core; 0 runs the suite in one process)
+TEST_WORKERS ?= $(shell nproc 2>/dev/null | awk '{print ($$1 < 2 ? 0 : ($$1 > 4 ? 4 : $$1))}')
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
@@ -60,7 +62,7 @@ demo: venv system model
 
 test: venv system model
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Jupyter refuses to run as root without --allow-root (containers); LAB_ARGS adds more (--no-browser, --port=...).
 # jupyter-config/ (on JUPYTER_CONFIG_PATH) ships the Lab default that opens notebooks/*.py as notebooks
