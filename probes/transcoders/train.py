@@ -75,8 +75,13 @@ class TrainResult:
 class TranscoderTrainer:
     """Holds one transcoder, its optimizer and training state; ``step(x, y)`` trains one batch."""
 
-    def __init__(self, cfg: TranscoderTrainingConfig, metadata: dict[str, Any] | None = None):
+    def __init__(self, cfg: TranscoderTrainingConfig, metadata: dict[str, Any] | None = None, comm=None):
         self.cfg = cfg
+        # data parallelism: a ``workbench.distributed.DistContext`` (or None for one process). Each
+        # rank steps on its slice of the global batch; the first-batch statistics, the loss metrics,
+        # the gradients and the fired-feature mask are averaged / united over ranks, so every rank
+        # holds the same parameters as one process stepping on the whole global batch.
+        self.comm = comm
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
             self.tc = build_transcoder(cfg.d_in, cfg.d_sae, cfg.d_out, cfg.activation, cfg.skip, cfg.k,
@@ -176,8 +181,12 @@ class TranscoderTrainer:
         t0 = time.perf_counter()
         if self.n_steps == 0 and float(self.scale) == 0.0:
             with torch.no_grad():
-                tc.b_dec.copy_(y.mean(0))
-                self.scale = ((y - y.mean(0)) ** 2).sum(-1).mean().clamp_min(1e-12)
+                mean = y.mean(0)
+                self._mean_over_ranks(mean)  # the global batch's mean (equal slices per rank)
+                sq = ((y - mean) ** 2).sum(-1).mean().reshape(1)
+                self._mean_over_ranks(sq)
+                tc.b_dec.copy_(mean)
+                self.scale = sq.reshape(()).clamp_min(1e-12)
         lr = self._lr()
         for grp in self.opt.param_groups:
             grp["lr"] = lr
@@ -221,11 +230,22 @@ class TranscoderTrainer:
             aux = self._aux_loss(pre, y, y_hat, dead)
             loss = loss + c.aux_coefficient * aux
             metrics["aux"] = float(aux)
-        if not torch.isfinite(loss):
-            self._diverged(f"loss is {loss.item()}")
+        if self.comm is not None:
+            with torch.no_grad():  # global metrics; every rank sees the same finiteness verdict
+                glob = torch.stack([loss.detach(), mse.detach(), torch.tensor(l0_now)]).float()
+                self._mean_over_ranks(glob)
+                fired_i = fired.to(torch.uint8)
+                self.comm.all_reduce_max_(fired_i)
+                fired = fired_i.bool()
+            loss_v, mse_v, l0_now = glob.tolist()
+        else:
+            loss_v, mse_v = loss.item(), mse.item()
+        if not math.isfinite(loss_v):
+            self._diverged(f"loss is {loss_v}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
+        self._mean_over_ranks(grads)  # data-parallel all-reduce: mean of rank means = global mean
         if not torch.isfinite(torch.stack([gr.sum() for gr in grads]).sum()):  # NaN/inf survive a sum
             self.opt.zero_grad(set_to_none=True)
             self._diverged("a gradient is not finite")
@@ -239,16 +259,24 @@ class TranscoderTrainer:
                 tc.threshold.copy_(self.log_threshold.exp())
         self.last_fired[fired] = self.n_steps
         self.n_steps += 1
-        self.tokens += x.shape[0]
+        world = 1 if self.comm is None else self.comm.world_size
+        self.tokens += x.shape[0] * world
         if (c.activation != "topk" and c.resample_until and self.n_steps % c.resample_every == 0
                 and c.dead_window <= self.n_steps <= c.resample_until):
-            metrics["resampled"] = self._resample(x, y, y_hat.detach(), (self.n_steps - 1 - self.last_fired) >= c.dead_window)
+            xs, ys, yh = x, y, y_hat.detach()
+            if world > 1:  # resampling draws from the whole global batch, identically on every rank
+                xs, ys, yh = (self.comm.all_gather_cat(t) for t in (xs, ys, yh))
+            metrics["resampled"] = self._resample(xs, ys, yh, (self.n_steps - 1 - self.last_fired) >= c.dead_window)
         self.seconds += time.perf_counter() - t0
-        metrics.update(step=self.n_steps, loss=loss.item(), mse=mse.item(), l0=l0_now,
+        metrics.update(step=self.n_steps, loss=loss_v, mse=mse_v, l0=l0_now,
                        dead=int(((self.n_steps - self.last_fired) >= c.dead_window).sum()), lr=lr)
         if self.n_steps % c.log_every == 0 or self.n_steps == 1 or self.n_steps == c.total_steps:
             self.history.append(metrics)
         return metrics
+
+    def _mean_over_ranks(self, tensors) -> None:
+        if self.comm is not None:
+            self.comm.all_reduce_mean_([tensors] if isinstance(tensors, torch.Tensor) else list(tensors))
 
     def _diverged(self, what: str) -> None:
         raise TrainingDivergedError(
