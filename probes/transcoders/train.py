@@ -229,7 +229,7 @@ class TranscoderTrainer:
         if c.activation == "topk" and dead.any() and c.aux_coefficient > 0:
             aux = self._aux_loss(pre, y, y_hat, dead)
             loss = loss + c.aux_coefficient * aux
-            metrics["aux"] = float(aux)
+            metrics["aux"] = float(aux.detach())
         if self.comm is not None:
             with torch.no_grad():  # global metrics; every rank sees the same finiteness verdict
                 glob = torch.stack([loss.detach(), mse.detach(), torch.tensor(l0_now)]).float()
