@@ -111,6 +111,7 @@ def main(argv=None) -> dict:
         results = fit_many(trainers, data, None, log=log if ctx.is_main else None)
         train_s = time.perf_counter() - t_t
         summary.update(train_wall_seconds=train_s, total_wall_seconds=time.perf_counter() - t0,
+                       allreduce_seconds_rank0=ctx.comm_seconds,
                        steps=args.steps, global_batch=args.batch_size, local_batch=args.batch_size // ctx.world_size,
                        models={})
         if ctx.is_main and args.out is not None:

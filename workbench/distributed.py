@@ -11,6 +11,7 @@ always reduce in rank order, so the result is the same on every rank.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Sequence
@@ -31,6 +32,7 @@ class DistContext:
     local_rank: int = 0
     backend: str | None = None
     device: torch.device = torch.device("cpu")
+    comm_seconds: float = 0.0  # wall time spent in collectives (all-reduce, all-gather) by this process
 
     @property
     def is_main(self) -> bool:
@@ -51,9 +53,11 @@ class DistContext:
         if not self.distributed or not tensors:
             return
         import torch.distributed as dist
+        t0 = time.perf_counter()
         flat = torch.cat([t.reshape(-1).float() for t in tensors]).to(self._comm_device())
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= self.world_size
+        self.comm_seconds += time.perf_counter() - t0
         i = 0
         for t in tensors:
             n = t.numel()
