@@ -54,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=1024, help="GLOBAL batch (rows per step over all ranks)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--autocast", action="store_true", help="bfloat16 matmuls in training")
+    ap.add_argument("--train-device", default=None,
+                    help="where the transcoders train: cpu or cuda (default: this rank's device)")
     ap.add_argument("--harvest-only", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="where rank 0 writes the trained transcoders")
     return ap
@@ -104,7 +106,8 @@ def main(argv=None) -> dict:
                                            lr=args.lr, total_steps=args.steps, batch_size=args.batch_size,
                                            seed=args.seed + layer, autocast=args.autocast,
                                            log_every=max(1, args.steps // 10))
-            trainers[layer] = TranscoderTrainer(cfg, metadata=model_metadata(model, layer), comm=ctx)
+            trainers[layer] = TranscoderTrainer(cfg, metadata=model_metadata(model, layer), comm=ctx,
+                                                device=args.train_device or ctx.device)
         data = store_pairs(store, args.layers, args.batch_size, seed=args.seed, shards_in_memory=args.shards_in_memory,
                            ctx=ctx)
         t_t = time.perf_counter()

@@ -78,3 +78,19 @@ def test_estimate_uses_the_weights_dtype():
     assert e16.total * 2 == e32.total
     r = m16.run("The cat sat.", capture="resid_post")
     assert sum(t.numel() * t.element_size() for t in r.captures.values()) == sum(e16.per_item.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_offloads_captures_and_reads_free_memory(monkeypatch):
+    m = wb.load("tiny-llama", device="cuda", dtype=torch.bfloat16)
+    free = device_free_bytes(m.device)
+    assert isinstance(free, int) and free > 0
+    a = m.run("The cat sat on the mat.", capture="resid_post")
+    b = m.run("The cat sat on the mat.", capture="resid_post", capture_device="cpu")
+    for k in a.captures:
+        assert a.captures[k].device.type == "cuda" and b.captures[k].device.type == "cpu"
+        assert torch.equal(a.captures[k].cpu(), b.captures[k])
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**10, 2**30))
+    with pytest.raises(CaptureBudgetError, match="device memory is free"):
+        m.run("The cat sat on the mat.", capture="resid_post")
+    m.run("The cat sat on the mat.", capture="resid_post", capture_device="cpu", logits=None)  # nothing left on the GPU

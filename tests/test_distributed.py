@@ -140,3 +140,20 @@ def test_partial_environment_and_bad_rank_are_refused(monkeypatch):
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(InputError, match="RANK='x' is not an integer"):
         init_distributed("gloo")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trainer_on_cuda_matches_cpu():
+    """The same seed and batches train the same transcoder on the GPU as on the CPU (float32 rounding)."""
+    from probes.transcoders.config import TranscoderTrainingConfig
+    from probes.transcoders.train import TranscoderTrainer
+    from distributed_helpers import synthetic_batches
+
+    for name, cfg in CONFIGS.items():
+        trs = [TranscoderTrainer(TranscoderTrainingConfig.from_dict(cfg), device=d) for d in ("cpu", "cuda")]
+        for _, (x, y) in zip(range(10), synthetic_batches(cfg["batch_size"])):
+            for tr in trs:
+                tr.step(x, y)
+        assert trs[1].tc.W_enc.device.type == "cuda"
+        for (n, a), b in zip(trs[0].tc.named_parameters(), trs[1].tc.parameters()):
+            torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-4, msg=lambda m: f"{name} {n}: {m}")
