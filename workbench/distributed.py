@@ -84,11 +84,11 @@ class DistContext:
         return torch.cat(parts).to(t.device)
 
     def all_reduce_sum_int(self, n: int) -> int:
+        """Sum of an integer over ranks (e.g. rows harvested)."""
         if not self.distributed:
             return n
         import torch.distributed as dist
-        buf = torch.tensor([n], dtype=torch.float64 if self.backend == "gloo" else torch.float32,
-                           device=self._comm_device())
+        buf = torch.tensor([n], dtype=torch.int64, device=self._comm_device())  # exact counts (gloo and nccl)
         dist.all_reduce(buf, op=dist.ReduceOp.SUM)
         return int(buf.item())
 
