@@ -87,6 +87,7 @@ def test_torchrun_script_two_processes_equal_one_process(two_process_run, tmp_pa
     one = train_distributed.main([*SCRIPT_ARGS, "--store", str(tmp_path / "s1"), "--out", str(tmp_path / "o1")])
     assert one["world_size"] == 1 and one["local_batch"] == 32
     assert '"world_size": 2' in stdout and '"local_batch": 16' in stdout
+    assert '"rows_harvested_now": 256' in stdout  # 4 shards x 64 rows, summed over the two ranks
     # the store does not depend on the number of harvesting processes: byte-identical shards
     for i in range(4):
         a = json.loads((tmp_path / "s1" / f"shard-{i:06d}.done.json").read_text())
