@@ -51,7 +51,7 @@ from torch.nn.functional import linear as F_linear  # noqa: E402
 
 import efficiency as ef  # noqa: E402
 import workbench as wb  # noqa: E402
-from efficiency.kv.harness import perplexity
+from efficiency.kv.harness import perplexity  # noqa: E402
 from workbench.texts import long_texts  # noqa: E402
 from efficiency.lowrank import FactScorer, LowRankLinear, laser_sweep, truncated_svd  # noqa: E402
 from efficiency.sparsity import SparseGatedMLP, SparseInputLinear, calibrate_teal, measured_sparsity  # noqa: E402
