@@ -13,6 +13,8 @@
 #                -> benchmarks/results/*.json; see BENCHMARKS.md
 
 PYTHON ?= python3
+# pytest-xdist workers for `make test` (one per core; 0 runs the suite in one process)
+TEST_WORKERS ?= $(shell nproc 2>/dev/null | awk '{print ($$1 < 2 ? 0 : ($$1 > 4 ? 4 : $$1))}')
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip -q --disable-pip-version-check
@@ -59,7 +61,8 @@ demo: venv system model
 	$(PY) scripts/run_notebook.py notebooks/00_tour.py out/00_tour.ipynb -p out_dir out/figures
 
 test: venv system model
-	$(PY) -m pytest -q tests
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Jupyter refuses to run as root without --allow-root (containers); LAB_ARGS adds more (--no-browser, --port=...).
 # jupyter-config/ (on JUPYTER_CONFIG_PATH) ships the Lab default that opens notebooks/*.py as notebooks
@@ -78,6 +81,9 @@ bench: venv model
 	$(PY) benchmarks/bench_patching.py
 	$(PY) benchmarks/bench_frames.py
 	$(PY) benchmarks/bench_transcoders.py
+	$(PY) benchmarks/bench_quant.py
+	$(PY) benchmarks/bench_sparsity_pruning.py
+	$(PY) benchmarks/bench_lab.py
 
 # One harvest of the corpus feeds both transcoders and the SAE (see BENCHMARKS.md for the time).
 transcoders: venv model

@@ -141,7 +141,7 @@ def bench_hf(m, contexts, steps, repeats) -> dict:
                   f"({r['ratio_dynamic']:.3f}x); HF static {r['hf_static_ms']:.1f}, wb preallocated "
                   f"{r['wb_preallocated_ms']:.1f} ({r['ratio_static']:.3f}x); same tokens: {same}", flush=True)
     out["conditions_end"] = conditions()
-    del hf
+    variants.clear()  # drop the baseline copy with the closures that hold it
     return out
 
 

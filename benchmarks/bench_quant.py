@@ -169,7 +169,7 @@ def _wb_prefill(m, ids) -> float:
 
 def bench_speed(m, cfg: dict) -> dict:
     import efficiency as ef
-    from workbench.tasks import passkey_prompts
+    from workbench.texts.tasks import passkey_prompts
 
     sample = passkey_prompts(m, 1, n_tokens=CONTEXT, seed=1)[0]
     ids, _ = m.tokenize(sample.prompt)
@@ -219,7 +219,7 @@ def bench_speed(m, cfg: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ quality
 def _texts(m, cfg):
-    from efficiency.kv.harness import long_texts
+    from workbench.texts import long_texts
     from probes.transcoders import load_corpus
 
     calib = load_corpus("train", sources=[CALIB_SOURCE])
@@ -270,7 +270,7 @@ def bench_quality(m, cfg: dict, labels: list[str]) -> dict:
     import efficiency as ef
     from efficiency.kv.harness import perplexity
     from probes.factual import evaluate_facts
-    from workbench.tasks import passkey_prompts
+    from workbench.texts.tasks import passkey_prompts
 
     calib, ev, ind = _texts(m, cfg)
     facts = _facts(cfg["n_facts"])

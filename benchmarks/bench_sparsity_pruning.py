@@ -51,13 +51,14 @@ from torch.nn.functional import linear as F_linear  # noqa: E402
 
 import efficiency as ef  # noqa: E402
 import workbench as wb  # noqa: E402
-from efficiency.kv.harness import long_texts, perplexity  # noqa: E402
+from efficiency.kv.harness import perplexity  # noqa: E402
+from workbench.texts import long_texts  # noqa: E402
 from efficiency.lowrank import FactScorer, LowRankLinear, laser_sweep, truncated_svd  # noqa: E402
 from efficiency.sparsity import SparseGatedMLP, SparseInputLinear, calibrate_teal, measured_sparsity  # noqa: E402
 from probes.factual import load_facts  # noqa: E402
 from probes.transcoders import load_corpus  # noqa: E402
 from workbench.paths import atomic_write_bytes  # noqa: E402
-from workbench.tasks import passkey_prompts, score_passkey  # noqa: E402
+from workbench.texts.tasks import passkey_prompts, score_passkey  # noqa: E402
 
 SECTIONS = ("drop_speed", "pruning", "attn_drop", "teal", "mla", "laser", "svd_llm")
 MODES = {
@@ -253,7 +254,7 @@ def sec_attn_drop(m, data, cfg, log) -> dict:
                 row["kv_formula_bytes"] = meth.cost(m, st.full_tokens).kv_bytes
             out["rows"].append(row)
             log(f"attn_drop: {row}")
-        del caches
+        caches.clear()
     for name, meth in methods.items():
         if meth is not None:
             out.setdefault("quality", {})[name] = quality(m, data, [meth.intervention(m)])

@@ -72,12 +72,13 @@ from IPython.display import display
 
 import efficiency as ef
 import workbench as wb
-from efficiency.kv.harness import long_texts, perplexity
+from efficiency.kv.harness import perplexity
+from workbench.texts import long_texts
 from efficiency.quant import quantization_error, quantization_explorer, rotation_spread
-from probes import massive_activations, sink_report
+from probes.sinks import massive_activations, sink_report
 from probes.factual import direct_logit_attribution, evaluate_facts, load_facts
 from probes.transcoders import load_corpus
-from workbench.tasks import passkey_prompts
+from workbench.texts.tasks import passkey_prompts
 
 figs = {}
 model = wb.load(model_name)

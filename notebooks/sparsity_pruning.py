@@ -57,7 +57,8 @@ from IPython.display import display
 
 import efficiency as ef
 import workbench as wb
-from efficiency.kv.harness import long_texts, perplexity
+from efficiency.kv.harness import perplexity
+from workbench.texts import long_texts
 from efficiency.lowrank import FactScorer, laser_sweep, lowrank_explorer
 from efficiency.mla import mla_attention_effect, mla_explorer, mla_report
 from efficiency.pruning import layer_scores, massive_activation_effect, pruning_explorer
@@ -65,7 +66,7 @@ from efficiency.sparsity import calibrate_teal, measured_sparsity, sparsity_expl
 from efficiency.calibration import token_windows
 from probes.factual import load_facts
 from probes.transcoders import load_corpus
-from workbench.tasks import passkey_prompts, score_passkey
+from workbench.texts.tasks import passkey_prompts, score_passkey
 
 torch.set_grad_enabled(False)
 figs = {}

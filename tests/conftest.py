@@ -6,11 +6,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# `make test` runs pytest-xdist workers (one per core, files kept together): each worker and the
+# notebook kernels and subprocesses it starts get an equal share of the cores, because torch's
+# threads collapse when they oversubscribe them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, os.cpu_count() or 1) // _WORKERS)
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(THREADS)
 warnings.filterwarnings("ignore", category=UserWarning, module="transformer_lens")
 
 

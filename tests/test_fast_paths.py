@@ -231,7 +231,9 @@ def test_preallocated_generation_equals_dynamic_and_never_reallocates(tiny):
     assert len(set(ptrs)) == 1  # one buffer from prefill to the last step
     lay = g.cache.layer(0)
     assert isinstance(lay, PreallocatedLayer) and lay.capacity == len(g.prompt_tokens) + 8 - 1
-    assert g.cache_stats[-1].physical_bytes == g.cache_stats[-1].logical_bytes  # full at the end
+    st, n_pos = g.cache_stats[-1], sum(p.numel() for p in g.cache.positions)
+    assert n_pos == st.full_tokens * m.info.n_layers * m.info.n_kv_heads  # full at the end: no free slot
+    assert st.physical_bytes == st.logical_bytes + n_pos * 8  # the entries plus the int64 position index
     u = m.generate(PROMPT, 8, stop_at_eos=False, use_cache=False)
     torch.testing.assert_close(g.logits, u.logits, atol=1e-4, rtol=1e-4)  # cached == uncached
     with hooked_only():

@@ -15,6 +15,7 @@ from workbench import InputError
 
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
 NAMES = sorted(ef.list_methods()["name"])
+RAGGED = {"adakv"}  # per-head budgets stored ragged (see efficiency/kv/methods.py: the padding is not predicted)
 # the smallest suite that still reads every panel (no timing)
 REGISTRY = lab.Suite("registry", ppl_windows=1, ppl_tokens=40, kl_positions=4, internals_windows=1, probe_rows=2,
                      facts=(), facts_per_relation=0, fact_context=0, passkey_n=0, timing_repeats=0, calibration_n=2,
@@ -44,7 +45,13 @@ def test_cost_model_equals_measured_bytes(tiny_llama, name):
         return
     measured = m.measure(tiny_llama, PROMPT)
     predicted = m.cost(tiny_llama, measured.n_tokens)
-    assert (predicted.weight_bytes, predicted.kv_bytes) == (measured.weight_bytes, measured.kv_bytes), name
+    assert predicted.weight_bytes == measured.weight_bytes, name
+    if name in RAGGED:  # + each ragged layer's int64 position index padded to its longest head (data-dependent)
+        i = tiny_llama.info
+        pad = measured.kv_bytes - predicted.kv_bytes
+        assert 0 <= pad < 8 * i.n_layers * i.n_kv_heads * measured.n_tokens and pad % 8 == 0, name
+    else:
+        assert predicted.kv_bytes == measured.kv_bytes, name
     assert (predicted.baseline_weight_bytes, predicted.baseline_kv_bytes) == \
         (measured.baseline_weight_bytes, measured.baseline_kv_bytes), name
     assert predicted.saving == m.saving in ("real", "simulated", "mixed")

@@ -105,6 +105,12 @@ class AttentionSummary:
     column_entropy: torch.Tensor | None = None
     counts: torch.Tensor | None = None
 
+    def to(self, device) -> "AttentionSummary":
+        """The same summary with every tensor on ``device``."""
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return AttentionSummary(self.layer, mv(self.received), mv(self.entropy), mv(self.last_rows), self.skip_queries,
+                                mv(self.row_entropy), mv(self.column_entropy), mv(self.counts))
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the summary's tensors."""
@@ -264,6 +270,59 @@ def estimate(items: Iterable[CaptureItem], dims: dict[str, int], batch: int, seq
         if it.spec is not None and it.spec.short in ATTENTION_MAPS:
             transient = max(transient, batch * dims["h"] * seq * seq * bytes_per)
     return CaptureEstimate(per_item, batch * logits_positions * vocab * bytes_per, transient, budget)
+
+
+def device_free_bytes(device) -> int | None:
+    """Free memory (bytes) of a CUDA device as the driver reports it (``torch.cuda.mem_get_info``,
+    which counts other processes' use too); None for the CPU and other devices."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(dev)
+    return int(free)
+
+
+def resolve_capture_device(capture_device, model_device: torch.device) -> torch.device:
+    """Where captures are kept: None or "model" = the model's device, else "cpu" / "cuda[:i]"."""
+    if capture_device is None or capture_device == "model":
+        return torch.device(model_device)
+    try:
+        dev = torch.device(capture_device)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"capture_device must be None, 'model', 'cpu' or 'cuda', got {capture_device!r} ({e}).") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"capture_device must be None, 'model', 'cpu' or 'cuda', got {capture_device!r}.")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"capture_device={capture_device!r} needs CUDA, which is not available on this machine; "
+                         "use capture_device='cpu' (or None for the model's device).")
+    return dev
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def check_device_memory(est: CaptureEstimate, model_device, capture_device) -> None:
+    """Refuse a run whose device-resident bytes exceed the free memory of the model's CUDA device.
+
+    On the device live the logits and the largest transient tensor (e.g. one layer's attention
+    pattern), plus the captures unless they are offloaded (``capture_device`` not the model's
+    device). No-op for a model on the CPU (the host budget of ``check_budget`` applies there).
+    """
+    free = device_free_bytes(model_device)
+    if free is None:
+        return
+    on_device = _same_device(torch.device(capture_device), torch.device(model_device))
+    captures = sum(est.per_item.values()) if on_device else 0
+    need = captures + est.logits_bytes + est.transient_bytes
+    if need <= free:
+        return
+    hint = ("pass capture_device='cpu' to keep the captures in host memory, " if on_device and captures else "")
+    raise CaptureBudgetError(
+        f"This run would need about {need / 2**20:.0f} MiB on {model_device} (captures "
+        f"{captures / 2**20:.0f} MiB, logits {est.logits_bytes / 2**20:.0f} MiB, largest transient "
+        f"{est.transient_bytes / 2**20:.0f} MiB), but only {free / 2**20:.0f} MiB of device memory is free. "
+        f"Narrow it: {hint}logits='last' or None, fewer layers or positions, attention='summary', or a smaller batch.")
 
 
 def check_budget(est: CaptureEstimate) -> None:

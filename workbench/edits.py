@@ -30,6 +30,7 @@ another can refuse to stack on it.
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -288,7 +289,7 @@ class WeightEditor:
         reason = f"{target} is {what}"
         for p in points:
             old = p.__dict__.get(SILENCED_ATTR)
-            set_to = (lambda p=p: p.__dict__.__setitem__(SILENCED_ATTR, reason))
+            set_to = functools.partial(p.__dict__.__setitem__, SILENCED_ATTR, reason)
             undo = ((lambda p=p: p.__dict__.pop(SILENCED_ATTR, None)) if old is None
                     else (lambda p=p, old=old: p.__dict__.__setitem__(SILENCED_ATTR, old)))
             set_to()

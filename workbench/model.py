@@ -20,9 +20,11 @@ from .capture import (
     CaptureItem,
     capture_shape,
     check_budget,
+    check_device_memory,
     estimate,
     plan_capture,
     apply_threads,
+    resolve_capture_device,
     resolve_positions,
     settings,
     summarize_pattern,
@@ -548,7 +550,7 @@ class Model:
         i = self.info
         return {"d": i.d_model, "h": i.n_heads, "g": i.n_kv_heads, "e": i.d_head, "f": i.d_mlp}
 
-    def _capture_buffers(self, items, tokens, pos) -> dict[str, torch.Tensor]:
+    def _capture_buffers(self, items, tokens, pos, device=None) -> dict[str, torch.Tensor]:
         """Empty output tensors for every full capture, allocated before the forward pass.
 
         Allocating what the run will hold up front, then copying into it, keeps the captures out
@@ -559,7 +561,8 @@ class Model:
         b, t = tokens.shape
         dtype = next(self.hf.parameters()).dtype
         dims, n_pos = self._dims(), None if pos is None else len(pos)
-        return {it.name: torch.empty(capture_shape(it, dims, b, t, n_pos), dtype=dtype, device=self.device)
+        device = self.device if device is None else device
+        return {it.name: torch.empty(capture_shape(it, dims, b, t, n_pos), dtype=dtype, device=device)
                 for it in items if not it.summary}
 
     def _estimate(self, items, tokens, positions, logits, last_rows, max_bytes) -> CaptureEstimate:
@@ -571,12 +574,15 @@ class Model:
         if logits not in lp:
             raise InputError(f"logits must be 'all', 'last' or None, got {logits!r}.")
         budget = settings.capture_budget_bytes if max_bytes is None else int(max_bytes)
-        return estimate(items, dims, b, t, None if pos is None else len(pos), lp[logits], i.d_vocab, budget, last_rows)
+        # captures and logits have the weights' dtype (2 bytes per value for a bf16/fp16 model)
+        bytes_per = next(self.hf.parameters()).element_size()
+        return estimate(items, dims, b, t, None if pos is None else len(pos), lp[logits], i.d_vocab, budget, last_rows,
+                        bytes_per=bytes_per)
 
     def run(self, prompts, capture=(), *, layers=None, positions=None, attention: str = "full",
             skip_queries: int = 0, last_rows: int = 8, logits: str | None = "all",
             interventions: Sequence[Intervention] = (), stop_at_layer: int | None = None,
-            max_bytes: int | None = None, grad: bool = False) -> Run:
+            max_bytes: int | None = None, grad: bool = False, capture_device=None) -> Run:
         """Run prompts through the model and return a ``Run``.
 
         capture: short names (see ``workbench.hook_names.SPECS``) expanded over ``layers``, or full
@@ -584,7 +590,12 @@ class Model:
             position/query axis). attention="summary" keeps per-layer ``AttentionSummary``s instead
             of full patterns (for long prompts). stop_at_layer: truncated forward, no logits.
             The memory guard refuses a capture above ``max_bytes`` (default
-            ``workbench.settings.capture_budget_bytes``) before running.
+            ``workbench.settings.capture_budget_bytes``) before running; for a model on a CUDA
+            device it also refuses a run whose device-resident part (captures kept there, logits,
+            the largest transient tensor) exceeds the device's free memory.
+            capture_device: where captures (and attention summaries) are kept: None (the model's
+            device), "cpu" (offloaded: each capture is copied to host memory as its hook fires, so
+            only one layer's activation is on the GPU at a time) or "cuda".
         """
         tokens, lengths = self.tokenize(prompts)
         items = plan_capture(capture, layers, set(self._points), self.info.n_layers, attention,
@@ -599,18 +610,20 @@ class Model:
             if late:
                 raise InputError(f"Capture {late[0]!r} lies at or after stop_at_layer={stop_at_layer}; it would never fire.")
             logits = None
+        cap_dev = resolve_capture_device(capture_device, self.device)
         est = self._estimate(items, tokens, positions, logits, last_rows, max_bytes)
         check_budget(est)
+        check_device_memory(est, self.device, cap_dev)
         if skip_queries < 0 or skip_queries >= tokens.shape[1] and attention == "summary":
             raise InputError(f"skip_queries={skip_queries} leaves no query in a {tokens.shape[1]}-token prompt.")
         pos = resolve_positions(positions, tokens.shape[1])
         captures: dict[str, torch.Tensor] = {}
         summaries: dict[int, AttentionSummary] = {}
-        buffers = self._capture_buffers(items, tokens, pos)
+        buffers = self._capture_buffers(items, tokens, pos, cap_dev)
         with self._session(interventions) as session:
             for it in items:
                 session.add(it.hook, self._capture_fn(it, pos, captures, summaries, skip_queries, last_rows, lengths,
-                                                      buffers.get(it.name)))
+                                                      buffers.get(it.name), cap_dev))
             with session, torch.set_grad_enabled(grad):
                 out = self.forward_tokens(tokens, stop_at_layer=stop_at_layer)
         kept = None
@@ -621,7 +634,8 @@ class Model:
         str_toks = [self.str_tokens(tokens[i, :n].tolist()) for i, n in enumerate(lengths)]
         return Run(tokens, str_toks, lengths, kept, captures, pos, summaries, est, self.describe_interventions(interventions))
 
-    def _capture_fn(self, it: CaptureItem, pos, captures, summaries, skip_queries, last_rows, lengths, out=None):
+    def _capture_fn(self, it: CaptureItem, pos, captures, summaries, skip_queries, last_rows, lengths, out=None,
+                    device=None):
         layout = it.spec.layout if it.spec else "btd"
         axis = layout.index("t") if "t" in layout else (layout.index("q") if "q" in layout else None)
         derived = it.spec is not None and it.spec.derived_from == "z"
@@ -629,7 +643,8 @@ class Model:
 
         def fn(x: torch.Tensor, _name: str):
             if it.summary:
-                summaries[it.layer] = summarize_pattern(x, it.layer, skip_queries, last_rows, lengths)
+                sm = summarize_pattern(x, it.layer, skip_queries, last_rows, lengths)
+                summaries[it.layer] = sm if device is None or device == x.device else sm.to(device)
                 return None
             y = x.detach()
             if pos is not None and axis is not None:
@@ -639,7 +654,10 @@ class Model:
             if out is not None and out.shape == y.shape and out.dtype == y.dtype:
                 captures[it.name] = out.copy_(y)
             else:  # a full name whose shape differs from the (B, T, d_model) guess
-                captures[it.name] = y.clone() if y.data_ptr() == x.data_ptr() else y
+                if device is not None and y.device != device:
+                    captures[it.name] = y.to(device)
+                else:
+                    captures[it.name] = y.clone() if y.data_ptr() == x.data_ptr() else y
             return None
 
         return fn

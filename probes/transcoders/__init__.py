@@ -36,6 +36,7 @@ from .harvest import (
     pair_batches,
 )
 from .pretrained import load_pretrained, load_pretrained_sae, shipped_layers
+from .store import harvest_store, store_pairs
 from .train import (
     TrainingDivergedError,
     TrainResult,
@@ -51,7 +52,7 @@ __all__ = [
     "EvalReport", "ReplacementEval", "as_sae", "evaluate", "HarvestStats", "ShuffleBuffer", "cached_batches",
     "harvest_cache", "hook_names", "layer_pairs", "measure_harvest", "pair_batches", "load_pretrained",
     "load_pretrained_sae", "shipped_layers", "TrainingDivergedError", "TrainResult", "TranscoderTrainer", "fit_many",
-    "model_metadata", "train_transcoder",
+    "model_metadata", "train_transcoder", "harvest_store", "store_pairs",
     "feature_contexts", "FeatureContexts", "de_embeddings", "DeEmbedding", "logit_effects", "LogitEffects",
     "feature_explorer", "circuit_explorer", "AttributionGraph", "ConnectionReport", "Contributions", "PromptCache",
     "attribution_graph", "build_graph", "capture_prompt", "connection_strengths", "feature_contributions",

@@ -42,13 +42,13 @@ def save_transcoder(tc: Transcoder, path: str | Path, extra_state: dict[str, tor
     """
     path = Path(path)
     with atomic_dir(path) as tmp:
-        sd = {k: v.detach().contiguous().clone() for k, v in tc.state_dict().items()}
+        sd = {k: v.detach().cpu().contiguous().clone() for k, v in tc.state_dict().items()}  # from any device
         if half:
             sd = {k: v.half() for k, v in sd.items()}
         save_file(sd, str(tmp / WEIGHTS))
         (tmp / CFG).write_text(json.dumps(tc.cfg.to_dict(), indent=2, sort_keys=True))
         if extra_state is not None:
-            save_file({k: v.detach().contiguous() for k, v in extra_state.items()}, str(tmp / STATE))
+            save_file({k: v.detach().cpu().contiguous() for k, v in extra_state.items()}, str(tmp / STATE))
         if extra_json is not None:
             (tmp / STATE_JSON).write_text(json.dumps(extra_json, indent=2, sort_keys=True))
         for f in tmp.iterdir():

@@ -75,25 +75,37 @@ class TrainResult:
 class TranscoderTrainer:
     """Holds one transcoder, its optimizer and training state; ``step(x, y)`` trains one batch."""
 
-    def __init__(self, cfg: TranscoderTrainingConfig, metadata: dict[str, Any] | None = None):
+    def __init__(self, cfg: TranscoderTrainingConfig, metadata: dict[str, Any] | None = None, comm=None,
+                 device=None):
         self.cfg = cfg
+        # where parameters, optimizer state and each step's math live (batches are moved there);
+        # the initial weights are drawn on the CPU, so they do not depend on the device
+        self.device = torch.device("cpu" if device is None else device)
+        # data parallelism: a ``workbench.distributed.DistContext`` (or None for one process). Each
+        # rank steps on its slice of the global batch; the first-batch statistics, the loss metrics,
+        # the gradients and the fired-feature mask are averaged / united over ranks, so every rank
+        # holds the same parameters as one process stepping on the whole global batch.
+        self.comm = comm
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
             self.tc = build_transcoder(cfg.d_in, cfg.d_sae, cfg.d_out, cfg.activation, cfg.skip, cfg.k,
                                        metadata=metadata)
             with torch.no_grad():
                 self.tc.W_dec.div_(self.tc.W_dec.norm(dim=1, keepdim=True))
+        if self.device.type != "cpu":
+            self.tc.to(self.device)
         self.log_threshold = None
         params = [p for n, p in self.tc.named_parameters() if n != "threshold"]
         if cfg.activation == "jumprelu":
             self.tc.threshold.requires_grad_(False)
-            self.log_threshold = torch.nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold)))
+            self.log_threshold = torch.nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold),
+                                                               device=self.device))
             params.append(self.log_threshold)
         self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, fused=True)  # one kernel per tensor
         self.n_steps = 0
         self.tokens = 0
-        self.last_fired = torch.zeros(cfg.d_sae, dtype=torch.long)
-        self.scale = torch.zeros(())  # frozen mean ‖y − ȳ‖² of the first batch (0: not yet set)
+        self.last_fired = torch.zeros(cfg.d_sae, dtype=torch.long, device=self.device)
+        self.scale = torch.zeros((), device=self.device)  # frozen mean ‖y − ȳ‖² of the first batch (0: not yet set)
         self.history: list[dict[str, float]] = []
         self.seconds = 0.0
 
@@ -132,7 +144,7 @@ class TranscoderTrainer:
         k_aux = min(self.cfg.aux_k, n_dead)
         err = (y - y_hat).detach()
         vals, idx = torch.topk(pre[:, dead], k_aux, dim=-1, sorted=False)
-        acts = torch.zeros(pre.shape[0], n_dead, dtype=pre.dtype).scatter(-1, idx, vals.relu())
+        acts = torch.zeros(pre.shape[0], n_dead, dtype=pre.dtype, device=pre.device).scatter(-1, idx, vals.relu())
         with torch.autocast(pre.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast):
             err_hat = (acts @ self.tc.W_dec[dead]).float()
         return ((err_hat - err) ** 2).sum(-1).mean() / self.scale * min(n_dead / self.cfg.aux_k, 1.0)
@@ -146,9 +158,9 @@ class TranscoderTrainer:
         tc = self.tc
         g = torch.Generator().manual_seed(self.cfg.seed * 100003 + self.n_steps)
         err = ((y - y_hat) ** 2).sum(-1)
-        pick = torch.multinomial(err / err.sum(), ids.numel(), replacement=True, generator=g)
+        pick = torch.multinomial((err / err.sum()).cpu(), ids.numel(), replacement=True, generator=g).to(err.device)
         live = ~dead
-        enc_norm = tc.W_enc[:, live].norm(dim=0).mean() if live.any() else torch.tensor(1.0)
+        enc_norm = tc.W_enc[:, live].norm(dim=0).mean() if live.any() else torch.tensor(1.0, device=tc.W_enc.device)
         resid = (y - y_hat)[pick]
         tc.W_dec[ids] = resid / resid.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         xin = x[pick]
@@ -172,12 +184,16 @@ class TranscoderTrainer:
         if x.shape[1] != c.d_in or y.shape[1] != c.d_out:
             raise InputError(f"Batch dimensions x {tuple(x.shape)}, y {tuple(y.shape)} do not match the transcoder "
                              f"(d_in={c.d_in}, d_out={c.d_out}).")
-        x, y = x.float(), y.float()
+        x, y = x.to(self.device, torch.float32), y.to(self.device, torch.float32)
         t0 = time.perf_counter()
         if self.n_steps == 0 and float(self.scale) == 0.0:
             with torch.no_grad():
-                tc.b_dec.copy_(y.mean(0))
-                self.scale = ((y - y.mean(0)) ** 2).sum(-1).mean().clamp_min(1e-12)
+                mean = y.mean(0)
+                self._mean_over_ranks(mean)  # the global batch's mean (equal slices per rank)
+                sq = ((y - mean) ** 2).sum(-1).mean().reshape(1)
+                self._mean_over_ranks(sq)
+                tc.b_dec.copy_(mean)
+                self.scale = sq.reshape(()).clamp_min(1e-12)
         lr = self._lr()
         for grp in self.opt.param_groups:
             grp["lr"] = lr
@@ -220,12 +236,23 @@ class TranscoderTrainer:
         if c.activation == "topk" and dead.any() and c.aux_coefficient > 0:
             aux = self._aux_loss(pre, y, y_hat, dead)
             loss = loss + c.aux_coefficient * aux
-            metrics["aux"] = float(aux)
-        if not torch.isfinite(loss):
-            self._diverged(f"loss is {loss.item()}")
+            metrics["aux"] = float(aux.detach())
+        if self.comm is not None:
+            with torch.no_grad():  # global metrics; every rank sees the same finiteness verdict
+                glob = torch.stack([loss.detach(), mse.detach(), torch.tensor(l0_now, device=loss.device)]).float()
+                self._mean_over_ranks(glob)
+                fired_i = fired.to(torch.uint8)
+                self.comm.all_reduce_max_(fired_i)
+                fired = fired_i.bool()
+            loss_v, mse_v, l0_now = glob.tolist()
+        else:
+            loss_v, mse_v = loss.item(), mse.item()
+        if not math.isfinite(loss_v):
+            self._diverged(f"loss is {loss_v}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
+        self._mean_over_ranks(grads)  # data-parallel all-reduce: mean of rank means = global mean
         if not torch.isfinite(torch.stack([gr.sum() for gr in grads]).sum()):  # NaN/inf survive a sum
             self.opt.zero_grad(set_to_none=True)
             self._diverged("a gradient is not finite")
@@ -239,16 +266,24 @@ class TranscoderTrainer:
                 tc.threshold.copy_(self.log_threshold.exp())
         self.last_fired[fired] = self.n_steps
         self.n_steps += 1
-        self.tokens += x.shape[0]
+        world = 1 if self.comm is None else self.comm.world_size
+        self.tokens += x.shape[0] * world
         if (c.activation != "topk" and c.resample_until and self.n_steps % c.resample_every == 0
                 and c.dead_window <= self.n_steps <= c.resample_until):
-            metrics["resampled"] = self._resample(x, y, y_hat.detach(), (self.n_steps - 1 - self.last_fired) >= c.dead_window)
+            xs, ys, yh = x, y, y_hat.detach()
+            if world > 1:  # resampling draws from the whole global batch, identically on every rank
+                xs, ys, yh = (self.comm.all_gather_cat(t) for t in (xs, ys, yh))
+            metrics["resampled"] = self._resample(xs, ys, yh, (self.n_steps - 1 - self.last_fired) >= c.dead_window)
         self.seconds += time.perf_counter() - t0
-        metrics.update(step=self.n_steps, loss=loss.item(), mse=mse.item(), l0=l0_now,
+        metrics.update(step=self.n_steps, loss=loss_v, mse=mse_v, l0=l0_now,
                        dead=int(((self.n_steps - self.last_fired) >= c.dead_window).sum()), lr=lr)
         if self.n_steps % c.log_every == 0 or self.n_steps == 1 or self.n_steps == c.total_steps:
             self.history.append(metrics)
         return metrics
+
+    def _mean_over_ranks(self, tensors) -> None:
+        if self.comm is not None:
+            self.comm.all_reduce_mean_([tensors] if isinstance(tensors, torch.Tensor) else list(tensors))
 
     def _diverged(self, what: str) -> None:
         raise TrainingDivergedError(
@@ -284,14 +319,14 @@ class TranscoderTrainer:
                                            "config": self.cfg.to_dict(), "history": self.history})
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "TranscoderTrainer":
+    def from_checkpoint(cls, path: str | Path, comm=None, device=None) -> "TranscoderTrainer":
         """Rebuild a trainer from ``save`` output; training continues from the saved step."""
         meta = read_metadata(path)
         tensors, js = load_training_state(path)
         cfg = TranscoderTrainingConfig.from_dict(js["config"])
         md = {k: v for k, v in meta.get("metadata", {}).items()
               if k not in ("training_step", "training_tokens", "training_config")}
-        tr = cls(cfg, metadata=md)
+        tr = cls(cfg, metadata=md, comm=comm, device=device)
         from safetensors.torch import load_file
         weights = load_file(str(Path(path) / "sae_weights.safetensors"))
         with torch.no_grad():
@@ -301,6 +336,7 @@ class TranscoderTrainer:
                 p.copy_(weights[n].float())
             if tr.log_threshold is not None:
                 tr.log_threshold.copy_(tensors["log_threshold"])
+        tensors = {k: v.to(tr.device) for k, v in tensors.items()}
         tr.last_fired = tensors["last_fired"].long().clone()
         tr.scale = tensors["scale"].reshape(()).clone()
         names = dict(tr.tc.named_parameters())
