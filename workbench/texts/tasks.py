@@ -228,8 +228,8 @@ def score_compressed(model, samples: Sequence, cache_policy, query_aware: bool, 
     """Greedy exact match and teacher-forced answer log-prob of PasskeySample/TaskSample answers from a cache
     compressed by ``cache_policy`` (None: the full cache) in the query-aware or query-agnostic setting
     (see ``score_passkey``)."""
-    from .generation import prefill
-    from .questions import compress_context
+    from ..generation import prefill
+    from ..questions import compress_context
 
     correct, logprob, generated = [], [], []
     for s in samples:
