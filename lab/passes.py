@@ -33,6 +33,7 @@ from workbench.capture import settings
 from workbench.hook_names import hook_name
 from workbench.kv_cache import KVCache, StepContext
 from workbench.run import Run
+from workbench.session import query_observer_hooks
 
 from .dla import ComponentDLA, capture_hooks, component_dla
 from .metrics import map_rows
@@ -110,6 +111,11 @@ def _observer(policy):
     return None if policy is None else policy.observe_attention
 
 
+def _query_hooks(model, policy) -> list:
+    """Hooks feeding a policy's optional ``observe_queries`` (queries after RoPE; HashEvict hashes them)."""
+    return query_observer_hooks(model, None if policy is None else getattr(policy, "observe_queries", None))
+
+
 def _nll_top1(logits: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> tuple[float, torch.Tensor]:
     """(n, V) logits, (n,) targets -> (summed NLL, (n,) argmax), in chunks so no (n, V) float64 copy is made."""
     nll, top = 0.0, []
@@ -144,10 +150,10 @@ def window_pass(model, ids: torch.Tensor, prefix: int, factory, kl_index: list[i
     hooks = []
     if internals is not None:
         hooks = _resid_hooks(model, pre_store)
-    with model.session(hooks=hooks, observe_attention=_observer(policy)) as s:
+    with model.session(hooks=hooks + _query_hooks(model, policy), observe_attention=_observer(policy)) as s:
         first = s.forward_cached(cache, ids[None, :prefix])[0, -1]
     if policy is not None:
-        policy.apply(cache, StepContext(0, prefix))
+        policy.apply(cache, StepContext(0, prefix, ids[None, :prefix]))
     if on_compressed is not None:
         on_compressed(cache)
     tail_store: dict = {}
@@ -236,10 +242,10 @@ def fact_pass(model, item, factory) -> FactRecord:
     policy = _policy(factory)
     cache = KVCache.empty(model)
     prefix = item.prefix.to(model.device)
-    with model.session(observe_attention=_observer(policy)) as s:
+    with model.session(observe_attention=_observer(policy), hooks=_query_hooks(model, policy)) as s:
         s.forward_cached(cache, prefix[None])
     if policy is not None:
-        policy.apply(cache, StepContext(0, prefix.shape[0]))
+        policy.apply(cache, StepContext(0, prefix.shape[0], prefix[None]))
     store: dict = {}
     with model.session(hooks=capture_hooks(model, store)) as s:
         logits = s.forward_cached(cache, torch.tensor([[item.last]], device=model.device))[0, -1]
@@ -257,14 +263,14 @@ def passkey_pass(model, sample, factory) -> PasskeyRecord:
     ans = list(sample.answer_token_ids)
     policy = _policy(factory)
     cache = KVCache.empty(model)
-    with model.session(observe_attention=_observer(policy)) as s:
+    with model.session(observe_attention=_observer(policy), hooks=_query_hooks(model, policy)) as s:
         s.forward_cached(cache, ids[None, :-1])
     if policy is not None:
-        policy.apply(cache, StepContext(0, ids.shape[0] - 1))
+        policy.apply(cache, StepContext(0, ids.shape[0] - 1, ids[None, :-1]))
     greedy = cache.copy()
     eos = model.tokenizer.eos_token_id
     tok, out = int(ids[-1]), []
-    with model.session(observe_attention=_observer(policy)) as s:
+    with model.session(observe_attention=_observer(policy), hooks=_query_hooks(model, policy)) as s:
         for step in range(len(ans)):
             logits = s.forward_cached(greedy, torch.tensor([[tok]], device=model.device))[0, -1]
             if policy is not None:
@@ -289,11 +295,11 @@ def timed_run(model, ids: torch.Tensor, factory, n_decode: int) -> tuple[float, 
     policy = _policy(factory)
     cache = KVCache.empty(model)
     ids = ids.to(model.device)
-    with model.session(observe_attention=_observer(policy)) as s:
+    with model.session(observe_attention=_observer(policy), hooks=_query_hooks(model, policy)) as s:
         t0 = time.perf_counter()
         logits = s.forward_cached(cache, ids[None])[0, -1]
         if policy is not None:
-            policy.apply(cache, StepContext(0, ids.shape[0]))
+            policy.apply(cache, StepContext(0, ids.shape[0], ids[None]))
         t1 = time.perf_counter()
         tok = int(logits.argmax())
         for step in range(1, n_decode + 1):

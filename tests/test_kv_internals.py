@@ -57,6 +57,8 @@ def test_every_policy_at_a_real_ratio_matches_a_direct_prefill(tiny_llama, refer
     kept, k = c.retention.sum(-1), t - int(0.5 * t)  # (L, G) per layer and KV head; a uniform budget
     if name == "adakv":  # per-head budgets: each layer keeps G * k in all
         assert (kept.sum(1) == k * cache.n_kv_heads).all()
+    elif name == "kvzip":  # one ranking over every (layer, KV head) pair: only the total is uniform
+        assert int(kept.sum()) == k * cache.n_layers * cache.n_kv_heads
     elif name in ("pyramidkv", "zigzagkv"):  # per-layer budgets: L * k in all, the same in a layer's heads
         assert (kept.sum(0) == k * cache.n_layers).all() and (kept == kept[:, :1]).all()
     else:

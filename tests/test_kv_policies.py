@@ -27,6 +27,7 @@ def _at(name, at):
 
 
 PER_LAYER = ("pyramidkv", "zigzagkv", "kvzip")  # budgets differ across layers (same total)
+PER_PAIR = ("kvzip",)  # KVzip's default level "pair": one ranking over every (layer, KV head) pair
 PER_HEAD = ("adakv",)  # budgets differ across the KV heads of a layer (same layer total), stored ragged
 
 
@@ -175,6 +176,8 @@ def test_eviction_keeps_the_top_scored_entries(tiny_llama, name, ratio):
     counts = torch.stack([cache.head_counts(l)[0] for l in range(L)])  # (L, G)
     if name in PER_HEAD:  # per-head budgets: the layer total is uniform, heads differ
         assert (counts.sum(1) == G * t).all() and len(set(counts.flatten().tolist())) > 1
+    elif name in PER_PAIR:  # one budget over every (layer, KV head) pair: only the total is uniform
+        assert int(counts.sum()) == L * G * t and len(set(counts.flatten().tolist())) > 1
     elif name in PER_LAYER:  # per-layer budgets: the total is uniform, the same in every head of a layer
         assert int(counts[:, 0].sum()) == L * t and (counts == counts[:, :1]).all()
         assert name != "pyramidkv" or counts[0, 0] > counts[1, 0]
@@ -248,7 +251,7 @@ def test_generation_after_eviction_is_well_formed(tiny_llama, name, at):
                             on_step=watch)
     t0, G = len(g.prompt_tokens), tiny_llama.info.n_kv_heads
     assert len(g.new_tokens) == 6
-    if name != "merge":  # (merging also edits the kept values, which no mask reproduces; see test_kv_merge)
+    if name not in ("merge", "ems"):  # (merging edits the kept values, which no mask reproduces; test_kv_merge/ems)
         # each step's logits equal a dense forward whose rows only see what the cache held at their step
         torch.testing.assert_close(g.logits, masked_generation_logits(tiny_llama, g, kept), atol=2e-5, rtol=1e-5)
     _assert_well_formed(g.cache, t0 + 5)
