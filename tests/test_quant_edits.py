@@ -42,12 +42,18 @@ def test_replace_unembedding_untied_and_tied(tiny_llama, tiny_gpt2):
         with m.edit_weights() as ed:
             ed.replace_unembedding(head, note="doubled")
             out = m.run(PROMPT).logits
+            # The first forward after an edit may also run the hook-free view's exactness probe (which
+            # calls the head through both paths); a second forward calls it exactly once.
+            assert head.calls >= 1
+            head.calls = 0
+            assert torch.equal(m.run(PROMPT).logits, out)
+            assert head.calls == 1
             assert m.active_edits() == [("unembed", "doubled")]
             assert torch.equal(m.weights().W_U, head.weight.t())
             if tied:  # the embedding keeps the shared matrix
                 assert torch.equal(m.weights().W_E, before["transformer.wte.weight"] if "transformer.wte.weight" in before
                                    else m.embedding_module().weight)
-        assert head.calls == 1
+        assert head.calls == 1  # not called again once the edit is undone
         b = m.weights().b_U
         expected = 2.0 * (ref - (0 if b is None else b))
         assert torch.allclose(out, expected, atol=1e-4)

@@ -12,7 +12,8 @@ quantized linear's float32 weight replaced by its packed form (``packing.packed_
 method adds (an untied embedding copy after a rotation, online Hadamard factors). The simulation holds
 the fake-quantized float32 weights *and* the packed codes (``QuantEdit.packed``); tests check that
 ``model.parameter_bytes() - float32 bytes of the quantized linears + packed bytes held`` equals the
-predicted ``Cost.weight_bytes``.
+predicted ``Cost.weight_bytes``: that is what ``measured_weight_bytes`` (``held_weight_bytes``) measures, while
+``model.parameter_bytes()`` stays the bytes this process really holds.
 """
 from __future__ import annotations
 
@@ -71,6 +72,17 @@ def packed_total(model: "Model", sites, bits: int, group: int | None, sym: bool)
         out, n_in = model.linear_weight(l, k).shape
         total += packed_bytes(out, n_in, bits, group, sym)
     return total
+
+
+def held_weight_bytes(model: "Model", intervention) -> int:
+    """Physical bytes of the weights a deployment of a simulated quantization holds, measured while
+    ``intervention`` (a ``QuantEdit``, or None) is in force: ``model.parameter_bytes()`` minus the bytes of the
+    fake-quantized stand-in weights of the linears it quantized, plus the packed codes and grid parameters it
+    really holds (``QuantEdit.packed``). Everything else (norms, embeddings, rotation extras, biases) is counted
+    as the model holds it."""
+    total = model.parameter_bytes()
+    packed = getattr(intervention, "packed", None) or {}
+    return total - fp_bytes(model, packed) + sum(p.nbytes for p in packed.values())
 
 
 class QuantEdit(WeightEdit):
@@ -162,6 +174,11 @@ class WeightQuantMethod(EfficiencyMethod):
     @property
     def saving(self) -> str:
         return "simulated"
+
+    def measured_weight_bytes(self, model, intervention) -> int:
+        """The packed form held in place of the float32 stand-ins (``held_weight_bytes``); the process's own
+        bytes stay ``model.parameter_bytes()``."""
+        return held_weight_bytes(model, intervention)
 
     def cost(self, model, n_tokens: int) -> Cost:
         base = model.parameter_bytes()

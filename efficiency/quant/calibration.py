@@ -3,6 +3,9 @@
 ``calibration_windows(model, texts, n_samples, seq_len)``: the texts are joined (blank line between
 documents), tokenized once, and cut into ``n_samples`` windows of ``seq_len`` tokens at evenly spaced
 offsets (deterministic; windows overlap only when the texts are shorter than n_samples Â· seq_len).
+``seq_len=None`` (the methods' default) means ``DEFAULT_SEQ_LEN`` tokens, shortened to the model's context
+when that is shorter, and to the tokens the texts hold when they hold fewer (with a warning); an explicit
+``seq_len`` longer than either is an error.
 Each window starts mid-text, so its first token becomes the attention sink, as in any prompt to SmolLM2.
 
 ``sequential_inputs(model, ids, handle)``: one forward pass of all windows (a single batch) with hooks on
@@ -16,6 +19,7 @@ re-execution. Memory is that of one forward on the whole batch (keep n_samples Â
 """
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
@@ -25,6 +29,8 @@ from workbench.hook_names import hook_name
 
 if TYPE_CHECKING:
     from workbench.model import Model
+
+DEFAULT_SEQ_LEN = 512  # tokens per window when a method's seq_len is None (fitted to the model's context and the texts)
 
 # hook short name -> the linears reading it, in the order they run
 SITES: dict[str, tuple[str, ...]] = {"attn_in": ("q", "k", "v"), "z": ("o",), "mlp_in": ("gate", "up"),
@@ -44,16 +50,27 @@ def check_texts(texts, who: str) -> list[str]:
     return texts
 
 
-def calibration_windows(model: "Model", texts: Sequence[str], n_samples: int, seq_len: int,
+def calibration_windows(model: "Model", texts: Sequence[str], n_samples: int, seq_len: int | None,
                         who: str = "calibration") -> torch.Tensor:
-    """(n_samples, seq_len) token ids on the model's device (module docstring)."""
+    """(n_samples, seq_len) token ids on the model's device (module docstring); seq_len None: the default length,
+    fitted to the model's context and to the texts."""
     texts = check_texts(texts, who)
     for name, v in (("n_samples", n_samples), ("seq_len", seq_len)):
+        if v is None and name == "seq_len":
+            continue
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise InputError(f"{who}: {name} must be a positive integer, got {v!r}.")
-    if seq_len > model.info.n_ctx:
-        raise InputError(f"{who}: seq_len={seq_len} exceeds the model's context of {model.info.n_ctx}.")
+    if seq_len is not None and seq_len > model.info.n_ctx:
+        raise InputError(f"{who}: seq_len={seq_len} exceeds the model's context of {model.info.n_ctx}; pass "
+                         f"seq_len<={model.info.n_ctx} (or leave it None to fit the context).")
     ids = model.tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+    if seq_len is None:
+        seq_len = min(DEFAULT_SEQ_LEN, model.info.n_ctx)
+        if 2 <= len(ids) < seq_len:
+            warnings.warn(f"{who}: the calibration texts hold {len(ids)} tokens, fewer than the default window of "
+                          f"{seq_len}; calibrating on windows of {len(ids)} tokens. Pass more text for full windows.",
+                          stacklevel=3)
+            seq_len = len(ids)
     if len(ids) < seq_len:
         raise InputError(f"{who}: the calibration texts hold {len(ids)} tokens, fewer than one window of "
                          f"seq_len={seq_len}. Pass more text or a shorter seq_len.")

@@ -91,7 +91,7 @@ class DFRot(WAQuant):
     alpha: float = 100.0
     massive_ratio: float = 0.9
     n_iters: int = 100
-    calib_tokens: int = 512
+    calib_tokens: int | None = None
 
     knobs: ClassVar[dict[str, Knob]] = {
         **WAQuant.knobs,
@@ -99,7 +99,8 @@ class DFRot(WAQuant):
         "alpha": Knob("float", 1.0, 1e6, doc="Weight of the massive-activation rows."),
         "massive_ratio": Knob("float", 0.0, 1.0, doc="A row is massive if one coordinate holds this share of its norm."),
         "n_iters": Knob("int", 0, 10000, doc="Most Procrustes steps."),
-        "calib_tokens": Knob("int", 2, 8192, doc="Tokens of the one calibration sample."),
+        "calib_tokens": Knob("int", 2, 8192, optional=True,
+                             doc="Tokens of the one calibration sample (None: 512, fitted to the model's context and the texts)."),
     }
     needs_calibration: ClassVar[bool] = True
 

@@ -130,7 +130,7 @@ class GPTQ(WeightQuantMethod):
     damp: float = 0.01
     block: int = 128
     n_samples: int = 16
-    seq_len: int = 512
+    seq_len: int | None = None
     exclude_sink: bool = False
 
     needs_calibration: ClassVar[bool] = True
@@ -140,7 +140,8 @@ class GPTQ(WeightQuantMethod):
         "damp": Knob("float", 0.0, 1.0, doc="Damping added to H's diagonal, as a fraction of its mean."),
         "block": Knob("int", 1, 4096, doc="Columns per lazy-update block (the result does not depend on it)."),
         "n_samples": Knob("int", 1, 4096, doc="Calibration windows (run as one batch)."),
-        "seq_len": Knob("int", 2, 8192, doc="Tokens per calibration window."),
+        "seq_len": Knob("int", 2, 8192, optional=True,
+                        doc="Tokens per calibration window (None: 512, fitted to the model's context and the texts)."),
         "exclude_sink": Knob("bool", doc="Leave each window's first token (the attention sink) out of H."),
     }
     state: GPTQState | None = field(default=None, init=False, repr=False, compare=False)

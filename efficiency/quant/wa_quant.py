@@ -37,8 +37,8 @@ from workbench.errors import InputError
 from ..kv.methods import KVQuantization
 from ..method import Cost, EfficiencyMethod, Knob, kv_bytes_full
 from ..registry import register_method
-from .base import (GROUP_KNOB, QuantEdit, check_groups_fit, check_not_quantized, fp_bytes, linear_sites,
-                   packed_total)
+from .base import (GROUP_KNOB, QuantEdit, check_groups_fit, check_not_quantized, fp_bytes, held_weight_bytes,
+                   linear_sites, packed_total)
 from .calibration import calibration_windows
 from .gptq import GPTQ
 from .grids import WEIGHT_BITS, quantize_weight
@@ -66,7 +66,7 @@ class WAQuant(EfficiencyMethod):
     online_had: bool = False
     seed: int = 0
     n_samples: int = 16
-    seq_len: int = 512
+    seq_len: int | None = None
 
     family: ClassVar[str] = "activation-quantization"
     knobs: ClassVar[dict[str, Knob]] = {
@@ -83,7 +83,8 @@ class WAQuant(EfficiencyMethod):
         "online_had": Knob("bool", doc="Online Hadamard on down_proj's input."),
         "seed": Knob("int", 0, 2**31 - 1, doc="Seed of the random rotation."),
         "n_samples": Knob("int", 1, 4096, doc="GPTQ calibration windows."),
-        "seq_len": Knob("int", 2, 8192, doc="Tokens per GPTQ calibration window."),
+        "seq_len": Knob("int", 2, 8192, optional=True,
+                        doc="Tokens per GPTQ calibration window (None: 512, fitted to the model's context and the texts)."),
     }
     needs_calibration: ClassVar[bool] = False  # only with weights="gptq" (and dfrot): prepare() says so
     state: dict | None = field(default=None, init=False, repr=False, compare=False)
@@ -218,6 +219,11 @@ class WAQuant(EfficiencyMethod):
         if self.w_bits is None and self.a_bits is None:
             return "real"
         return "mixed" if self.kv_bits is not None else "simulated"
+
+    def measured_weight_bytes(self, model, intervention) -> int:
+        """With w_bits: the packed weights held in place of their float32 stand-ins (``held_weight_bytes``);
+        rotation extras (untied embedding, online Hadamard factors) are counted as the model holds them."""
+        return held_weight_bytes(model, intervention)
 
     def cost(self, model, n_tokens: int) -> Cost:
         base = model.parameter_bytes()
