@@ -284,6 +284,10 @@ class Claim:
         if missing or any(n.name not in values for n in self.numbers):
             return Row(self, NOT_MEASURED, "not yet measured", "missing " + "; ".join(missing) if missing else
                        "missing inputs", {}, tuple(sources))
+        bad = [k for k, x in values.items() if isinstance(x, float) and not math.isfinite(x)]
+        if bad:  # e.g. a ratio to a zero baseline: no verdict from a number that is not one
+            return Row(self, NOT_MEASURED, "not yet measured", f"not finite: {', '.join(bad)}", values,
+                       tuple(sources))
         try:
             ours = self.ours.format(**values)
         except (KeyError, ValueError, TypeError, IndexError) as e:

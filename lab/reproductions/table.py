@@ -60,6 +60,7 @@ class ReproductionTable(Result):
     rows: list[Row]
     results_dir: str = ""
     unreadable: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)  # file stem -> its date, model and mode when recorded
 
     def counts(self) -> dict[str, int]:
         c = Counter(r.verdict for r in self.rows)
@@ -131,6 +132,10 @@ class ReproductionTable(Result):
             if c.note:
                 lines.append(f"- Note: {c.note}")
             lines.append("")
+        if self.files:
+            lines += ["## Results files read", ""]
+            lines += [f"- `{k}.json`: {v}" for k, v in self.files.items()]
+            lines.append("")
         if self.unreadable:
             lines += ["Unreadable results files (treated as missing): " +
                       ", ".join(f"`{k}.json` ({v})" for k, v in self.unreadable.items()), ""]
@@ -150,4 +155,18 @@ def reproduction_table(results_dir: Path | str | None = None, results: Mapping[s
     results = dict(results)
     unreadable = results.pop("_unreadable", {})
     rows = [c.evaluate(results) for c in (claims() if claim_list is None else claim_list)]
-    return ReproductionTable(rows, str(results_dir or RESULTS_DIR), unreadable)
+    used = sorted({s.split(".json:", 1)[0] for r in rows for s in r.sources})
+    return ReproductionTable(rows, str(results_dir or RESULTS_DIR), unreadable,
+                             {k: _describe(results[k]) for k in used if k in results})
+
+
+def _describe(doc: Any) -> str:
+    """When and on what a results file was measured, from the fields the benchmarks record."""
+    if not isinstance(doc, Mapping):
+        return "recorded"
+    meta = doc.get("meta") if isinstance(doc.get("meta"), Mapping) else {}
+    cfg = doc.get("config") if isinstance(doc.get("config"), Mapping) else {}
+    date = doc.get("date") or meta.get("date") or "date not recorded"
+    model = meta.get("model") or cfg.get("model")
+    mode = doc.get("mode") or meta.get("mode")
+    return ", ".join(str(x) for x in (date, model, f"mode {mode}" if mode else None) if x)
