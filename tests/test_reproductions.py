@@ -6,8 +6,24 @@ import math
 import numpy as np
 import pytest
 
-from lab.reproductions import (NOT_AT_135M, NOT_MEASURED, PARTLY, REFUTED, REPRODUCED, AllOf, AtLeast, AtMost,
-                               Claim, Derived, FirstOf, Missing, claims, lookup, num, reproduction_table)
+from lab.reproductions import (
+    NOT_AT_135M,
+    NOT_MEASURED,
+    PARTLY,
+    REFUTED,
+    REPRODUCED,
+    AllOf,
+    AtLeast,
+    AtMost,
+    Claim,
+    Derived,
+    FirstOf,
+    Missing,
+    claims,
+    lookup,
+    num,
+    reproduction_table,
+)
 from lab.reproductions.measure import bootstrap_ci, paired_permutation_p, spearman
 from lab.reproductions.sources import COMMANDS, QUICK
 from workbench.errors import InputError
@@ -157,7 +173,7 @@ def test_statistics_helpers():
     assert paired_permutation_p(np.ones(40), n_perm=2000) < 0.002
     x = np.arange(30, dtype=float)
     assert spearman(x, -x) == pytest.approx(-1.0)
-    lo, hi = bootstrap_ci(lambda i: spearman(x[i], -x[i] + 0.1 * np.sin(x[i])), 30)
+    _, hi = bootstrap_ci(lambda i: spearman(x[i], -x[i] + 0.1 * np.sin(x[i])), 30)
     assert hi < 0
     with pytest.raises(InputError):
         paired_permutation_p([])

@@ -12,8 +12,9 @@ selector ``[field=value&field2=value2]`` that picks the first list element whose
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from workbench.errors import InputError
 
@@ -263,7 +264,7 @@ class Claim:
         if unknown:
             raise InputError(f"Claim {self.key}: rule or derived numbers read unknown names {unknown}.")
 
-    def evaluate(self, results: Mapping[str, Any]) -> "Row":
+    def evaluate(self, results: Mapping[str, Any]) -> Row:
         """The row for ``results`` ({file stem: parsed JSON}). A verdict needs every number."""
         values: dict[str, Any] = {}
         sources: list[str] = []

@@ -17,8 +17,8 @@ from __future__ import annotations
 import random
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -117,7 +117,7 @@ def measure_factual(model, sizes: MeasureSizes) -> dict:
     sat_facts = facts.sample(sizes.sat_prompts_per_relation, seed=2)
     sat = sat_probe(model, sat_facts)
     y, probe, conf = sat.labels, sat.scores["probe"], sat.scores["confidence"]
-    out["sat"] = {"n_prompts": int(len(y)), "accuracy": float(y.mean()), "C": sat.C,
+    out["sat"] = {"n_prompts": len(y), "accuracy": float(y.mean()), "C": sat.C,
                   "auroc_probe": auroc(y, probe), "auroc_confidence": auroc(y, conf),
                   "auroc_mean_attention": auroc(y, sat.scores["mean_attention"]),
                   "auroc_probe_ci": bootstrap_ci(lambda i: auroc(y[i], probe[i]), len(y), sizes.n_boot, sizes.seed),
@@ -136,7 +136,7 @@ def measure_active_dormant(model, sizes: MeasureSizes) -> dict:
     out = {"n_heads": len(heads), "heads": [f"L{l}H{h}" for l, h in heads], "n_tokens": r.n_tokens.tolist()}
     for j, d in enumerate(r.domains):
         m, a = r.sink_mass[:, j], np.abs(r.dce[:, j])
-        lo, hi = bootstrap_ci(lambda i: spearman(m[i], a[i]), len(heads), sizes.n_boot, sizes.seed)
+        lo, hi = bootstrap_ci(lambda i, m=m, a=a: spearman(m[i], a[i]), len(heads), sizes.n_boot, sizes.seed)
         out[d] = {"spearman": spearman(m, a), "ci_low": lo, "ci_high": hi, "clean_ce": float(r.clean_ce[j])}
     return out
 

@@ -1,5 +1,5 @@
 """Guo et al. 2024, "Active-Dormant Attention Heads": sinks, value drains, residual peaks, dormant heads."""
-from ..claim import AtLeast, AtMost, Claim, Derived, REFUTED, NOT_AT_135M, num
+from ..claim import NOT_AT_135M, REFUTED, AtLeast, AtMost, Claim, Derived, num
 from ..sources import QUICK, command, median_from
 
 PAPER = "Guo et al. 2024 (Active-Dormant Attention Heads)"

@@ -1,5 +1,5 @@
 """Yuksekgonul et al., ICLR 2024, "Attention Satisfies": attention to constraints predicts factual errors."""
-from ..claim import AllOf, AtLeast, Claim, Derived, NOT_AT_135M, num
+from ..claim import NOT_AT_135M, AllOf, AtLeast, Claim, Derived, num
 
 PAPER = "Yuksekgonul et al. 2024 (Attention Satisfies)"
 

@@ -1,5 +1,5 @@
 """Valois et al., TACL 2025, "Frame Representation Hypothesis": words as frames of token vectors."""
-from ..claim import AllOf, AtLeast, AtMost, Claim, NOT_AT_135M, REFUTED, num
+from ..claim import NOT_AT_135M, REFUTED, AtLeast, AtMost, Claim, num
 
 PAPER = "Valois et al. 2025 (Frame Representation Hypothesis)"
 

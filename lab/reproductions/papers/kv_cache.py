@@ -1,5 +1,5 @@
 """KV-cache compression papers at one fixed budget: StreamingLLM, H2O, SnapKV, ZigZagKV, KIVI."""
-from ..claim import AtLeast, AtMost, Claim, Derived, NOT_AT_135M, REFUTED, num
+from ..claim import NOT_AT_135M, REFUTED, AtLeast, AtMost, Claim, Derived, num
 from ..sources import QUICK, command, rel_change
 
 KV = "python benchmarks/bench_kv.py --sections latency quality"

@@ -1,5 +1,5 @@
 """Layer pruning: ShortGPT, SLEB, LaCo (``benchmarks/bench_sparsity_pruning.py --sections pruning drop_speed``)."""
-from ..claim import AtLeast, Claim, Derived, NOT_AT_135M, REFUTED, num
+from ..claim import NOT_AT_135M, REFUTED, AtLeast, Claim, Derived, num
 from ..sources import command
 
 CMD = command("sparsity_pruning", sections=["pruning"])

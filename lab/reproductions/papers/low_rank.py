@@ -1,5 +1,5 @@
 """Low-rank methods: LASER, SVD-LLM, MHA2MLA (``benchmarks/bench_sparsity_pruning.py``)."""
-from ..claim import AllOf, AtLeast, AtMost, Claim, Derived, NOT_AT_135M, REFUTED, num
+from ..claim import NOT_AT_135M, REFUTED, AllOf, AtLeast, AtMost, Claim, Derived, num
 from ..sources import command, rel_change
 
 SP = "sparsity_pruning"

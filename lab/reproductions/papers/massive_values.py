@@ -1,7 +1,7 @@
 """Jin et al., ICML 2025, "Massive Values in Self-Attention Modules are the Key to Contextual Knowledge"."""
 import statistics
 
-from ..claim import AllOf, AtLeast, Claim, Derived, FirstOf, REFUTED, num
+from ..claim import REFUTED, AllOf, AtLeast, Claim, Derived, FirstOf, num
 from ..sources import QUICK, command
 
 PAPER = "Jin et al. 2025 (Massive Values in Q/K)"

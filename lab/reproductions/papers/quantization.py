@@ -1,5 +1,5 @@
 """Rotation-based W4A4 quantization (QuaRot, DFRot) and GPTQ, from ``benchmarks/bench_quant.py``."""
-from ..claim import AllOf, AtLeast, AtMost, Claim, Derived, NOT_AT_135M, REFUTED, num
+from ..claim import NOT_AT_135M, REFUTED, AllOf, AtLeast, AtMost, Claim, Derived, num
 
 CMD = "python benchmarks/bench_quant.py --sections quality"
 SETTING = ("SmolLM2, fake-quantized weights and activations (simulated), perplexity on held-out Python-docs windows "

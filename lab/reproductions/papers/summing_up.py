@@ -1,5 +1,5 @@
 """Chughtai, Cooney & Nanda, ICML 2024, "Summing Up the Facts": additive mechanisms of factual recall."""
-from ..claim import AllOf, AtLeast, Claim, Derived, NOT_AT_135M, num
+from ..claim import NOT_AT_135M, AllOf, AtLeast, Claim, Derived, num
 
 PAPER = "Chughtai et al. 2024 (Summing Up the Facts)"
 CMD = "python scripts/reproductions.py --measure factual"

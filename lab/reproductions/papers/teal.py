@@ -1,5 +1,5 @@
 """Liu et al. 2024, "Training-Free Activation Sparsity in LLMs" (TEAL)."""
-from ..claim import AtMost, Claim, Derived, NOT_AT_135M, num
+from ..claim import NOT_AT_135M, AtMost, Claim, Derived, num
 from ..sources import command, rel_change
 
 CLAIMS = (

@@ -1,5 +1,5 @@
 """Dunefsky, Chlenski & Nanda, NeurIPS 2024, "Transcoders Find Interpretable LLM Feature Circuits"."""
-from ..claim import AllOf, AtLeast, AtMost, Claim, Derived, REFUTED, num
+from ..claim import REFUTED, AllOf, AtLeast, AtMost, Claim, Derived, num
 
 PAPER = "Dunefsky et al. 2024 (Transcoders)"
 
