@@ -9,10 +9,11 @@ Verdict rules: ``docs/reproductions.md``.
 """
 from .claim import (FAILURES, NOT_AT_135M, NOT_MEASURED, PARTLY, REFUTED, REPRODUCED, VERDICTS, AllOf, AtLeast,
                     AtMost, Claim, Decision, Derived, FirstOf, Missing, Number, Row, Rule, lookup, num)
+from .sources import COMMANDS, QUICK as QUICK_STEM
 from .table import RESULTS_DIR, ReproductionTable, claims, load_results, reproduction_table
 
 __all__ = [
     "Claim", "Number", "Derived", "num", "Rule", "AtLeast", "AtMost", "AllOf", "FirstOf", "Decision", "Row", "Missing",
     "lookup", "VERDICTS", "FAILURES", "REPRODUCED", "PARTLY", "NOT_AT_135M", "REFUTED", "NOT_MEASURED",
-    "ReproductionTable", "reproduction_table", "claims", "load_results", "RESULTS_DIR",
+    "ReproductionTable", "reproduction_table", "QUICK_STEM", "COMMANDS", "claims", "load_results", "RESULTS_DIR",
 ]
