@@ -31,7 +31,7 @@ class MeasureSizes:
 
     facts_per_relation: int = 16
     sat_prompts_per_relation: int = 40
-    ad_heads: int = 40
+    ad_heads: int = 90
     frames_prompts: int = 16
     frames_tokens: int = 12
     frames_k: int = 3

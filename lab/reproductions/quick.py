@@ -6,8 +6,8 @@
 - ``sinks``: one forward over ``sink_tokens`` tokens of held-out corpus text
   (``probes.sinks.extreme_token_report``): sink mass, value drain, residual peak, Q/K/V dim
   concentration and the low-frequency energy share, laid out like ``bench_sinks.py``'s "numbers";
-- ``qk_disruption``: ``probes.sinks.qk_disruption_effect`` (passkey vs facts, top-1 Q/K dim per head
-  set to its mean), on all positions (the paper's protocol) and with position 0 left clean;
+- ``qk_disruption``: passkey vs facts clean and with the top-1 Q/K dim per head (``DisruptQKDims``
+  set to its token mean, all layers), on all positions (the paper's protocol) and with position 0 left clean;
 - ``kv``: passkey accuracy at a quarter of the cache for StreamingLLM, SnapKV, H2O, ZigZagKV and
   KIVI 2/4-bit (``efficiency.kv.harness.sweep``), and perplexity after a compressed prefix for the
   full cache, StreamingLLM with 4 and with 0 sinks, H2O and SnapKV (``harness.perplexity``).
@@ -34,9 +34,9 @@ class QuickSizes:
     """Sizes of the quick run (defaults: well under a minute per section on SmolLM2, 2 CPU cores)."""
 
     sink_tokens: int = 256
-    disruption_passkey_n: int = 8
+    disruption_passkey_n: int = 6
     disruption_passkey_tokens: int = 128
-    passkey_n: int = 6
+    passkey_n: int = 5
     passkey_tokens: int = 256
     ppl_n: int = 2
     ppl_tokens: int = 512
@@ -77,18 +77,25 @@ def quick_sinks(model, sizes: QuickSizes) -> dict:
 
 
 def quick_qk_disruption(model, sizes: QuickSizes) -> dict:
-    from probes.sinks import qk_disruption_effect
-    from workbench.texts.tasks import passkey_prompts
+    """Clean vs disrupted (top-1 Q/K dim per head set to its token mean, all layers): once on all positions
+    (the paper's protocol), once with position 0 left clean. ``probes.sinks.qk_disruption_effect`` also runs
+    the low-dim control; the quick row skips it and shares the clean run between the two settings."""
+    from interventions.qk_dims import DisruptQKDims
+    from probes.sinks import FACTUAL_PROMPTS
+    from workbench.texts.tasks import passkey_prompts, score_answers, score_passkey
 
     samples = passkey_prompts(model, sizes.disruption_passkey_n, n_tokens=sizes.disruption_passkey_tokens, seed=0)
-    out = {"passkey_n": len(samples), "passkey_tokens": [s.n_tokens for s in samples]}
+    prompts, answers = [p for p, _ in FACTUAL_PROMPTS], [a for _, a in FACTUAL_PROMPTS]
+
+    def score(ivs):
+        return score_passkey(model, samples, ivs).accuracy, score_answers(model, prompts, answers, ivs).accuracy
+
+    pk0, fa0 = score(())
+    out = {"passkey_n": len(samples), "passkey_tokens": [s.n_tokens for s in samples], "factual_n": len(prompts)}
     for name, skip in (("all_positions", False), ("skip_first", True)):
-        r = qk_disruption_effect(model, samples, skip_first=skip)
-        row = {f"{task}_{cond}": r.accuracy(cond, task) for task in ("passkey", "factual")
-               for cond in ("clean", "disrupt", "control")}
-        row["passkey_drop"] = row["passkey_clean"] - row["passkey_disrupt"]
-        row["factual_drop"] = row["factual_clean"] - row["factual_disrupt"]
-        out[name] = row
+        pk, fa = score([DisruptQKDims(target="both", top_n=1, skip_first=skip)])
+        out[name] = {"passkey_clean": pk0, "passkey_disrupt": pk, "factual_clean": fa0, "factual_disrupt": fa,
+                     "passkey_drop": pk0 - pk, "factual_drop": fa0 - fa}
     return out
 
 
@@ -102,14 +109,15 @@ def quick_kv(model, sizes: QuickSizes) -> dict:
     depths = [0.1 + 0.8 * i / max(n - 1, 1) for i in range(n)]
     samples = [passkey_prompts(model, 1, n_tokens=sizes.passkey_tokens, depth=d, seed=100 + i)[0]
                for i, d in enumerate(depths)]
-    policies = ("streaming_llm", "snapkv", "h2o", "zigzagkv")
+    # one sweep (one full-cache baseline); the two KIVI policies are not dataclasses, so they are labelled
+    # "kivi" and "kivi #2" in the order given
+    policies = ("streaming_llm", "snapkv", "h2o", "zigzagkv", get_policy("kivi", bits=2), get_policy("kivi", bits=4))
     t = sweep(model, samples, policies=policies, ratios=(RATIO,)).table()
-    scores = {str(r.policy): float(r.score) for r in t.itertuples()}
-    kept = {str(r.policy): float(r.kept_fraction) for r in t.itertuples()}
-    for bits in (2, 4):
-        tk = sweep(model, samples, policies=[get_policy("kivi", bits=bits)], ratios=(RATIO,)).table()
-        row = tk[tk.policy != FULL].iloc[0]
-        scores[f"kivi{bits}"] = float(row.score)
+    names = {"kivi": "kivi2", "kivi #2": "kivi4"}
+    scores = {names.get(str(r.policy), str(r.policy)): float(r.score) for r in t.itertuples()}
+    kept = {names.get(str(r.policy), str(r.policy)): float(r.kept_fraction) for r in t.itertuples()}
+    if not {"kivi2", "kivi4", FULL} <= set(scores):
+        raise RuntimeError(f"unexpected sweep labels {sorted(scores)}")
     texts = long_texts(model, sizes.ppl_n, sizes.ppl_tokens, corpus="\n\n".join(load_corpus("heldout")))
     ppl_policies = {FULL: None, "streaming_llm": get_policy("streaming_llm", ratio=RATIO),
                     "window_only": get_policy("streaming_llm", ratio=RATIO, sinks=0),

@@ -55,7 +55,7 @@ CLAIMS = (
         paper_setting="Llama-2/3 etc.; top dim per head set to its mean, all layers; passkey (128 tokens) vs "
                       "city/celebrity QA",
         paper_number="contextual tasks collapse, parametric largely survive (third-party Llama-2-7B: −94% vs −25%)",
-        our_setting="SmolLM2; 8 passkey prompts of ~128 tokens vs 10 short facts; top-1 dim per head; paper protocol "
+        our_setting="SmolLM2; 6 passkey prompts of ~128 tokens vs 10 short facts; top-1 dim per head; paper protocol "
                     "(all positions), fallback with position 0 left out",
         numbers=(num("pk_drop", (QUICK, "qk_disruption/all_positions/passkey_drop")),
                  num("fa_drop", (QUICK, "qk_disruption/all_positions/factual_drop")),
