@@ -32,10 +32,10 @@ class MeasureSizes:
     facts_per_relation: int = 16
     sat_prompts_per_relation: int = 40
     ad_heads: int = 90
-    frames_prompts: int = 16
-    frames_tokens: int = 12
+    frames_prompts: int = 8
+    frames_tokens: int = 10
     frames_k: int = 3
-    frames_concepts: tuple = ("dog.n.01", "water.n.01", "music.n.01")
+    frames_concepts: tuple = ("dog.n.01", "water.n.01")
     n_boot: int = 2000
     n_perm: int = 10000
     seed: int = 0

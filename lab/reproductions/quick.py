@@ -87,15 +87,19 @@ def quick_qk_disruption(model, sizes: QuickSizes) -> dict:
     samples = passkey_prompts(model, sizes.disruption_passkey_n, n_tokens=sizes.disruption_passkey_tokens, seed=0)
     prompts, answers = [p for p, _ in FACTUAL_PROMPTS], [a for _, a in FACTUAL_PROMPTS]
 
-    def score(ivs):
-        return score_passkey(model, samples, ivs).accuracy, score_answers(model, prompts, answers, ivs).accuracy
+    def score(ivs):  # (accuracy, mean answer log-prob per token) for passkey, then facts
+        a, b = score_passkey(model, samples, ivs), score_answers(model, prompts, answers, ivs)
+        return (a.accuracy, float(a.answer_logprob.mean())), (b.accuracy, float(b.answer_logprob.mean()))
 
-    pk0, fa0 = score(())
+    (pk0, pl0), (fa0, fl0) = score(())
     out = {"passkey_n": len(samples), "passkey_tokens": [s.n_tokens for s in samples], "factual_n": len(prompts)}
     for name, skip in (("all_positions", False), ("skip_first", True)):
-        pk, fa = score([DisruptQKDims(target="both", top_n=1, skip_first=skip)])
+        (pk, pl), (fa, fl) = score([DisruptQKDims(target="both", top_n=1, skip_first=skip)])
         out[name] = {"passkey_clean": pk0, "passkey_disrupt": pk, "factual_clean": fa0, "factual_disrupt": fa,
-                     "passkey_drop": pk0 - pk, "factual_drop": fa0 - fa}
+                     "passkey_drop": pk0 - pk, "factual_drop": fa0 - fa,
+                     "passkey_logprob_clean": pl0, "passkey_logprob_disrupt": pl,
+                     "factual_logprob_clean": fl0, "factual_logprob_disrupt": fl,
+                     "passkey_logprob_drop": pl0 - pl, "factual_logprob_drop": fl0 - fl}
     return out
 
 

@@ -56,16 +56,17 @@ CLAIMS = (
                       "city/celebrity QA",
         paper_number="contextual tasks collapse, parametric largely survive (third-party Llama-2-7B: −94% vs −25%)",
         our_setting="SmolLM2; 6 passkey prompts of ~128 tokens vs 10 short facts; top-1 dim per head; paper protocol "
-                    "(all positions), fallback with position 0 left out",
+                    "(all positions, accuracy), fallback with position 0 left clean (answer log-prob per token)",
         numbers=(num("pk_drop", (QUICK, "qk_disruption/all_positions/passkey_drop")),
                  num("fa_drop", (QUICK, "qk_disruption/all_positions/factual_drop")),
-                 num("pk_drop0", (QUICK, "qk_disruption/skip_first/passkey_drop")),
-                 num("fa_drop0", (QUICK, "qk_disruption/skip_first/factual_drop")),
+                 num("pk_lp0", (QUICK, "qk_disruption/skip_first/passkey_logprob_drop")),
+                 num("fa_lp0", (QUICK, "qk_disruption/skip_first/factual_logprob_drop")),
                  Derived("gap", ("pk_drop", "fa_drop"), lambda a, b: a - b),
-                 Derived("gap0", ("pk_drop0", "fa_drop0"), lambda a, b: a - b)),
-        rule=FirstOf((AllOf((AtLeast("pk_drop", 0.5), AtLeast("gap", 0.25))), AtLeast("gap0", 0.25, 0.0))),
-        ours="accuracy drop passkey {pk_drop:.2f} vs facts {fa_drop:.2f}; position 0 kept clean: "
-             "{pk_drop0:.2f} vs {fa_drop0:.2f}",
+                 Derived("lp_gap0", ("pk_lp0", "fa_lp0"), lambda a, b: a - b)),
+        # the paper's protocol on accuracy first; the fallback (position 0 clean, answer log-prob) caps at partly
+        rule=FirstOf((AllOf((AtLeast("pk_drop", 0.5), AtLeast("gap", 0.25))), AtLeast("lp_gap0", 0.5, 0.1))),
+        ours="accuracy drop passkey {pk_drop:.2f} vs facts {fa_drop:.2f}; with position 0 kept clean, answer "
+             "log-prob drop passkey {pk_lp0:.2f} vs facts {fa_lp0:.2f} nats",
         command=command(QUICK),
         note="SmolLM2 has no BOS token: disrupting position 0 also rewrites the sink's own massive key dim.",
     ),
