@@ -206,7 +206,7 @@ def test_quick_rows_on_smollm2(smollm2, tmp_path):
     from lab.reproductions.quick import QuickSizes, run_quick
     from workbench.paths import atomic_write_json
 
-    sizes = QuickSizes(sink_tokens=128, disruption_passkey_n=4, passkey_n=3, passkey_tokens=224, ppl_n=1, ppl_tokens=256)
+    sizes = QuickSizes(sink_tokens=128, disruption_passkey_n=2, passkey_n=2, passkey_tokens=224, ppl_n=1, ppl_tokens=192)
     res = run_quick(smollm2, sizes)
     for key, path in (p for s in ("sinks", "qk_disruption", "kv") for p in _quick_paths(s)):
         lookup(res, path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -113,13 +114,16 @@ def quick_kv(model, sizes: QuickSizes) -> dict:
     depths = [0.1 + 0.8 * i / max(n - 1, 1) for i in range(n)]
     samples = [passkey_prompts(model, 1, n_tokens=sizes.passkey_tokens, depth=d, seed=100 + i)[0]
                for i, d in enumerate(depths)]
-    # one sweep (one full-cache baseline); the two KIVI policies are not dataclasses, so they are labelled
-    # "kivi" and "kivi #2" in the order given
+    # one sweep (one full-cache baseline); KIVI rows are labelled by the policy's own name ("KIVI 2-bit (g32, r32)")
     policies = ("streaming_llm", "snapkv", "h2o", "zigzagkv", get_policy("kivi", bits=2), get_policy("kivi", bits=4))
     t = sweep(model, samples, policies=policies, ratios=(RATIO,)).table()
-    names = {"kivi": "kivi2", "kivi #2": "kivi4"}
-    scores = {names.get(str(r.policy), str(r.policy)): float(r.score) for r in t.itertuples()}
-    kept = {names.get(str(r.policy), str(r.policy)): float(r.kept_fraction) for r in t.itertuples()}
+
+    def name(label: str) -> str:
+        m = re.match(r"KIVI (\d+)-bit", label)
+        return f"kivi{m.group(1)}" if m else label
+
+    scores = {name(str(r.policy)): float(r.score) for r in t.itertuples()}
+    kept = {name(str(r.policy)): float(r.kept_fraction) for r in t.itertuples()}
     if not {"kivi2", "kivi4", FULL} <= set(scores):
         raise RuntimeError(f"unexpected sweep labels {sorted(scores)}")
     texts = long_texts(model, sizes.ppl_n, sizes.ppl_tokens, corpus="\n\n".join(load_corpus("heldout")))

@@ -21,7 +21,8 @@ def _claim(layer: int, eval_set: str) -> Claim:
                  Derived("gap", ("tc", "sae"), lambda a, b: a - b),
                  Derived("l0_mismatch", ("l0_tc", "l0_sae"), lambda a, b: abs(a - b) / max(a, b))),
         rule=AllOf((AtMost("l0_mismatch", 0.1), AtLeast("gap", -0.01, -0.05)), fail=REFUTED),
-        ours="loss recovered {tc:.3f} (transcoder, L0 {l0_tc:.0f}) vs {sae:.3f} (SAE, L0 {l0_sae:.0f})",
+        ours=f"layer {layer}, {where}: " + "loss recovered {tc:.3f} (transcoder, L0 {l0_tc:.0f}) vs {sae:.3f} "
+             "(SAE, L0 {l0_sae:.0f})",
         command="python benchmarks/bench_transcoders.py --skip-harvest",
     )
 
