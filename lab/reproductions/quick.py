@@ -47,7 +47,8 @@ def _heldout_ids(model, n_tokens: int) -> torch.Tensor:
     """(1, n_tokens) ids of the bundled corpus's held-out split, joined."""
     from workbench.texts import load_corpus, long_texts
 
-    text = long_texts(model, 1, n_tokens, corpus="\n\n".join(load_corpus("heldout")))[0]
+    # long_texts cuts "about" n_tokens (a few tokens off at the edges): ask for a margin, then cut exactly
+    text = long_texts(model, 1, min(n_tokens + 16, model.info.n_ctx), corpus="\n\n".join(load_corpus("heldout")))[0]
     ids = model.tokenize(text)[0][:, :n_tokens]
     if ids.shape[1] < n_tokens:
         raise InputError(f"The held-out corpus gives only {ids.shape[1]} tokens; ask for fewer.")
