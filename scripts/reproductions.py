@@ -53,8 +53,9 @@ def main(argv=None) -> int:
             from lab.reproductions.measure import run_measure
 
             path = args.results / "reproductions.json"
-            old = json.loads(path.read_text()) if path.exists() else {}
-            atomic_write_json(path, {**old, **run_measure(model, args.measure, log=log)})
+            for section in args.measure:  # saved after each section, so a long run keeps what it finished
+                old = json.loads(path.read_text()) if path.exists() else {}
+                atomic_write_json(path, {**old, **run_measure(model, [section], log=log)})
     table = reproduction_table(args.results)
     table.write_markdown(args.out)
     print(f"wrote {args.out}: {table.summary()}")
