@@ -29,8 +29,8 @@ from workbench.errors import InputError
 class MeasureSizes:
     """Sizes of the slower measurements (defaults: a few minutes each on SmolLM2, 2 CPU cores)."""
 
-    facts_per_relation: int = 16
-    sat_prompts_per_relation: int = 40
+    facts_per_relation: int = 12
+    sat_prompts_per_relation: int = 24
     ad_heads: int = 90
     frames_prompts: int = 8
     frames_tokens: int = 10
