@@ -1,0 +1,195 @@
+"""Slower measurements for claims that no benchmark covers (minutes each on SmolLM2 on a CPU).
+
+``run_measure(model, sections)`` returns {section: numbers}; ``scripts/reproductions.py --measure``
+merges it into ``benchmarks/results/reproductions.json``.
+
+- ``factual``: over bundled fact prompts, DLA of every prompt, head classes and the additive
+  motif (top-1 rate of the answer under the sum of the groups vs the best single group, and the
+  share where only the sum ranks it first); the suppressive heads of the last 3 layers zeroed;
+  the SAT probe (out-of-fold AUROC vs the model's confidence, 95% bootstrap intervals).
+- ``active_dormant``: sink mass and zero-ablation ΔCE of random heads on the bundled prose and
+  code texts; Spearman(sink mass, |ΔCE|) per domain with a 95% bootstrap interval over heads.
+- ``frames``: single-word concept guidance (top-k guided vs greedy decoding over prompts): the rate
+  of the concept's own words in the continuations and a one-sided paired permutation test.
+"""
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from workbench.errors import InputError
+
+
+@dataclass(frozen=True)
+class MeasureSizes:
+    """Sizes of the slower measurements (defaults: a few minutes each on SmolLM2, 2 CPU cores)."""
+
+    facts_per_relation: int = 12
+    sat_prompts_per_relation: int = 24
+    ad_heads: int = 90
+    frames_prompts: int = 8
+    frames_tokens: int = 10
+    frames_k: int = 3
+    frames_concepts: tuple = ("dog.n.01", "water.n.01")
+    n_boot: int = 2000
+    n_perm: int = 10000
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def bootstrap_ci(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of ``stat(idx)`` over ``n_boot`` resamples of ``range(n)`` with replacement
+    (resamples where the statistic is undefined are dropped)."""
+    rng = np.random.default_rng(seed)
+    vals = [stat(rng.integers(0, n, n)) for _ in range(n_boot)]
+    vals = np.array([v for v in vals if np.isfinite(v)])
+    if not len(vals):
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
+
+
+def paired_permutation_p(diff: Sequence[float], n_perm: int = 10000, seed: int = 0) -> float:
+    """One-sided p-value that the mean paired difference is > 0 (random sign flips; exact when few pairs)."""
+    d = np.asarray(diff, dtype=float)
+    if d.ndim != 1 or not len(d):
+        raise InputError("paired_permutation_p needs a non-empty 1-D list of differences.")
+    obs = d.mean()
+    if len(d) <= 16:  # all 2^n sign patterns
+        signs = np.array(np.meshgrid(*[[-1, 1]] * len(d))).reshape(len(d), -1).T
+    else:
+        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_perm, len(d)))
+    null = (signs * d).mean(1)
+    return float((np.sum(null >= obs - 1e-12) + (0 if len(d) <= 16 else 1)) / (len(null) + (0 if len(d) <= 16 else 1)))
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def auroc(y: np.ndarray, s: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if len(set(y.tolist())) < 2:
+        return float("nan")
+    return float(roc_auc_score(y, s))
+
+
+# ------------------------------------------------------------------------------------------ sections
+def measure_factual(model, sizes: MeasureSizes) -> dict:
+    from probes.factual import (additive_motif, classify_heads, direct_logit_attribution_many, load_facts,
+                                sat_probe, suppression_effect, suppressive_heads)
+
+    facts = load_facts()
+    mech = facts.sample(sizes.facts_per_relation, seed=1)
+    results = direct_logit_attribution_many(model, mech, batch_size=16)
+    right = [x for x in results if (x.logits[1:] < x.logits[0]).all()]
+    used = right if len(right) >= 3 else results
+    classes = classify_heads(used, metric="diff")
+    motif = additive_motif(results, classes)
+    t = motif.to_frame().set_index("group")
+    groups = [g for g in t.index if g not in ("sum", "model", "only the sum is top-1")]
+    single = t.loc[groups, "top1_rate"].dropna()
+    out = {"n_prompts": len(results), "n_answer_first": len(right), "relations": sorted({x.relation for x in results}),
+           "motif": {"top1_sum": float(t.loc["sum", "top1_rate"]), "top1_model": float(t.loc["model", "top1_rate"]),
+                     "top1_best_group": float(single.max()) if len(single) else float("nan"),
+                     "best_group": str(single.idxmax()) if len(single) else None,
+                     "top1_by_group": {g: float(v) for g, v in single.items()},
+                     "interference_rate": motif.interference_rate, "head_classes": classes.counts()}}
+    heads = suppressive_heads(results, last_layers=3, threshold=-0.1, max_heads=3)
+    sup = {"n_heads": len(heads), "heads": [f"L{l}H{h}" for l, h in heads]}
+    if heads:
+        r = suppression_effect(model, mech, [x.targets[0] for x in results], heads, alphas=(0.0, 1.0))
+        f = r.to_frame().set_index("alpha")
+        sup.update(p_clean=float(f.loc[1.0, "mean_p_answer"]), p_zeroed=float(f.loc[0.0, "mean_p_answer"]),
+                   acc_clean=float(f.loc[1.0, "accuracy"]), acc_zeroed=float(f.loc[0.0, "accuracy"]))
+    out["suppression"] = sup
+    sat_facts = facts.sample(sizes.sat_prompts_per_relation, seed=2)
+    sat = sat_probe(model, sat_facts)
+    y, probe, conf = sat.labels, sat.scores["probe"], sat.scores["confidence"]
+    out["sat"] = {"n_prompts": len(y), "accuracy": float(y.mean()), "C": sat.C,
+                  "auroc_probe": auroc(y, probe), "auroc_confidence": auroc(y, conf),
+                  "auroc_mean_attention": auroc(y, sat.scores["mean_attention"]),
+                  "auroc_probe_ci": bootstrap_ci(lambda i: auroc(y[i], probe[i]), len(y), sizes.n_boot, sizes.seed),
+                  "auroc_confidence_ci": bootstrap_ci(lambda i: auroc(y[i], conf[i]), len(y), sizes.n_boot, sizes.seed),
+                  "label": "first answer token is the model's top-1 token"}
+    return out
+
+
+def measure_active_dormant(model, sizes: MeasureSizes) -> dict:
+    from probes.sinks import active_dormant
+
+    L, H = model.info.n_layers, model.info.n_heads
+    every = [(l, h) for l in range(L) for h in range(H)]
+    heads = sorted(random.Random(sizes.seed).sample(every, min(sizes.ad_heads, len(every))))
+    r = active_dormant(model, ("prose", "code"), heads=heads)
+    out = {"n_heads": len(heads), "heads": [f"L{l}H{h}" for l, h in heads], "n_tokens": r.n_tokens.tolist()}
+    for j, d in enumerate(r.domains):
+        m, a = r.sink_mass[:, j], np.abs(r.dce[:, j])
+        lo, hi = bootstrap_ci(lambda i, m=m, a=a: spearman(m[i], a[i]), len(heads), sizes.n_boot, sizes.seed)
+        out[d] = {"spearman": spearman(m, a), "ci_low": lo, "ci_high": hi, "clean_ce": float(r.clean_ce[j])}
+    return out
+
+
+def _word_count(text: str, words: set[str]) -> int:
+    return sum(1 for w in re.findall(r"[A-Za-z]+", text.lower()) if w in words)
+
+
+def measure_frames(model, sizes: MeasureSizes) -> dict:
+    from nltk.corpus import wordnet as wn
+
+    from probes.frames import guided_generate
+    from probes.frames.bias_probe import OCCUPATION_PROMPTS
+
+    prompts = list(OCCUPATION_PROMPTS[:sizes.frames_prompts])
+    guided, greedy, rows = [], [], []
+    for name in sizes.frames_concepts:
+        words = {w.lower() for lem in wn.synset(name).lemma_names() for w in lem.split("_")}
+        for p in prompts:
+            g = guided_generate(model, p, name, k=sizes.frames_k, max_new_tokens=sizes.frames_tokens,
+                                stop_at_eos=False)
+            a, b = _word_count(g.guided_text, words), _word_count(g.greedy_text, words)
+            guided.append(a)
+            greedy.append(b)
+            rows.append({"concept": name, "prompt": p, "guided": g.guided_text, "greedy": g.greedy_text,
+                         "guided_hits": a, "greedy_hits": b})
+    d = np.array(guided, float) - np.array(greedy, float)
+    n = len(d)
+    return {"guidance": {"concepts": list(sizes.frames_concepts), "n_pairs": n, "k": sizes.frames_k,
+                         "tokens": sizes.frames_tokens, "rate_guided": float(np.mean(guided)),
+                         "rate_greedy": float(np.mean(greedy)), "mean_diff": float(d.mean()),
+                         "diff_ci": bootstrap_ci(lambda i: float(d[i].mean()), n, sizes.n_boot, sizes.seed),
+                         "p_value": paired_permutation_p(d, sizes.n_perm, sizes.seed),
+                         "test": "one-sided paired sign-flip permutation test, H1: guided > greedy",
+                         "rows": rows}}
+
+
+MEASURE_SECTIONS: dict[str, Callable] = {"factual": measure_factual, "active_dormant": measure_active_dormant,
+                                         "frames": measure_frames}
+
+
+def run_measure(model, sections: Sequence[str], sizes: MeasureSizes | None = None,
+                log: Callable[[str], None] | None = None) -> dict:
+    """Run the named ``sections``; returns {section: numbers (with "seconds" and "sizes")}."""
+    sizes = sizes or MeasureSizes()
+    bad = [s for s in sections if s not in MEASURE_SECTIONS]
+    if bad:
+        raise InputError(f"Unknown measure sections {bad}; choose from {list(MEASURE_SECTIONS)}.")
+    out = {}
+    for s in sections:
+        t = time.perf_counter()
+        out[s] = {**MEASURE_SECTIONS[s](model, sizes), "seconds": round(time.perf_counter() - t, 1),
+                  "sizes": asdict(sizes), "model": model.info.name}
+        if log:
+            log(f"measure {s}: {out[s]['seconds']:.0f} s")
+    return out

@@ -1,0 +1,1 @@
+"""One module per paper; each defines ``CLAIMS`` (a tuple of ``Claim``)."""

@@ -1,0 +1,173 @@
+"""The reproduction table: every registered claim evaluated against the results files, and REPRODUCTIONS.md.
+
+``reproduction_table(results_dir)`` reads every ``*.json`` in ``results_dir`` (default
+``benchmarks/results``) and evaluates each claim (``claims()``); ``to_markdown()`` renders it and
+``write_markdown(path)`` writes it atomically. A row whose file or key is missing says "not yet
+measured" and gives the command that would measure it.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from workbench.errors import InputError
+from workbench.paths import atomic_write_bytes
+from workbench.result import Result
+
+from .claim import NOT_MEASURED, VERDICTS, Claim, Row
+from .papers import (active_dormant, attention_satisfies, frames, kv_cache, layer_pruning, low_rank, massive_values,
+                     quantization, summing_up, teal, transcoders)
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+PAPER_MODULES = (active_dormant, massive_values, summing_up, attention_satisfies, transcoders, frames, kv_cache,
+                 quantization, teal, layer_pruning, low_rank)
+
+
+def claims() -> tuple[Claim, ...]:
+    """Every registered claim, in table order (one module per paper in ``lab/reproductions/papers``)."""
+    out = tuple(c for m in PAPER_MODULES for c in m.CLAIMS)
+    keys = [c.key for c in out]
+    dup = [k for k, n in Counter(keys).items() if n > 1]
+    if dup:
+        raise InputError(f"Duplicate claim keys: {dup}.")
+    return out
+
+
+def load_results(results_dir: Path | str | None = None) -> dict[str, Any]:
+    """{file stem: parsed JSON} of every ``*.json`` in ``results_dir`` (unreadable files are skipped with a note)."""
+    d = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    out: dict[str, Any] = {}
+    if not d.is_dir():
+        return out
+    for p in sorted(d.glob("*.json")):
+        try:
+            out[p.stem] = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as e:  # a half-written or broken file counts as missing
+            out.setdefault("_unreadable", {})[p.stem] = str(e)
+    return out
+
+
+@dataclass(repr=False)
+class ReproductionTable(Result):
+    """One ``Row`` per claim (verdict, our number, the rule's reason, which file and key gave each number)."""
+
+    rows: list[Row]
+    results_dir: str = ""
+    unreadable: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)  # file stem -> its date, model and mode when recorded
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(r.verdict for r in self.rows)
+        return {v: c.get(v, 0) for v in VERDICTS}
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{n} {v}" for v, n in self.counts().items() if n)
+        return f"ReproductionTable({len(self.rows)} claims: {parts})"
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([{
+            "key": r.claim.key, "paper": r.claim.paper, "claim": r.claim.claim,
+            "paper_setting": r.claim.paper_setting, "paper_number": r.claim.paper_number,
+            "our_setting": r.claim.our_setting, "ours": r.ours, "verdict": r.verdict, "reason": r.reason,
+            "command": r.claim.command, "sources": "; ".join(r.sources), "note": r.claim.note} for r in self.rows])
+
+    def html_table(self) -> pd.DataFrame:
+        return self.to_frame()[["paper", "claim", "paper_number", "ours", "verdict"]]
+
+    def figure(self, columns: Sequence[str] = ("paper", "claim", "paper_number", "ours", "verdict")):
+        """A plotly table of ``columns``, verdict cells coloured."""
+        import plotly.graph_objects as go
+
+        df = self.to_frame()
+        bad = [c for c in columns if c not in df.columns]
+        if bad:
+            raise InputError(f"Unknown columns {bad}; choose from {list(df.columns)}.")
+        colour = {"reproduced": "#d8f0d8", "partly": "#fff2cc", "not at 135M": "#eeeeee", "refuted": "#f8d0d0",
+                  NOT_MEASURED: "#ffffff"}
+        fills = [[colour[v] for v in df.verdict] if c == "verdict" else ["#ffffff"] * len(df) for c in columns]
+        fig = go.Figure(go.Table(header={"values": list(columns), "fill_color": "#e8e8f0", "align": "left"},
+                                 cells={"values": [df[c] for c in columns], "fill_color": fills, "align": "left"}))
+        fig.update_layout(title=f"Paper claims reproduced on our model ({self.summary()})", height=300 + 60 * len(df))
+        return fig
+
+    def to_markdown(self) -> str:
+        """REPRODUCTIONS.md: the summary, one table row per claim, then per-claim details."""
+        def cell(s: str) -> str:
+            return str(s).replace("|", "\\|").replace("\n", " ")
+
+        lines = [
+            "# Reproductions",
+            "",
+            ("Generated by `python scripts/reproductions.py` from the results files in `benchmarks/results/`; "
+             "do not edit by hand. Verdict rules: `docs/reproductions.md`. Each row's number comes from the "
+             "file and key listed under it; a row without one says *not yet measured* and gives the command "
+             "that measures it."),
+            "",
+            "Verdicts: " + ", ".join(f"{v}: {n}" for v, n in self.counts().items()) + ".",
+            "",
+            "| # | paper | claim | paper's setting and number | our number (SmolLM2-135M) | verdict |",
+            "|---:|---|---|---|---|---|",
+        ]
+        for i, r in enumerate(self.rows, 1):
+            c = r.claim
+            lines.append(f"| {i} | {cell(c.paper)} | {cell(c.claim)} | {cell(c.paper_setting)}: "
+                         f"**{cell(c.paper_number)}** | {cell(r.ours)} | **{r.verdict}** |")
+        lines += ["", "## Details", ""]
+        for i, r in enumerate(self.rows, 1):
+            c = r.claim
+            lines += [f"### {i}. {c.paper}: `{c.key}`", "",
+                      f"- Claim: {c.claim}",
+                      f"- Paper: {c.paper_setting}; {c.paper_number}.",
+                      f"- Ours: {c.our_setting}.",
+                      f"- Result: {r.ours}. Verdict **{r.verdict}** ({r.reason}).",
+                      f"- Command: `{c.command}`"]
+            if r.sources:
+                lines.append("- Numbers from: " + "; ".join(f"`{s}`" for s in r.sources))
+            if c.note:
+                lines.append(f"- Note: {c.note}")
+            lines.append("")
+        if self.files:
+            lines += ["## Results files read", ""]
+            lines += [f"- `{k}.json`: {v}" for k, v in self.files.items()]
+            lines.append("")
+        if self.unreadable:
+            lines += ["Unreadable results files (treated as missing): " +
+                      ", ".join(f"`{k}.json` ({v})" for k, v in self.unreadable.items()), ""]
+        return "\n".join(lines)
+
+    def write_markdown(self, path: Path | str) -> Path:
+        path = Path(path)
+        atomic_write_bytes(path, self.to_markdown().encode())
+        return path
+
+
+def reproduction_table(results_dir: Path | str | None = None, results: Mapping[str, Any] | None = None,
+                       claim_list: Sequence[Claim] | None = None) -> ReproductionTable:
+    """Evaluate ``claim_list`` (default every claim) against ``results`` (default: read ``results_dir``)."""
+    if results is None:
+        results = load_results(results_dir)
+    results = dict(results)
+    unreadable = results.pop("_unreadable", {})
+    rows = [c.evaluate(results) for c in (claims() if claim_list is None else claim_list)]
+    used = sorted({s.split(".json:", 1)[0] for r in rows for s in r.sources})
+    return ReproductionTable(rows, str(results_dir or RESULTS_DIR), unreadable,
+                             {k: _describe(results[k]) for k in used if k in results})
+
+
+def _describe(doc: Any) -> str:
+    """When and on what a results file was measured, from the fields the benchmarks record."""
+    if not isinstance(doc, Mapping):
+        return "recorded"
+    meta = doc.get("meta") if isinstance(doc.get("meta"), Mapping) else {}
+    cfg = doc.get("config") if isinstance(doc.get("config"), Mapping) else {}
+    date = doc.get("date") or meta.get("date") or "date not recorded"
+    model = meta.get("model") or cfg.get("model")
+    mode = doc.get("mode") or meta.get("mode")
+    return ", ".join(str(x) for x in (date, model, f"mode {mode}" if mode else None) if x)
