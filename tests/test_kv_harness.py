@@ -75,7 +75,7 @@ def test_sweep_matches_generate(tiny_llama, samples):
     names = ["snapkv", "h2o", "tova", "streaming_llm", "adakv"]
     res = sweep(tiny_llama, sub, names, ratios=(0.5, 0.875), max_new_tokens=4).to_frame()
     i = tiny_llama.info
-    per_token = i.n_layers * i.n_kv_heads * i.d_head * 2 * 4  # bytes of one position in every layer and head
+    per_token = i.n_layers * i.n_kv_heads * i.d_head * 2 * 4  # K and V (fp32) of one position in every layer and head
     for _, row in res.iterrows():
         policy = None if row.policy == "full cache" else get_policy(row.policy, ratio=row.ratio)
         g = tiny_llama.generate(sub[row["sample"]].prompt, max_new_tokens=4, cache_policy=policy)
@@ -83,7 +83,13 @@ def test_sweep_matches_generate(tiny_llama, samples):
         assert g.cache_stats[0].physical_bytes == row.physical_bytes
         n = len(g.prompt_tokens)  # known value: a uniform budget's bytes (per-layer / per-head ones keep the total)
         kept = n if policy is None else n - math.floor(row.ratio * n)
-        assert row.physical_bytes == kept * per_token and row.kept_fraction == pytest.approx(kept / n)
+        tokens = g.cache_stats[0].tokens  # (L, G) entries kept per layer and KV head
+        assert int(tokens.sum()) == kept * i.n_layers * i.n_kv_heads
+        # the int64 position index: per layer G x its longest head (a ragged layer's index is padded to it)
+        index = 8 * i.n_kv_heads * int(tokens.max(dim=1).values.sum())
+        if row.policy != "adakv":  # uniform budgets: every head keeps the same count, no padding
+            assert index == 8 * kept * i.n_layers * i.n_kv_heads
+        assert row.physical_bytes == kept * per_token + index and row.kept_fraction == pytest.approx(kept / n)
 
 
 def test_ratio_zero_reproduces_full_cache(tiny_llama, samples):

@@ -41,9 +41,13 @@ def test_latent_cache_bytes_follow_the_formula_and_decoding_matches_recompute(m6
         keys = cache.keys(2)  # decompressed view for readers
     assert torch.equal(g.new_tokens, ref.new_tokens) and (g.logits - ref.logits).abs().max() <= 1e-4
     st = g.cache.stats()
-    assert st.physical_bytes == st.full_tokens * i.n_layers * i.n_kv_heads * (d_kv + rope_dims) * 4
+    # per token, layer and KV head: the latent and the kept rotated key dims (fp32) plus the int64 position
+    assert st.physical_bytes == st.full_tokens * i.n_layers * i.n_kv_heads * ((d_kv + rope_dims) * 4 + 8)
     assert meth.cost(m6, st.full_tokens).kv_bytes == st.physical_bytes
-    assert st.physical_bytes / st.logical_bytes == pytest.approx((d_kv + rope_dims) / (2 * i.d_head))
+    assert st.physical_bytes / st.logical_bytes == pytest.approx(((d_kv + rope_dims) * 4 + 8) / (2 * i.d_head * 4))
+    for l in range(i.n_layers):  # a latent layer keeps the position of each of its entries
+        assert tuple(g.cache.positions[l].shape) == (1, i.n_kv_heads, st.full_tokens)
+        assert torch.equal(g.cache.positions[l][0, 0], torch.arange(st.full_tokens))
     assert keys.shape == (1, i.n_kv_heads, cache.stats().full_tokens, i.d_head)
     assert kv_bytes_mla(m6, 100, 32, 8, range(30), 4) > 0
 
@@ -118,8 +122,10 @@ def test_mla_report_attention_effect_and_explorer(m6):
     f = rep.to_frame()
     assert list(f.variant) == ["unmodified", "d_kv=4", "d_kv=8"] and (f.one == 1.0).all()
     i = m6.info
-    assert f.kv_ratio.iloc[1] == pytest.approx((4 + 4) / (2 * i.d_head))
+    # physical bytes per entry and KV head, each with its int64 position: latent + rope dims against K and V
+    assert f.kv_ratio.iloc[1] == pytest.approx(((4 + 4) * 4 + 8) / (2 * i.d_head * 4 + 8))
     assert sum(rep.layer_bytes["d_kv=8"]) == f.kv_bytes.iloc[2] and rep.figure() is not None
+    assert sum(rep.layer_bytes["unmodified"]) == f.kv_bytes.iloc[0]  # per-layer bytes (index included) add up
     full = MHA2MLA(d_kv=16, rope_dims=16)
     full.prepare(m6, TEXTS)
     eff = mla_attention_effect(m6, full, PROMPT[:60])

@@ -78,8 +78,11 @@ def test_dropped_attention_holds_no_kv_and_bytes_follow_the_formula(m6, drop):
     for l in range(i.n_layers):
         assert cache.is_skipped(l) == (l in gone)
         assert (cache.seq_len(l) == 0) == (l in gone)
+        # the position index: a skipped layer holds none, a kept layer one int64 per entry and KV head
+        assert tuple(cache.positions[l].shape) == (1, i.n_kv_heads, 0 if l in gone else cache.next_position)
     st = cache.stats()
-    per_layer = st.full_tokens * i.n_kv_heads * i.d_head * 2 * 4
+    # K and V (fp32) plus the int64 position of every entry, per kept layer
+    per_layer = st.full_tokens * i.n_kv_heads * (i.d_head * 2 * 4 + 8)
     assert st.physical_bytes == per_layer * (i.n_layers - len(gone))
 
 

@@ -24,9 +24,17 @@ from ..calibration import check_texts
 
 
 def _layer_bytes(cache) -> list[int]:
+    """Physical bytes of each layer: its tensors plus its int64 position index (``cache.positions[l]``), each
+    storage counted once, so the layers sum to ``cache.stats().physical_bytes``."""
     from workbench.kv_cache import tensors_of
 
-    return [sum(t.untyped_storage().nbytes() for t in tensors_of(lay) if t.numel()) for lay in cache.layers()]
+    out = []
+    for l, lay in enumerate(cache.layers()):
+        index = [cache.positions[l]] if l < len(cache.positions) else []
+        storages = {(t.device.type, t.untyped_storage().data_ptr()): t.untyped_storage().nbytes()
+                    for t in tensors_of(lay) + index if t.numel()}
+        out.append(sum(storages.values()))
+    return out
 
 
 @dataclass(repr=False)

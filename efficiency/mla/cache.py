@@ -3,7 +3,8 @@
 Per token and KV head it stores c (d_kv numbers, the joint latent of the non-rotated keys and the
 values) and k_rope (r numbers, the rotated kept key dimensions, after RoPE): (d_kv + r) numbers instead
 of the 2 x d_head of a full K/V layer. ``stored_tensors()`` returns exactly those two tensors, so
-``KVCache.stats().physical_bytes`` counts them.
+``KVCache.stats().physical_bytes`` counts them, next to the int64 position the cache keeps for every entry
+and KV head (``KVCache.positions``, 8 bytes; see ``mha2mla.kv_bytes_mla``).
 
 ``keys``/``values`` are transient decompressed views (B, G, N, d_head) for readers that need ordinary
 keys and values (cache inspection, comparisons): k = [k_rope at the kept dims, c up_k at the others],

@@ -10,8 +10,10 @@
    KV head instead of 2 x d_head, and an attention that decodes from it (``attention.MLAAttention``,
    absorbed or decompressing).
 
-KV bytes per token and layer: G x (d_kv + rope_dims) x bytes, against 2 x G x d_head (SmolLM2 at
-rope_dims 8: d_kv 8 / 16 / 32 give -87.5% / -81.25% / -68.75%). Without the paper's fine-tuning the
+KV bytes per token and layer: G x ((d_kv + rope_dims) x bytes + 8), against G x (2 x d_head x bytes + 8);
+the 8 is the int64 position every cached entry keeps (``KVCache.positions``). K/V numbers alone fall by
+87.5% / 81.25% / 68.75% on SmolLM2 at rope_dims 8 and d_kv 8 / 16 / 32; with the position index the
+physical fp32 bytes fall by 86.2% / 80.0% / 67.7%. Without the paper's fine-tuning the
 conversion loses much quality on a 135M model (measured in the benchmark); at rope_dims = d_head and
 d_kv = d_head the conversion is exact.
 """
@@ -23,7 +25,7 @@ from typing import ClassVar
 from workbench.edits import WeightEdit
 from workbench.errors import InputError
 
-from ..method import Cost, EfficiencyMethod, Knob, kv_bytes_full
+from ..method import POSITION_BYTES, Cost, EfficiencyMethod, Knob, kv_bytes_full
 from ..registry import register_method
 from .attention import MODES, MLAAttention
 from .convert import convert_layer
@@ -52,14 +54,17 @@ class MLAEdit(WeightEdit):
 
 
 def kv_bytes_mla(model, n_tokens: int, d_kv: int, rope_dims: int, layers, dtype_bytes: int | None = None) -> int:
-    """Physical KV bytes for ``n_tokens`` with ``layers`` converted (the others hold full K and V)."""
+    """Physical KV bytes for ``n_tokens`` with ``layers`` converted (the others hold full K and V), as
+    ``KVCache.stats().physical_bytes`` counts them: per token, layer and KV head, (d_kv + rope_dims) numbers in
+    a converted layer or 2 x d_head in a full one, plus the entry's int64 position (``POSITION_BYTES``), which
+    every layer holding entries keeps."""
     i = model.info
     if dtype_bytes is None:
         dtype_bytes = model.weights().W_E.element_size()
     conv = len(set(layers))
-    per_conv = i.n_kv_heads * (d_kv + rope_dims)
-    per_full = 2 * i.n_kv_heads * i.d_head
-    return n_tokens * (conv * per_conv + (i.n_layers - conv) * per_full) * dtype_bytes
+    per_conv = i.n_kv_heads * ((d_kv + rope_dims) * dtype_bytes + POSITION_BYTES)
+    per_full = i.n_kv_heads * (2 * i.d_head * dtype_bytes + POSITION_BYTES)
+    return n_tokens * (conv * per_conv + (i.n_layers - conv) * per_full)
 
 
 @register_method("mha2mla")
