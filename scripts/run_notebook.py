@@ -32,6 +32,7 @@ from pathlib import Path
 NOTEBOOK_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "TQDM_DISABLE": "1",
                 "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 DEFAULT_TIMEOUT_S = 600
+IOPUB_TIMEOUT_S = 120  # seconds to wait for a running cell's output messages
 
 
 class NotebookError(RuntimeError):
@@ -136,6 +137,8 @@ def run_notebook(source, output, parameters: dict | None = None, cwd=None, timeo
                     nb, str(tmp), parameters=parameters, kernel_name=kernel_name, language="python",
                     cwd=str(cwd if cwd is not None else Path.cwd()), progress_bar=False, log_output=log_output,
                     execution_timeout=timeout, store_widget_state=False, request_save_on_cell_execute=False,
+                    # a busy machine can take more than nbclient's default 4 s to deliver a big figure's output
+                    iopub_timeout=IOPUB_TIMEOUT_S,
                 )
         except pm.PapermillExecutionError as e:
             partial = nbformat.read(tmp, as_version=4) if tmp.exists() and tmp.stat().st_size else None

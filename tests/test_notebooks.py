@@ -60,7 +60,7 @@ def test_notebook_runs(path: Path, tmp_path: Path):
     params = {k: v for k, v in params.items() if k in known}
     out = tmp_path / f"{path.stem}.ipynb"
 
-    runner.run_notebook(path, out, params, cwd=tmp_path, timeout=300)
+    runner.run_notebook(path, out, params, cwd=tmp_path, timeout=600)
 
     assert out.is_file() and not (tmp_path / f"{path.stem}.failed.ipynb").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "temporary files left behind"
