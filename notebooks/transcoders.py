@@ -40,7 +40,7 @@ out_dir = "out/figures"  # where the figures go (relative to the kernel's workin
 export = True  # write the figures to out_dir at the end
 train_layer = 8  # layer of the demo transcoder
 train_tokens = 16384  # tokens harvested once for the demo training
-train_steps = 100  # Adam steps of the demo training (the shipped transcoders use 2,000)
+train_steps = 100  # Adam steps of the demo training (the shipped transcoders use 1,500)
 train_d_sae = 768  # features of the demo transcoder
 train_k = 32  # TopK of the demo transcoder
 eval_docs_per_domain = 5  # out-of-domain documents per domain (5 = the whole set)

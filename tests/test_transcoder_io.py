@@ -67,8 +67,26 @@ def test_mismatch_is_clear_error(tmp_path, tiny_llama):
 def test_shipped_files_are_small():
     from probes.transcoders.pretrained import SHIPPED_DIR
     assert len(shipped_layers()) >= 2
-    for p in SHIPPED_DIR.rglob("*.safetensors"):
-        assert p.stat().st_size < 6e6, p
+    for p in SHIPPED_DIR.rglob("*.safetensors"):  # float16, d_sae 3,072: 7.1 MB; float32 would be 14 MB
+        assert p.stat().st_size < 8e6, p
+
+
+def test_shipped_folders_load_or_name_the_import():
+    """The shipped transcoders carry the architecture name that tells plain SAELens what to import
+    (an earlier build shipped the bare name, whose KeyError said nothing), and the shipped SAE is a
+    built-in SAELens architecture that loads without this package."""
+    import json
+
+    from probes.transcoders.architectures import TOPK_ARCH
+    from probes.transcoders.pretrained import SHIPPED_DIR
+    for layer in shipped_layers():
+        cfg = json.loads((SHIPPED_DIR / f"smollm2-layer{layer}" / "cfg.json").read_text())
+        assert cfg["architecture"] == TOPK_ARCH, (layer, cfg["architecture"])
+    for layer in shipped_layers("sae"):
+        cfg = json.loads((SHIPPED_DIR / f"smollm2-layer{layer}-sae" / "cfg.json").read_text())
+        assert ":" not in cfg["architecture"]
+        sae = SAE.load_from_disk(str(SHIPPED_DIR / f"smollm2-layer{layer}-sae"))
+        assert not isinstance(sae, Transcoder) and sae.cfg.d_sae == cfg["d_sae"]
 
 
 @pytest.mark.smollm2
