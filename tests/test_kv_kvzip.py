@@ -119,6 +119,7 @@ def test_a_sweep_over_ratios_scores_each_context_once(tiny_llama, monkeypatch):
     s = needle_prompts(tiny_llama, 1, 170, seed=0, digits=3)[0]
     q_len = split_ids(tiny_llama, s)[1].shape[1]
     calls = []
+    monkeypatch.setattr(wb.settings, "fast_path", False)  # every forward through the bridge, where it is counted
     orig = tiny_llama.bridge.forward
     monkeypatch.setattr(tiny_llama.bridge, "forward",
                         lambda inp, *a, **kw: calls.append(int(inp.shape[1])) or orig(inp, *a, **kw))

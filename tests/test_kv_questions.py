@@ -173,7 +173,9 @@ def test_query_agnostic_passkey_and_lexico_on_smollm2(smollm2):
     i = smollm2.info
     assert c.stats.physical_bytes == lexico_bytes_formula(c.n_tokens, n_layers=i.n_layers, n_kv_heads=i.n_kv_heads,
                                                           d_head=i.d_head, sparsity=8)
-    assert c.stats.physical_bytes < 0.45 * c.full_stats.physical_bytes
+    # the newest 128 tokens stay in full precision (Lexico's buffer), the rest as 8-sparse fp16 codes: at this
+    # length about 0.52 of the K/V bytes plus the position index
+    assert c.stats.physical_bytes < 0.65 * c.full_stats.physical_bytes
 
 
 def test_task_runner_query_switch(tiny_llama):

@@ -16,4 +16,4 @@ def test_full_rank_conversion_reproduces_smollm2(smollm2):
         out = m.run(TEXT).logits
         st = m.prefill(TEXT).stats()
     assert (out - ref).abs().max() <= 1e-4
-    assert st.physical_bytes == st.full_tokens * 30 * 3 * (64 + 64) * 4
+    assert st.physical_bytes == st.full_tokens * 30 * 3 * ((64 + 64) * 4 + 8)  # + the int64 position index
