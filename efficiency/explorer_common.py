@@ -16,12 +16,14 @@ controls swaps data inside ``FigureWidget.batch_update``.
 from __future__ import annotations
 
 import html
+import textwrap
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
 from workbench.errors import InputError
+from workbench.view_layout import fit_figure, wrap_row
 
 
 @dataclass
@@ -33,6 +35,12 @@ class Effect:
     kl: float
     detail: list               # per-layer values of the method-specific panel
     detail_title: str
+
+
+def _two_lines(title: str, width: int = 44) -> str:
+    """A title broken at word boundaries onto at most two lines (``<br>``), so it fits a 415 px figure."""
+    lines = textwrap.wrap(title, width)
+    return "<br>".join(lines[:1] + [" ".join(lines[1:])]) if len(lines) > 1 else title
 
 
 def _resid_and_last(model, ids, interventions=()):
@@ -104,9 +112,11 @@ def method_explorer(model, prompt: str, build: Callable, methods: Sequence[str],
     out.update_layout(title="next token", barmode="group")
     det = go.FigureWidget()
     det.add_bar(x=layers, y=first.detail)
-    det.update_layout(title=first.detail_title, xaxis_title="layer")
-    for f in (drift, out, det):
-        f.update_layout(width=430, height=360, margin={"l": 50, "r": 40, "t": 50, "b": 40})
+    det.update_layout(title=_two_lines(first.detail_title), xaxis_title="layer")
+    for f in (drift, out, det):  # two side by side at Lab's default width, the third wraps below
+        fit_figure(f, width=415, height=380, title_lines=2, margin={"l": 50, "r": 50, "b": 40})
+        f.update_layout(legend={"x": 0.01, "y": 0.01, "xanchor": "left", "yanchor": "bottom",
+                                "bgcolor": "rgba(255,255,255,0.7)"})
     summary = widgets.HTML()
     dropdown = widgets.Dropdown(options=methods, value=methods[0], description="method")
     slider = widgets.SelectionSlider(options=strengths, value=strengths[0], description=strength_name,
@@ -121,7 +131,7 @@ def method_explorer(model, prompt: str, build: Callable, methods: Sequence[str],
             out.data[1].x, out.data[1].y = [t for t, _ in e.top5], [p for _, p in e.top5]
             out.layout.title.text = f"next token: KL {e.kl:.4f}"
             det.data[0].y = e.detail
-            det.layout.title.text = e.detail_title
+            det.layout.title.text = _two_lines(e.detail_title)
         summary.value = (f"<b>{html.escape(str(name))} @ {html.escape(str(s))}</b>: final-layer relative error "
                          f"{float(e.rel_err[-1]):.3f}, cosine {float(e.cos[-1]):.3f}; next-token KL {e.kl:.4f}; top-1 "
                          f"{html.escape(repr(e.top5_base[0][0]))} -> {html.escape(repr(e.top5[0][0]))}")
@@ -144,7 +154,7 @@ def method_explorer(model, prompt: str, build: Callable, methods: Sequence[str],
     dropdown.observe(on_change, names="value")
     slider.observe(on_change, names="value")
     render(methods[0], strengths[0])
-    box = widgets.VBox([widgets.HBox([dropdown, slider]), widgets.HBox([drift, out, det]), summary])
+    box = widgets.VBox([wrap_row([dropdown, slider]), wrap_row([drift, out, det]), summary])
     box.show, box.effect, box.computed = show, effect, (lambda: sorted(cache, key=str))
     box.current = lambda: state["current"]
     box.drift_figure, box.output_figure, box.detail_figure = drift, out, det

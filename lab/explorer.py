@@ -13,6 +13,7 @@ import html
 from efficiency import get_method, list_methods
 from efficiency.method import Knob
 from workbench.errors import InputError
+from workbench.view_layout import fit_figure
 
 from .effects import effects
 from .figures import replace_figure
@@ -145,6 +146,7 @@ def lab_explorer(model, suite="quick", families=None, transcoders="auto", panel:
         r = state["current"]
         if r is not None:
             replace_figure(fig, r.figure(p))
+            fit_figure(fig, title_lines=2)  # at most the notebook's width; the two-line title clears the toolbar
 
     def render(r: EffectReport) -> None:
         state["current"] = r

@@ -10,14 +10,16 @@ BASE, METH = "#7f7f7f", "#d62728"
 
 def replace_figure(widget, fig) -> None:
     """Show ``fig``'s traces and layout in the ``go.FigureWidget`` ``widget``, in place (one batched update)."""
+    # Traces go in after the layout: plotly.js draws a heatmap on a subplot whose axes do not exist yet
+    # with zero width and logs an error (add/delete traces are not part of a batched update).
+    widget.data = ()
     with widget.batch_update():
-        widget.data = ()
-        widget.add_traces(list(fig.data))
         widget.layout = fig.layout
+    widget.add_traces(list(fig.data))
 
 
 def _title(r, what: str) -> str:
-    return f"{what}: {r.method} vs baseline ({r.model_name}, suite {r.suite_name})"
+    return f"{what}<br>{r.method} vs baseline ({r.model_name}, suite {r.suite_name})"
 
 
 def _layout(fig, r, what, **kw):
@@ -180,8 +182,8 @@ def concepts_figure(r, **_):
 def overview_figure(r, **_):
     """Six small panels: bytes, accuracy, drift, attention TV per layer, sink mass per layer, massive norm."""
     fig = make_subplots(rows=2, cols=3, subplot_titles=[f"MiB ({r.saving})", "accuracy", "drift per layer",
-                                                        "attention TV per layer (mean over heads)",
-                                                        "sink mass per layer (mean over heads)", "peak-token norm"])
+                                                        "attention TV (mean of heads)",
+                                                        "sink mass (mean of heads)", "peak-token norm"])
     _bytes_traces(r, fig, 1, 1)
     q = r.quality
     xs = [n for n, k in (("facts", "n_facts"), ("passkey", "n_passkey")) if q[k]]

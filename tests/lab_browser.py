@@ -483,6 +483,22 @@ def _tall_screenshot(page, view, path: Path) -> None:
     view.screenshot(path=str(path))
 
 
+def _check_layout(spec: ViewSpec, layout: dict, when: str) -> None:
+    """Raise when a figure title hides under plotly's toolbar or legend, is clipped, or the view is wider
+    than the notebook (``layout``: what ``layout_report`` measured; ``when``: for the message)."""
+    problems = ("title_vs_modebar", "title_vs_legend", "title_vs_plot", "legend_vs_modebar", "title_clipped")
+    bad = [f"figure {f['index']} ({f['title']!r}): " + ", ".join(k.replace("_vs_", " under ").replace("_", " ")
+                                                                  for k in problems if f[k])
+           for f in layout["figures"] if any(f[k] for k in problems)]
+    if bad:
+        raise ViewCheckError(f"{spec.name}: figure parts overlap at a {VIEWPORT['width']} px window{when}: "
+                             + "; ".join(bad))
+    if layout["widest"] > layout["limit"] + 1:
+        raise ViewCheckError(f"{spec.name}: the view runs {layout['widest'] - layout['limit']:.0f} px past the "
+                             f"notebook's right edge at a {VIEWPORT['width']} px window{when} "
+                             f"({layout['widest_what']!r}): figures or controls are cut off")
+
+
 def check_view(lab: LabPage, spec: ViewSpec, shots: Path, update_timeout: float = 60.0) -> dict:
     """Check the view of the open, fully run notebook against ``spec``; screenshots to ``shots``.
 
@@ -525,16 +541,7 @@ def check_view(lab: LabPage, spec: ViewSpec, shots: Path, update_timeout: float 
     layout = layout_report(page)
     view.scroll_into_view_if_needed()
     page.screenshot(path=str(shots / f"{spec.name}-page.png"))  # the window as a user sees it
-    problems = ("title_vs_modebar", "title_vs_legend", "title_vs_plot", "legend_vs_modebar", "title_clipped")
-    bad = [f"figure {f['index']} ({f['title']!r}): " + ", ".join(k.replace("_vs_", " under ").replace("_", " ")
-                                                                  for k in problems if f[k])
-           for f in layout["figures"] if any(f[k] for k in problems)]
-    if bad:
-        raise ViewCheckError(f"{spec.name}: figure parts overlap at a {VIEWPORT['width']} px window: " + "; ".join(bad))
-    if layout["widest"] > layout["limit"] + 1:
-        raise ViewCheckError(f"{spec.name}: the view runs {layout['widest'] - layout['limit']:.0f} px past the "
-                             f"notebook's right edge at a {VIEWPORT['width']} px window ({layout['widest_what']!r}): "
-                             "figures or controls are cut off")
+    _check_layout(spec, layout, "")
     _tall_screenshot(page, view, shots / f"{spec.name}.png")
     for i, it in enumerate(spec.interactions):
         before = figure_states(page)
@@ -556,8 +563,9 @@ def check_view(lab: LabPage, spec: ViewSpec, shots: Path, update_timeout: float 
                     f"{update_timeout:.0f} s (title {[after[f]['title'] for f in unchanged]!r}); server log:\n"
                     f"{server.log_since(log_at)[-2000:] or '(nothing)'}")
             time.sleep(0.25)
-        page.wait_for_timeout(200)
+        page.wait_for_timeout(300)
         _tall_screenshot(page, view, shots / f"{spec.name}-{i + 1}.png")
+        _check_layout(spec, layout_report(page), f" after {it.describe()}")  # new titles and panels must fit too
     errors = lab.kernel_errors()
     if errors:
         raise ViewCheckError(f"{spec.name}: the kernel raised:\n" + "\n".join(errors)[-3000:])

@@ -61,6 +61,16 @@ RANDOM_TRANSCODERS = textwrap.dedent("""\
     """) % str(ROOT / "tests")
 
 
+EFFICIENCY_SETUP = textwrap.dedent("""\
+    import sys
+    sys.path.insert(0, %r)
+    from efficiency_helpers import TEXTS, deep_tiny_llama  # a seeded random 6-block Llama, calibration texts
+    model = deep_tiny_llama()
+    PROMPT = "Bread is made from flour, water, salt and yeast, then baked"
+    SMALL = {"window": 32, "n_windows": 2}
+    """) % str(ROOT / "tests")
+
+
 def _wordnet_missing():
     from probes.frames.wordnet import wordnet_available
 
@@ -126,6 +136,64 @@ VIEWS = [
         n_figures=3, controls={"widget-dropdown": 1, "widget-slider": 1},
         interactions=(Interaction("dropdown", "policy", "snapkv", figures=(0, 1)),
                       Interaction("slider", "ratio", figures=(0, 1))),
+    ),
+    ViewSpec(
+        name="quantization_explorer",
+        code=(SETUP, "from efficiency.quant import quantization_explorer\n"
+                     "quantization_explorer(model, PROMPT, calibration_texts=['Calibration text for the tiny model. ' * 20], "
+                     "calibration=(2, 24))"),
+        n_figures=2, controls={"widget-dropdown": 5},
+        interactions=(Interaction("dropdown", "weight bits", 2, figures=(0, 1)),
+                      Interaction("dropdown", "rotation", "rh", figures=(0, 1))),
+    ),
+    ViewSpec(
+        name="sparsity_explorer",
+        code=(EFFICIENCY_SETUP, "from efficiency.sparsity import calibrate_teal, sparsity_explorer\n"
+                                "sparsity_explorer(model, PROMPT, TEXTS, sparsities=(0.25, 0.5), allocations=('uniform', 'greedy'), "
+                                "calibration=calibrate_teal(model, TEXTS, window=64, n_windows=4), greedy_step=0.25)"),
+        n_figures=3, controls={"widget-dropdown": 1, "widget-slider": 1},
+        interactions=(Interaction("slider", "sparsity", figures=(0, 1, 2)),
+                      Interaction("dropdown", "method", "greedy", figures=(0, 2))),
+    ),
+    ViewSpec(
+        name="pruning_explorer",
+        code=(EFFICIENCY_SETUP, "from efficiency.pruning import pruning_explorer\n"
+                                "pruning_explorer(model, PROMPT, TEXTS, methods=('shortgpt', 'attn_drop'), ratios=(0.17, 0.34), "
+                                "knobs={'shortgpt': SMALL, 'attn_drop': SMALL})"),
+        n_figures=3, controls={"widget-dropdown": 1, "widget-slider": 1},
+        interactions=(Interaction("dropdown", "method", "attn_drop", figures=(0, 2)),
+                      Interaction("slider", "ratio", figures=(0, 2))),
+    ),
+    ViewSpec(
+        name="lowrank_explorer",
+        code=(EFFICIENCY_SETUP, "from efficiency.lowrank import lowrank_explorer\n"
+                                "lowrank_explorer(model, PROMPT, TEXTS, ratios=(0.2, 0.6), knobs={'svd_llm': SMALL})"),
+        n_figures=3, controls={"widget-dropdown": 1, "widget-slider": 1},
+        interactions=(Interaction("slider", "ratio", figures=(0, 2)),
+                      Interaction("dropdown", "method", 2, figures=(0, 2))),
+    ),
+    ViewSpec(
+        name="mla_explorer",
+        code=(EFFICIENCY_SETUP, "from efficiency.mla import mla_explorer\n"
+                                "mla_explorer(model, PROMPT, TEXTS, d_kvs=(4, 16), rope_dims=4, svds=('plain', 'whitened'))"),
+        n_figures=3, controls={"widget-dropdown": 1, "widget-slider": 1},
+        interactions=(Interaction("slider", "d_kv", figures=(0, 2)),
+                      Interaction("dropdown", "method", "whitened", figures=(0,))),
+    ),
+    ViewSpec(
+        name="lab_explorer",
+        code=(SETUP, textwrap.dedent("""\
+            import sys
+            sys.path.insert(0, %r)
+            import lab
+            from test_lab_support import TINY  # a tiny suite with letter facts for the byte-level model
+            view = lab.lab_explorer(model, suite=TINY, families=["kv-eviction"])
+            view.run("snapkv", ratio=0.5)
+            view""") % str(ROOT / "tests")),
+        n_figures=1, controls={"widget-dropdown": 3, "widget-button": 2},
+        interactions=(Interaction("dropdown", "panel", "sinks", figures=(0,)),
+                      Interaction("slider", "ratio", figures=(), steps=3),
+                      Interaction("button", None, "run", figures=(0,))),
     ),
 ]
 

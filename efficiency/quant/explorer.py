@@ -19,6 +19,7 @@ import html
 import numpy as np
 
 from workbench.errors import InputError
+from workbench.view_layout import fit_figure, wrap_row
 
 from .analysis import OTHER_COLOR, SINK_COLOR, QuantErrorResult, quantization_error
 from .grids import GROUPS
@@ -68,6 +69,16 @@ def _summary_html(r: QuantErrorResult, cost) -> str:
             f"{r.resid_error[last, r.sink]:.3g}, others (median) {np.median(r.resid_error[last, o]):.3g}<br>"
             f"weights {cost.weight_bytes / 2**20:.1f} MiB vs {cost.baseline_weight_bytes / 2**20:.1f} MiB "
             f"({cost.saving}{'; packed size, the simulation computes in float32' if cost.saving != 'real' else ''})")
+
+
+def _short_title(key: tuple) -> str:
+    """``(method, w_bits, group, a_bits, rotation)`` in a few words (a method's full label can run to 200 characters)."""
+    method, w_bits, group, a_bits, rotation = key
+    if method == "int8_dynamic":
+        return "int8 dynamic (fbgemm)"
+    parts = [method, f"W{w_bits}" if w_bits else "W float", "per channel" if group is None else f"group {group}",
+             f"A{a_bits}" if a_bits else "A float"]
+    return " · ".join(parts + ([f"rotation {rotation}"] if rotation != "none" else []))
 
 
 def quantization_explorer(model, text: str, calibration_texts=None, max_tokens: int = 256, sym: bool = True,
@@ -120,10 +131,13 @@ def quantization_explorer(model, text: str, calibration_texts=None, max_tokens: 
     err_fig.add_scatter(x=[], y=[], name="others: inputs (mean of sites)", line={"color": OTHER_COLOR, "dash": "dash"},
                         row=1, col=2)
     err_fig.update_yaxes(type="log")
-    err_fig.update_layout(height=380, width=900, margin={"l": 50, "r": 10, "t": 60, "b": 40})
+    fit_figure(err_fig, height=440, margin={"l": 50, "r": 10, "b": 40})
+    err_fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.18, "xanchor": "left", "yanchor": "top"},
+                          margin={"b": 90})
     kl_fig = go.FigureWidget(go.Bar(x=[], y=[]))
-    kl_fig.update_layout(height=300, width=900, title="next-token KL(float ‖ quantized) per position",
-                         xaxis_title="position", yaxis_title="KL (nats)", margin={"l": 50, "r": 10, "t": 50, "b": 40})
+    kl_fig.update_layout(title="next-token KL(float ‖ quantized) per position", xaxis_title="position",
+                         yaxis_title="KL (nats)")
+    fit_figure(kl_fig, height=300, margin={"l": 50, "r": 10, "b": 40})
     summary = widgets.HTML()
     controls = {
         "method": widgets.Dropdown(options=methods, value="rtn", description="method"),
@@ -150,7 +164,7 @@ def quantization_explorer(model, text: str, calibration_texts=None, max_tokens: 
             else:
                 for t in err_fig.data[2:]:
                     t.x, t.y = [], []
-            err_fig.layout.title.text = r.method
+            err_fig.layout.title.text = _short_title(key_of(*setting))  # the full label is in the summary
             kl_fig.data[0].x, kl_fig.data[0].y = list(range(len(r.kl))), r.kl
             kl_fig.data[0].marker.color = [SINK_COLOR if i == r.sink else OTHER_COLOR for i in range(len(r.kl))]
             kl_fig.data[0].hovertext = r.str_tokens
@@ -179,8 +193,7 @@ def quantization_explorer(model, text: str, calibration_texts=None, max_tokens: 
     for c in controls.values():
         c.observe(on_change, names="value")
     render(*values())
-    box = widgets.VBox([widgets.HBox(list(controls.values())[:3]), widgets.HBox(list(controls.values())[3:]),
-                        err_fig, kl_fig, summary])
+    box = widgets.VBox([wrap_row(list(controls.values())), err_fig, kl_fig, summary])
     box.show, box.result = show, (lambda *a, **k: result(*a, **k)[0])
     box.computed = lambda: sorted(results, key=str)
     box.current = lambda: state["current"]
