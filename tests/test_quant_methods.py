@@ -252,6 +252,7 @@ def test_int8_per_token_ranges_protect_the_other_tokens_from_a_massive_one():
     err_ten = ((ten(x) - exact)[1:].norm() / exact[1:].norm()).item()
     assert err_tok < 0.02 < 0.3 < err_ten
     assert torch.allclose(tok(x[1:2]), ten(x[1:2]))  # one token: the same call
+    assert torch.equal(ten(x), ten.inner(x))  # the kernel called directly is the fbgemm module's own call
 
 
 def test_int8_dynamic_on_a_rotated_model(tiny_llama, tiny_gpt2):
@@ -264,6 +265,23 @@ def test_int8_dynamic_on_a_rotated_model(tiny_llama, tiny_gpt2):
         m.run(PROMPT)
     with pytest.raises(InputError, match="LayerNorm"):
         ef.get_method("int8_dynamic", rotation="rh").check_model(tiny_gpt2)
+
+
+def test_int8_dynamic_with_online_hadamard(tiny_llama):
+    m = tiny_llama
+    ref = m.run(PROMPT).logits
+    meth = ef.get_method("int8_dynamic", rotation="rh", online_had=True)
+    cost = meth.cost(m, 4)
+    assert cost.weight_bytes > ef.get_method("int8_dynamic", rotation="rh").cost(m, 4).weight_bytes  # the factors
+    with m.intervene(meth.intervention(m)):
+        assert m.parameter_bytes() == cost.weight_bytes
+        downs = [m.linear_module(l, "down") for l in range(m.info.n_layers)]
+        assert all(isinstance(d, qmodules.Int8DynamicLinear) and d.transform is not None for d in downs)
+        out = m.run(PROMPT).logits
+    lp, lq = torch.log_softmax(ref, -1), torch.log_softmax(out, -1)
+    assert 0 < float((lp.exp() * (lp - lq)).sum(-1).mean()) < 0.05  # rotation exact in float: only int8 error
+    with pytest.raises(InputError, match="online_had=True needs rotation='rh'"):
+        ef.get_method("int8_dynamic", online_had=True).intervention(m)
 
 
 def test_int8_dynamic_without_fbgemm_fails_clearly(tiny_llama, monkeypatch):

@@ -15,7 +15,10 @@ every token: next-token KL ≈ 1.4 nats on a short prose prompt. ``act_ranges="t
 multi-token inputs one token per call, the same ranges decoding uses (KL ≈ 0.08); ``"tensor"`` is fbgemm's
 behaviour as is (fastest prefill). ``rotation="rh"`` rotates the residual stream first (QuaRot's randomized
 Hadamard with the norms folded, exact in float, free at run time), which spreads the outlier channels of the
-q/k/v/gate/up inputs (KL ≈ 0.035 on the same prompt).
+q/k/v/gate/up inputs (KL ≈ 0.035 on the same prompt); ``online_had=True`` adds QuaRot's online Hadamard on
+down_proj's input (the SwiGLU output, where the sink's massive activation is made), applied in Kronecker
+form before the input is quantized: a small cost per call, and the rotation that brings int8's perplexity
+change on SmolLM2 from about +6% (none) or +2.5% (rh) down to the weight-only error (BENCHMARKS.md).
 
 Saving: real. ``Model.parameter_bytes()`` counts the int8 weights (one byte each) and the float32 biases;
 the per-channel scales live inside the quantized tensors and are not counted (8 + 8 bytes per output
@@ -48,6 +51,7 @@ class Int8Dynamic(EfficiencyMethod):
     lm_head: bool = True
     act_ranges: str = "token"
     rotation: str = "none"
+    online_had: bool = False
     seed: int = 0
 
     family: ClassVar[str] = "weight-quantization"
@@ -56,6 +60,7 @@ class Int8Dynamic(EfficiencyMethod):
         "act_ranges": Knob("choice", choices=("token", "tensor"),
                            doc="Input range per token (one kernel call per token of a prompt) or per call."),
         "rotation": Knob("choice", choices=("none", "rh"), doc="Randomized Hadamard rotation of the residual first."),
+        "online_had": Knob("bool", doc="With rotation='rh': also a Hadamard on down_proj's input at run time (QuaRot)."),
         "seed": Knob("int", 0, 2**31 - 1, doc="Seed of the rotation."),
     }
 
@@ -64,6 +69,9 @@ class Int8Dynamic(EfficiencyMethod):
         if model.device.type != "cpu":
             raise InputError(f"int8_dynamic runs on CPU only (fbgemm); the model is on {model.device}. Use a simulated "
                              "method (get_method('rtn', bits=8)) on GPU.")
+        if self.online_had and self.rotation == "none":
+            raise InputError("int8_dynamic: online_had=True needs rotation='rh' (the online Hadamard before down_proj "
+                             "is part of QuaRot's rotation); set rotation='rh' or online_had=False.")
         if self.rotation != "none":
             check_rotatable(model)
 
@@ -72,10 +80,13 @@ class Int8Dynamic(EfficiencyMethod):
         per_token = self.act_ranges == "token"
 
         def apply(m, ed, iv):
+            online = {}
             if self.rotation != "none":
-                rotate(m, ed, residual_rotation(m.info.d_model, self.rotation, self.seed), note=f"rotated for {iv.label}")
+                online = rotate(m, ed, residual_rotation(m.info.d_model, self.rotation, self.seed),
+                                online_had=self.online_had, install_online=False, note=f"rotated for {iv.label}")
             for layer, kind in linear_sites(m):
-                mod = Int8DynamicLinear(m.linear_weight(layer, kind), m.linear_bias(layer, kind), per_token)
+                mod = Int8DynamicLinear(m.linear_weight(layer, kind), m.linear_bias(layer, kind), per_token,
+                                        transform=online.get(layer) if kind == "down" else None)
                 ed.replace_linear(layer, kind, mod, note=iv.note())
             if self.lm_head:
                 W = m.weights()
@@ -101,6 +112,8 @@ class Int8Dynamic(EfficiencyMethod):
                 w -= W_U.numel() * W_U.element_size()  # an untied float lm_head goes away
         elif self.rotation != "none":
             w += rotation_extra_bytes(model, False)  # rotated embedding and float lm_head differ
+        if self.online_had:  # the Kronecker factors of every down_proj's online Hadamard
+            w += rotation_extra_bytes(model, True) - rotation_extra_bytes(model, False)
         kv = kv_bytes_full(model, n_tokens)
         return Cost(n_tokens, w, kv, base, kv, "real",
                     "int8 weights (fbgemm, per-channel scales not counted); float32 embedding"
