@@ -275,6 +275,12 @@ class RaggedLayer(DynamicLayer):
         for c in self._caps:
             offs.append(offs[-1] + c)
         self._offs = tuple(offs)
+        # (G, sum C_g) bool, True where KV head g may not look in the one-pass attention (other heads'
+        # segments, free slots); bookkeeping like the positions, not counted in the bytes
+        self._blocked = torch.ones((len(self.lengths), offs[-1]), dtype=torch.bool, device=packed_k.device)
+        self._heads, self._false = None, torch.zeros((), dtype=torch.bool, device=packed_k.device)
+        for g, (o, n) in enumerate(zip(offs, self.lengths)):
+            self._blocked[g, o:o + n] = False
         if room == 0:
             self._k, self._v = packed_k.contiguous(), packed_v.contiguous()
             return
@@ -363,9 +369,13 @@ class RaggedLayer(DynamicLayer):
             self.lengths = tuple(n + t for n in self.lengths)
             self._store(torch.cat(ks), torch.cat(vs), 0 if self.room == 0 else max(self.room, 2 * t, 32))
             return
-        for g, (o, n) in enumerate(zip(self._offs, self.lengths)):  # each head's next free slots
-            self._k[o + n:o + n + t].copy_(key_states[0, g])
-            self._v[o + n:o + n + t].copy_(value_states[0, g])
+        g = len(self.lengths)
+        rows = torch.tensor([o + n + i for o, n in zip(self._offs, self.lengths) for i in range(t)], device=self.device)
+        self._k.index_copy_(0, rows, key_states[0].reshape(g * t, -1))
+        self._v.index_copy_(0, rows, value_states[0].reshape(g * t, -1))
+        if self._heads is None or self._heads.numel() != g * t:
+            self._heads = torch.arange(g, device=self.device).repeat_interleave(t)
+        self._blocked.index_put_((self._heads, rows), self._false)
         self.lengths = tuple(n + t for n in self.lengths)
 
     def update(self, key_states, value_states, *args, **kwargs):
@@ -377,20 +387,18 @@ class RaggedLayer(DynamicLayer):
         """Attention of the (1, H, T, d) queries of the T entries just appended, each query head over its
         KV head's own entries (no padded view); returns (1, T, H, d).
 
-        One token (decoding): per KV head, its R query heads against the filled part of its own
-        segment only (three small products per head, written into one output; scoring every query
-        head against the whole storage in one product did G times the work and was slower at
-        long contexts). Several tokens: per KV head, with the causal mask among the new tokens."""
+        One token (decoding): one pass over the whole storage, every query head against every segment,
+        other heads' segments and free slots set to -inf (the keys and values are read once, as in a
+        dense layer; the extra dot products are cheap). Several tokens: per KV head, with the causal
+        mask among the new tokens."""
         _, h, t, d = query.shape
         g = len(self.lengths)
         r = h // g
         if t == 1:
-            q = query[0].reshape(g, r, d) * scaling
-            out = query.new_empty(g, r, d)
-            for kv, (o, n) in enumerate(zip(self._offs, self.lengths)):
-                p = torch.softmax(torch.mm(q[kv], self._k[o:o + n].t()), dim=-1, dtype=torch.float32)
-                torch.mm(p.to(self._v.dtype), self._v[o:o + n], out=out[kv])
-            return out.view(1, 1, h, d)
+            s = torch.matmul(query[0].reshape(h, d), self._k.t()).mul_(scaling)  # (H, sum C)
+            s = s.view(g, r, -1).masked_fill_(self._blocked[:, None, :], float("-inf")).view(h, -1)
+            p = torch.softmax(s, dim=-1, dtype=torch.float32).to(self._v.dtype)
+            return torch.matmul(p, self._v).view(1, 1, h, d)
         outs = []
         for kv, (o, n) in enumerate(zip(self._offs, self.lengths)):
             q = query[0, kv * r:(kv + 1) * r].reshape(r * t, d)
@@ -407,6 +415,7 @@ class RaggedLayer(DynamicLayer):
 
     def reset(self) -> None:
         self.lengths = tuple(0 for _ in self.lengths)
+        self._blocked.fill_(True)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise InputError("RaggedLayer cannot be cropped; evict entries with a cache policy instead.")
