@@ -267,6 +267,24 @@ def test_int8_dynamic_on_a_rotated_model(tiny_llama, tiny_gpt2):
         ef.get_method("int8_dynamic", rotation="rh").check_model(tiny_gpt2)
 
 
+@pytest.mark.skipif(not qmodules.cpu_has_vnni(), reason="act_bits=8 needs a CPU with VNNI")
+def test_int8_full_input_range_halves_the_rounding_error():
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(48, 96, generator=g)
+    x = torch.randn(16, 96, generator=g) * torch.rand(16, 96, generator=g).pow(4) * 8  # heavy-tailed inputs
+    exact = x @ W.t()
+    err = {b: float((qmodules.Int8DynamicLinear(W, act_bits=b)(x) - exact).norm() / exact.norm()) for b in (7, 8)}
+    assert err[8] < 0.75 * err[7] and err[8] < 0.02  # no saturation: 8 bits of range really are finer
+
+
+def test_int8_act_bits_refused_without_vnni(tiny_llama, monkeypatch):
+    monkeypatch.setattr(qmodules, "cpu_has_vnni", lambda: False)
+    with pytest.raises(InputError, match="VNNI"):
+        ef.get_method("int8_dynamic", act_bits=8).intervention(tiny_llama)
+    with pytest.raises(InputError, match="act_bits"):
+        ef.get_method("int8_dynamic", act_bits=6)
+
+
 def test_int8_dynamic_with_online_hadamard(tiny_llama):
     m = tiny_llama
     ref = m.run(PROMPT).logits

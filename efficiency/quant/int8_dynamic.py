@@ -17,8 +17,10 @@ behaviour as is (fastest prefill). ``rotation="rh"`` rotates the residual stream
 Hadamard with the norms folded, exact in float, free at run time), which spreads the outlier channels of the
 q/k/v/gate/up inputs (KL ≈ 0.035 on the same prompt); ``online_had=True`` adds QuaRot's online Hadamard on
 down_proj's input (the SwiGLU output, where the sink's massive activation is made), applied in Kronecker
-form before the input is quantized: a small cost per call, and the rotation that brings int8's perplexity
-change on SmolLM2 from about +6% (none) or +2.5% (rh) down to the weight-only error (BENCHMARKS.md).
+form before the input is quantized (a small cost per call). ``act_bits=8`` quantizes inputs to the full 8-bit
+range instead of fbgemm's 7 (exact on CPUs with VNNI, refused elsewhere). On SmolLM2 (BENCHMARKS.md) the
+perplexity change is +5.9% as fbgemm ships it, +2.6% with 8-bit ranges, +1.7% with the rotation and the online
+Hadamard, and +0.8% with both; int8 weights alone cost +0.4%.
 
 Saving: real. ``Model.parameter_bytes()`` counts the int8 weights (one byte each) and the float32 biases;
 the per-channel scales live inside the quantized tensors and are not counted (8 + 8 bytes per output
@@ -39,7 +41,7 @@ from workbench.errors import InputError
 from ..method import Cost, EfficiencyMethod, Knob, kv_bytes_full
 from ..registry import register_method
 from .base import QuantEdit, linear_sites
-from .modules import Int8DynamicLinear, check_fbgemm
+from .modules import Int8DynamicLinear, check_fbgemm, check_int8_act_bits
 from .rotation import check_rotatable, residual_rotation, rotate, rotation_extra_bytes
 
 
@@ -52,6 +54,7 @@ class Int8Dynamic(EfficiencyMethod):
     act_ranges: str = "token"
     rotation: str = "none"
     online_had: bool = False
+    act_bits: int = 7
     seed: int = 0
 
     family: ClassVar[str] = "weight-quantization"
@@ -61,11 +64,14 @@ class Int8Dynamic(EfficiencyMethod):
                            doc="Input range per token (one kernel call per token of a prompt) or per call."),
         "rotation": Knob("choice", choices=("none", "rh"), doc="Randomized Hadamard rotation of the residual first."),
         "online_had": Knob("bool", doc="With rotation='rh': also a Hadamard on down_proj's input at run time (QuaRot)."),
+        "act_bits": Knob("choice", choices=(7, 8), doc="Input range bits: 7 (fbgemm's default, any x86 CPU) or 8 "
+                                                       "(half the rounding error; CPUs with VNNI)."),
         "seed": Knob("int", 0, 2**31 - 1, doc="Seed of the rotation."),
     }
 
     def check_model(self, model) -> None:
         check_fbgemm()
+        check_int8_act_bits(self.act_bits)
         if model.device.type != "cpu":
             raise InputError(f"int8_dynamic runs on CPU only (fbgemm); the model is on {model.device}. Use a simulated "
                              "method (get_method('rtn', bits=8)) on GPU.")
@@ -86,11 +92,13 @@ class Int8Dynamic(EfficiencyMethod):
                                 online_had=self.online_had, install_online=False, note=f"rotated for {iv.label}")
             for layer, kind in linear_sites(m):
                 mod = Int8DynamicLinear(m.linear_weight(layer, kind), m.linear_bias(layer, kind), per_token,
-                                        transform=online.get(layer) if kind == "down" else None)
+                                        transform=online.get(layer) if kind == "down" else None,
+                                        act_bits=self.act_bits)
                 ed.replace_linear(layer, kind, mod, note=iv.note())
             if self.lm_head:
                 W = m.weights()
-                ed.replace_unembedding(Int8DynamicLinear(W.W_U.t(), W.b_U, per_token), note=iv.note())
+                ed.replace_unembedding(Int8DynamicLinear(W.W_U.t(), W.b_U, per_token, act_bits=self.act_bits),
+                                       note=iv.note())
 
         return QuantEdit(self.label, apply)
 

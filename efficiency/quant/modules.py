@@ -98,6 +98,32 @@ def check_fbgemm() -> None:
                          "Use an x86 CPU build of PyTorch, or a simulated method (get_method('rtn', bits=8)).")
 
 
+def cpu_has_vnni() -> bool | None:
+    """Whether the CPU has AVX-512 VNNI or AVX-VNNI (Linux ``/proc/cpuinfo``); None when it cannot be read.
+
+    With VNNI, fbgemm's int8 kernels multiply and accumulate in 32 bits, so the full 8-bit input range is
+    exact; without it (AVX2 only) pairs of u8 x s8 products are summed in saturating 16-bit registers, which
+    is why fbgemm quantizes inputs to 7 bits by default (``reduce_range``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_vnni", "avx_vnni"} & flags)
+    except OSError:
+        return None
+    return None
+
+
+def check_int8_act_bits(act_bits: int) -> None:
+    if act_bits not in (7, 8):
+        raise InputError(f"int8 dynamic: act_bits must be 7 (fbgemm's default) or 8, got {act_bits!r}.")
+    if act_bits == 8 and not cpu_has_vnni():
+        raise InputError("int8 dynamic: act_bits=8 (the full 8-bit input range) is exact only on CPUs with VNNI "
+                         "(avx512_vnni or avx_vnni), which this CPU does not report; without it fbgemm's 16-bit "
+                         "intermediate sums can saturate. Use act_bits=7.")
+
+
 class Int8DynamicLinear(nn.Module):
     """A linear run by fbgemm's dynamic int8 kernel (see the module docstring).
 
@@ -105,14 +131,18 @@ class Int8DynamicLinear(nn.Module):
     per_token: True runs a multi-token input one token per kernel call, so every token gets its own input range
     (a single token, as in decoding, is always one call); False hands the whole input to one call (fbgemm's
     own behaviour: one range for all tokens, fastest prefill, but the attention sink's massive activation then
-    sets the range of the whole prompt). transform: an optional module applied to the float input before it is
+    sets the range of the whole prompt). act_bits: 7 quantizes each input to 7 bits of range (fbgemm's default,
+    safe on every x86 CPU), 8 to the full 8 bits (half the rounding error; needs VNNI, ``cpu_has_vnni``).
+    transform: an optional module applied to the float input before it is
     quantized (QuaRot's online Hadamard before down_proj; ``weight`` is then already W·Hᵀ, and ``weight`` reads
     back in that basis, as ``QuantLinear``'s does)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, per_token: bool = True,
-                 transform: nn.Module | None = None):
+                 transform: nn.Module | None = None, act_bits: int = 7):
         super().__init__()
         check_fbgemm()
+        check_int8_act_bits(act_bits)
+        self.act_bits = act_bits
         self.per_token = bool(per_token)
         self.transform = transform  # e.g. QuaRot's online Hadamard: y = W_q · T(x), weight given as W·Tᵀ
         w = weight.detach().float().cpu()
@@ -124,10 +154,10 @@ class Int8DynamicLinear(nn.Module):
         self.inner = torch.ao.nn.quantized.dynamic.Linear(n, out, bias_=bias is not None, dtype=torch.qint8)
         self.inner.set_weight_bias(qw, None if bias is None else bias.detach().float().cpu())
         self.out_features, self.in_features = out, n
-        # the kernel is called directly (what ``inner.forward`` does for qint8, version >= 4: 7-bit input
-        # ranges on x86): one module call fewer per linear, about 1 ms per decoded token on SmolLM2
+        # the kernel is called directly (what ``inner.forward`` does for qint8, version >= 4, with 7-bit input
+        # ranges, or the full 8 bits with act_bits=8): one module call fewer per linear, ~1 ms per decoded token
         self._packed = self.inner._packed_params._packed_params
-        self._reduce_range = self.inner.version is not None and self.inner.version >= 4
+        self._reduce_range = act_bits == 7
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
         if self._reduce_range:
@@ -155,5 +185,5 @@ class Int8DynamicLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, int8 per channel (fbgemm dynamic), "
-                f"input ranges per {'token' if self.per_token else 'call'}"
+                f"{self.act_bits}-bit input ranges per {'token' if self.per_token else 'call'}"
                 + (", online input transform" if self.transform is not None else ""))
