@@ -230,3 +230,16 @@ def test_quick_rows_on_smollm2(smollm2, tmp_path):
         assert (r.verdict == NOT_MEASURED) == (not r.values) or r.reason.startswith("not finite")
     md = t.to_markdown()
     assert all(f"`{c.key}`" in md for c in claims())
+
+
+def test_measure_frames_runs_on_the_system_wordnet(tiny_llama):
+    pytest.importorskip("nltk")
+    from probes.frames.wordnet import wordnet_available
+    from lab.reproductions.measure import MeasureSizes, measure_frames
+
+    if not wordnet_available():
+        pytest.skip("WordNet 3.0 (Debian wordnet-base) is not installed: run `make system`")
+    sizes = MeasureSizes(frames_prompts=1, frames_tokens=2, frames_k=2, frames_concepts=("dog.n.01",), n_boot=20,
+                         n_perm=20)
+    g = measure_frames(tiny_llama, sizes)["guidance"]
+    assert g["n_pairs"] == 1 and len(g["rows"]) == 1 and 0 <= g["p_value"] <= 1

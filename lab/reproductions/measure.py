@@ -146,15 +146,14 @@ def _word_count(text: str, words: set[str]) -> int:
 
 
 def measure_frames(model, sizes: MeasureSizes) -> dict:
-    from nltk.corpus import wordnet as wn
-
     from probes.frames import guided_generate
     from probes.frames.bias_probe import OCCUPATION_PROMPTS
+    from probes.frames.wordnet import lookup_synset  # the system WordNet (make system), not nltk's download
 
     prompts = list(OCCUPATION_PROMPTS[:sizes.frames_prompts])
     guided, greedy, rows = [], [], []
     for name in sizes.frames_concepts:
-        words = {w.lower() for lem in wn.synset(name).lemma_names() for w in lem.split("_")}
+        words = {w.lower() for lem in lookup_synset(name).lemma_names() for w in lem.split("_")}
         for p in prompts:
             g = guided_generate(model, p, name, k=sizes.frames_k, max_new_tokens=sizes.frames_tokens,
                                 stop_at_eos=False)
