@@ -9,7 +9,8 @@ BASE, METH = "#7f7f7f", "#d62728"
 
 
 def replace_figure(widget, fig) -> None:
-    """Show ``fig``'s traces and layout in the ``go.FigureWidget`` ``widget``, in place (one batched update)."""
+    """Show ``fig``'s traces and layout in the ``go.FigureWidget`` ``widget``, in place: old traces out, the new
+    layout, then the new traces."""
     # Traces go in after the layout: plotly.js draws a heatmap on a subplot whose axes do not exist yet
     # with zero width and logs an error (add/delete traces are not part of a batched update).
     widget.data = ()

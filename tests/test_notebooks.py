@@ -35,7 +35,7 @@ SMALL = {
     "quantization": {"eval_windows": 1, "eval_tokens": 192, "kl_tokens": 48, "gptq_samples": 2, "gptq_seq_len": 48,
                      "dfrot_tokens": 48, "n_facts": 4, "n_passkey": 1, "passkey_tokens": 80, "explain_tokens": 40,
                      "table_methods": ["RTN W3 per-channel", "W4A4 RH (QuaRot)"], "spread_rotations": ["none", "rh"],
-                     "error_methods": ["W4A4 RH (QuaRot)"], "int8_variants": [{}]},
+                     "error_methods": ["W4A4 RH (QuaRot)"], "int8_variants": [{}, {"rotation": "rh", "online_had": True}]},
     "reproductions": {"quick_sections": ["sinks"], "sink_tokens": 64},
     "transcoders": {"train_tokens": 2048, "train_steps": 5, "train_d_sae": 256, "eval_docs_per_domain": 1,
                     "eval_tokens_per_domain": 32, "eval_context": 32, "eval_heldout_tokens": 32, "feature_texts": 8},

@@ -153,6 +153,7 @@ def quantization_explorer(model, text: str, calibration_texts=None, max_tokens: 
         except InputError as e:
             summary.value = f"<span style='color:#c33'>{html.escape(str(e))}</span>"
             return None
+        key = key_of(*setting)
         df = r.by_layer()
         sites = [s for s in r.input_error]
         with err_fig.batch_update(), kl_fig.batch_update():
@@ -164,12 +165,12 @@ def quantization_explorer(model, text: str, calibration_texts=None, max_tokens: 
             else:
                 for t in err_fig.data[2:]:
                     t.x, t.y = [], []
-            err_fig.layout.title.text = _short_title(key_of(*setting))  # the full label is in the summary
+            err_fig.layout.title.text = _short_title(key)  # the full label is in the summary
             kl_fig.data[0].x, kl_fig.data[0].y = list(range(len(r.kl))), r.kl
             kl_fig.data[0].marker.color = [SINK_COLOR if i == r.sink else OTHER_COLOR for i in range(len(r.kl))]
             kl_fig.data[0].hovertext = r.str_tokens
         summary.value = _summary_html(r, cost)
-        state["current"] = key_of(*setting)
+        state["current"] = key
         return r
 
     def values():

@@ -18,6 +18,8 @@ holds (``Model.parameter_bytes()`` counts it).
 """
 from __future__ import annotations
 
+import functools
+
 import warnings
 
 import torch
@@ -98,6 +100,7 @@ def check_fbgemm() -> None:
                          "Use an x86 CPU build of PyTorch, or a simulated method (get_method('rtn', bits=8)).")
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_vnni() -> bool | None:
     """Whether the CPU has AVX-512 VNNI or AVX-VNNI (Linux ``/proc/cpuinfo``); None when it cannot be read.
 
@@ -133,9 +136,8 @@ class Int8DynamicLinear(nn.Module):
     own behaviour: one range for all tokens, fastest prefill, but the attention sink's massive activation then
     sets the range of the whole prompt). act_bits: 7 quantizes each input to 7 bits of range (fbgemm's default,
     safe on every x86 CPU), 8 to the full 8 bits (half the rounding error; needs VNNI, ``cpu_has_vnni``).
-    transform: an optional module applied to the float input before it is
-    quantized (QuaRot's online Hadamard before down_proj; ``weight`` is then already W·Hᵀ, and ``weight`` reads
-    back in that basis, as ``QuantLinear``'s does)."""
+    transform: an optional module applied to the float input before it is quantized (QuaRot's online Hadamard
+    before down_proj; ``weight`` is then already W·Hᵀ, and reads back in that basis, as ``QuantLinear``'s does)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, per_token: bool = True,
                  transform: nn.Module | None = None, act_bits: int = 7):
@@ -157,12 +159,9 @@ class Int8DynamicLinear(nn.Module):
         # the kernel is called directly (what ``inner.forward`` does for qint8, version >= 4, with 7-bit input
         # ranges, or the full 8 bits with act_bits=8): one module call fewer per linear, ~1 ms per decoded token
         self._packed = self.inner._packed_params._packed_params
-        self._reduce_range = act_bits == 7
 
     def _kernel(self, x: torch.Tensor) -> torch.Tensor:
-        if self._reduce_range:
-            return torch.ops.quantized.linear_dynamic(x, self._packed, reduce_range=True)
-        return torch.ops.quantized.linear_dynamic(x, self._packed)
+        return torch.ops.quantized.linear_dynamic(x, self._packed, reduce_range=self.act_bits == 7)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.transform is not None:
