@@ -51,7 +51,13 @@ lens_eval_tokens = 400  # held-out tokens scored per layer
 lre_layer = 16  # subject layer of the LRE (16 was the most faithful of 4, 8, 12, 16 on SmolLM2)
 lre_n_train = 6  # LRE training subjects (each costs d_model/64 batched backward passes)
 lre_n_test = 20  # held-out subjects for faithfulness
+lre_study_relation = "demonym"  # relation for the paper's protocol: capital, demonym or antonym
+lre_study_candidates = 60  # (subject, object) pairs tried; only facts the model knows are used
+lre_study_train = 8  # training subjects (8 as in the paper)
+lre_study_layers = [4, 8, 12, 16]  # subject layers tried on the validation subjects
+lre_study_ranks = [8, 16, 32, 64, 128, 256]  # ranks of the inverse tried on validation edits
 sat_n_prompts = 120  # capital prompts for the SAT probe
+sat_n_two_constraints = 200  # two-constraint country prompts (full-answer labels)
 
 # %%
 import os
@@ -456,6 +462,32 @@ display(lre)
 figs["lre_faithfulness"]
 
 # %% [markdown]
+# ### LRE as in the paper: few-shot Jacobians, validation, causality
+#
+# `lre_study` follows the paper's protocol: every prompt is a 3-shot in-context prompt ("A person
+# from Japan is called Japanese." ... "A person from {s} is called"), only facts the model gets
+# right are used, the LRE is the mean Jacobian of 8 training subjects, the subject layer and β are
+# chosen on validation subjects, and the test subjects give **faithfulness** and **causality**:
+# the subject state is edited by Δs = W_ρ⁺(o′ − o) (a rank-ρ pseudo-inverse, ρ chosen on validation
+# edits) and succeeds when the model then predicts the other subject's object. Controls: swapping
+# in the other subject's state (an upper bound) and a random edit of the same norm (should fail).
+#
+# Measured on SmolLM2 (`python scripts/reproductions.py --measure lre`, REPRODUCTIONS.md): test
+# faithfulness 0.68 (capital), 0.87 (demonym), 0.65 (antonym); causality 0.58 / 0.43 / 0.59, swap
+# 0.84-0.87, random edits 0.00. With the notebook tests' small parameters the numbers mean nothing.
+
+# %%
+from probes.factual.lre_study import lre_study
+
+t0 = time.perf_counter()
+study = lre_study(model, lre_study_relation, n_candidates=lre_study_candidates, n_train=lre_study_train,
+                  layers=[min(x, L - 1) for x in lre_study_layers], ranks=tuple(lre_study_ranks))
+tick(f"LRE study ({lre_study_relation})", t0)
+figs["lre_study"] = study.figure()
+display(study)
+figs["lre_study"]
+
+# %% [markdown]
 # ## 11. SAT probe: does attention to the subject predict a correct answer?
 #
 # Yuksekgonul et al. (2024): one feature per layer and head, the attention from the last prompt token
@@ -481,6 +513,33 @@ figs["sat_probe_roc"]
 
 # %%
 sat.top_heads(10)
+
+# %% [markdown]
+# ### Two constraints and full-answer labels, as in the paper
+#
+# The paper's harder prompts carry two constraints ("Name a country in Western Africa whose official
+# language is French."). `sat_probe_constraints` decodes each prompt greedily for up to 15 tokens,
+# labels it with a verifier over the **whole answer** (is the named country one of the valid ones?),
+# and fits the probe on the attention to *each* constraint's tokens (2 × L × H features), against two
+# label-free confidences: the completion's mean log-probability (the paper's baseline) and the first
+# token's probability. Measured on SmolLM2 (REPRODUCTIONS.md, `--measure sat`): countries with two
+# constraints, 200 prompts, accuracy 0.21: probe AUROC 0.65 [0.55, 0.75] against 0.69 for the mean
+# log-probability and 0.71 for the first-token probability; with one constraint 0.87 / 0.88 / 0.93.
+
+# %%
+from probes.factual import country_prompts, sat_probe_constraints
+
+t0 = time.perf_counter()
+two = country_prompts(2, sat_n_two_constraints, seed=0)
+print(two[0].prompt.splitlines()[0], "| constraints:", [c.text for c in two[0].constraints])
+try:
+    sat2 = sat_probe_constraints(model, two)
+    tick(f"SAT probe, two constraints ({len(two)} prompts)", t0)
+    display(sat2.metrics().round(3))
+    figs["sat_probe_two_constraints"] = sat2.figure()
+    display(figs["sat_probe_two_constraints"])
+except wb.InputError as e:  # too few right (or wrong) answers among few prompts to cross-validate
+    print("probe not fitted:", e)
 
 # %% [markdown]
 # ## 12. Export the figures

@@ -2,7 +2,7 @@
 
     python scripts/reproductions.py                 # the table from benchmarks/results/*.json
     python scripts/reproductions.py --quick         # re-measure the quick rows first (about a minute)
-    python scripts/reproductions.py --measure factual active_dormant frames   # the slower rows
+    python scripts/reproductions.py --measure factual active_dormant frames lre sat   # the slower rows
 
 ``--quick`` writes ``benchmarks/results/reproductions_quick.json``; ``--measure`` merges its sections
 into ``benchmarks/results/reproductions.json``. Every other number comes from the benchmark that
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="re-measure the quick rows (loads SmolLM2)")
     ap.add_argument("--quick-sections", nargs="+", default=None, help="subset of the quick sections")
     ap.add_argument("--measure", nargs="+", default=[], metavar="SECTION",
-                    help="slower measurements: factual, active_dormant, frames")
+                    help="slower measurements: factual, active_dormant, frames, lre, sat (see lab/reproductions/measure.py)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--out", type=Path, default=ROOT / "REPRODUCTIONS.md")

@@ -69,3 +69,47 @@ def test_smollm2_sat_probe_on_country_prompts(smollm2):
     for method in ("probe", "confidence", "mean_attention"):
         assert 0 <= m.loc[method, "auroc"] <= 1
     assert m.loc["confidence", "auroc"] > 0.5  # the model's confidence carries signal (0.67 measured)
+
+
+def test_constraint_features_concatenate_one_block_per_constraint(tiny_llama):
+    from probes.factual.sat_probe import constraint_attention_features
+
+    prompts = ["the cat is big and red", "a dog runs far away now"]
+    pos = [[[1, 2], [4]], [[3], [0, 5]]]
+    feats, last = constraint_attention_features(tiny_llama, prompts, pos)
+    L, H = tiny_llama.info.n_layers, tiny_llama.info.n_heads
+    assert feats.shape == (2, 2 * L * H) and ((feats >= 0) & (feats <= 1 + 1e-6)).all()
+    for k in range(2):
+        one, last1 = attention_features(tiny_llama, prompts, [p[k] for p in pos])
+        assert np.allclose(feats[:, k * L * H:(k + 1) * L * H], one, atol=1e-6)
+    assert torch.allclose(last, last1)
+    # the two constraints of a prompt share the last token's attention: together at most 1 per head
+    assert (feats[:, :L * H] + feats[:, L * H:] <= 1 + 1e-6).all()
+    with pytest.raises(wb.InputError, match="same number"):
+        constraint_attention_features(tiny_llama, prompts, [[[1]], [[1], [2]]])
+    with pytest.raises(wb.InputError, match="before the last token"):
+        constraint_attention_features(tiny_llama, prompts, [[[1], [40]], [[1], [2]]])
+
+
+def test_two_constraint_probe_finds_a_feature_of_the_second_constraint():
+    rng = np.random.default_rng(1)
+    L, H, n = 3, 4, 200
+    x = rng.uniform(0, 1, (n, 2 * L * H))
+    y = (x[:, L * H + 1 * H + 2] > 0.5).astype(int)  # constraint 1, layer 1, head 2
+    res = fit_sat_probe(x, y, confidence=rng.uniform(size=n), layers=[0, 1, 2], n_heads=H, n_constraints=2,
+                        baselines={"top1_prob": rng.uniform(size=n)})
+    m = res.metrics()
+    assert m.loc["probe", "auroc"] > 0.95 and 0.35 < m.loc["top1_prob", "auroc"] < 0.65
+    assert res.coef.shape == (2 * L, H) and res.n_constraints == 2
+    top = res.top_heads(1).iloc[0]
+    assert (top["constraint"], top["layer"], top["head"]) == (1, 1, 2)
+    assert len(res.figure().data) == 6  # probe, confidence, top1_prob, mean attention, diagonal, heatmap
+    # the same label read from constraint 0 alone carries no signal
+    only_first = fit_sat_probe(x[:, :L * H], y, layers=[0, 1, 2], n_heads=H)
+    assert only_first.metrics().loc["probe", "auroc"] < 0.7
+    with pytest.raises(wb.InputError, match="constraint"):
+        fit_sat_probe(x, y, layers=[0, 1, 2], n_heads=H, n_constraints=3)
+    # seeded end to end (liblinear's L1 solver shuffles): a refit gives the same out-of-fold scores
+    noisy = (x[:, 5] + rng.normal(0, 0.5, n) > 0.5).astype(int)
+    a, b = (fit_sat_probe(x, noisy, layers=[0, 1, 2], n_heads=H, n_constraints=2).scores["probe"] for _ in range(2))
+    assert np.array_equal(a, b)

@@ -335,3 +335,31 @@ def test_observed_summary_does_not_keep_the_pattern_alive():
     summary = pol._pending[0][0]
     assert summary.shape == (1, 4, 4, 64)
     assert summary.untyped_storage().nbytes() == summary.numel() * 4 < pattern.untyped_storage().nbytes()
+
+
+def test_preallocated_ragged_layer_decodes_in_place_like_the_growing_one(tiny_llama):
+    """With room reserved (a preallocated cache), decoding writes keys, values and positions into free slots:
+    no storage or positions buffer is reallocated, and logits and positions equal the growing cache's."""
+    toks = [3, 99, 11, 64]
+    grown = tiny_llama.prefill(PROMPT)
+    pre = tiny_llama.prefill(PROMPT, capacity=grown.seq_len(0) + len(toks))
+    n, G = grown.seq_len(0), grown.n_kv_heads
+    for cache in (grown, pre):
+        for l in range(cache.n_layers):
+            cache.keep_heads(l, _per_head_indices(n, [n // 3 + 4 * h + l for h in range(G)], seed=l))
+    lay = pre.layer(1)
+    assert isinstance(lay, RaggedLayer) and lay.room == len(toks) and lay.owns(pre.positions[1])
+    ptrs = (lay.stored_tensors()[0].data_ptr(), pre.positions[1].data_ptr())
+    copy = pre.copy()  # a copy's positions are its own layer's buffer view, so it records in place too
+    assert copy.layer(1).owns(copy.positions[1]) and copy.positions[1].data_ptr() != ptrs[1]
+    got, ref = _decode(tiny_llama, pre, toks), _decode(tiny_llama, grown, toks)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert (lay.stored_tensors()[0].data_ptr(), pre.positions[1].data_ptr()) == ptrs
+    for l in range(pre.n_layers):
+        assert torch.equal(pre.positions[l], grown.positions[l])
+        assert pre.head_counts(l).tolist() == grown.head_counts(l).tolist()
+    torch.testing.assert_close(_decode(tiny_llama, copy, toks), ref, atol=1e-5, rtol=1e-5)
+    # out of room: the layer re-lays its storage out and the positions fall back to concatenation
+    more = _decode(tiny_llama, pre, [5])
+    assert more.shape[0] == 1 and pre.positions[1].shape[-1] == grown.positions[1].shape[-1] + 1
+    assert not pre.layer(1).owns(pre.positions[1])

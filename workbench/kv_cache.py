@@ -275,12 +275,8 @@ class RaggedLayer(DynamicLayer):
         for c in self._caps:
             offs.append(offs[-1] + c)
         self._offs = tuple(offs)
-        # (G, sum C_g) bool, True where KV head g may not look in the one-pass attention (other heads'
-        # segments, free slots); bookkeeping like the positions, not counted in the bytes
-        self._blocked = torch.ones((len(self.lengths), offs[-1]), dtype=torch.bool, device=packed_k.device)
-        self._heads, self._false = None, torch.zeros((), dtype=torch.bool, device=packed_k.device)
-        for g, (o, n) in enumerate(zip(offs, self.lengths)):
-            self._blocked[g, o:o + n] = False
+        self._set_next_rows()
+        self._bias = None  # built at the first decoding step, when the number of query heads is known
         if room == 0:
             self._k, self._v = packed_k.contiguous(), packed_v.contiguous()
             return
@@ -290,6 +286,20 @@ class RaggedLayer(DynamicLayer):
         idx = self._filled_index()
         self._k.index_copy_(0, idx, packed_k)
         self._v.index_copy_(0, idx, packed_v)
+
+    def _build_bias(self, h: int) -> None:
+        """(H, sum C) additive score bias for ``h`` query heads: 0 where query head i's KV head holds an
+        entry, -inf elsewhere (other heads' segments, free slots). Bookkeeping, not counted in the bytes."""
+        r = h // len(self.lengths)
+        self._bias = torch.full((h, self._offs[-1]), float("-inf"), dtype=self._k.dtype, device=self.device)
+        for g, (o, n) in enumerate(zip(self._offs, self.lengths)):
+            self._bias[g * r:(g + 1) * r, o:o + n] = 0.0
+        self._g_idx = torch.arange(len(self.lengths), device=self.device)
+
+    def _set_next_rows(self) -> None:
+        """(G,) storage row of every head's next free slot (a decode step writes there; bookkeeping)."""
+        self._next_rows = torch.tensor([o + n for o, n in zip(self._offs, self.lengths)], dtype=torch.long,
+                                       device=self.device)
 
     def _filled_index(self) -> torch.Tensor:
         """(sum N_g,) storage rows holding entries, head by head."""
@@ -348,10 +358,39 @@ class RaggedLayer(DynamicLayer):
             raise InputError("RaggedLayer: replace its entries with KVCache.set_entries or keep/keep_heads.")
 
     def padded_positions(self, positions: torch.Tensor) -> torch.Tensor:
-        """Per-head positions (the valid ones of ``positions`` (1, G, N), in order) in the padded layout."""
-        out = torch.full((1, len(self.lengths), self.n_max), -1, dtype=torch.long, device=positions.device)
-        out[0][self.slot_mask().to(positions.device)] = positions[0][positions[0] >= 0]
-        return out
+        """Per-head positions (the valid ones of ``positions`` (1, G, N), in order) in the padded layout.
+
+        Returned as a view of a buffer with ``room`` free columns, so ``record`` adds the positions of
+        decoded tokens in place (bookkeeping, like the positions of a dense layer; not in the bytes)."""
+        w = self.n_max
+        buf = torch.full((1, len(self.lengths), w + self.room), -1, dtype=torch.long, device=positions.device)
+        buf[0, :, :w][self.slot_mask().to(positions.device)] = positions[0][positions[0] >= 0]
+        self._pos, self._pos_w = buf, w
+        return buf[:, :, :w]
+
+    def owns(self, positions: torch.Tensor) -> bool:
+        """Whether ``positions`` is the current view of this layer's positions buffer."""
+        buf = getattr(self, "_pos", None)
+        return (buf is not None and positions.data_ptr() == buf.data_ptr()
+                and positions.shape[-1] == self._pos_w)
+
+    @property
+    def positions(self) -> torch.Tensor | None:
+        """The (1, G, N_max) view of the positions buffer (None before ``padded_positions``)."""
+        buf = getattr(self, "_pos", None)
+        return None if buf is None else buf[:, :, :self._pos_w]
+
+    def record(self, new_positions: torch.Tensor) -> torch.Tensor | None:
+        """Write the (1, G, T) positions of the T tokens just appended into the buffer's free columns and
+        return the new view; None when the buffer has no room left (the caller then concatenates)."""
+        t = new_positions.shape[-1]
+        buf = getattr(self, "_pos", None)
+        if buf is None or self._pos_w + t > buf.shape[-1]:
+            self._pos = None
+            return None
+        buf[:, :, self._pos_w:self._pos_w + t].copy_(new_positions)
+        self._pos_w += t
+        return buf[:, :, :self._pos_w]
 
     # ------------------------------------------------------------------ transformers' layer API
     def lazy_initialization(self, key_states, value_states) -> None:
@@ -369,14 +408,21 @@ class RaggedLayer(DynamicLayer):
             self.lengths = tuple(n + t for n in self.lengths)
             self._store(torch.cat(ks), torch.cat(vs), 0 if self.room == 0 else max(self.room, 2 * t, 32))
             return
+        if t == 1:  # decoding: one row per head, rows kept as a tensor (no per-step index building)
+            self._k.index_copy_(0, self._next_rows, key_states[0, :, 0])
+            self._v.index_copy_(0, self._next_rows, value_states[0, :, 0])
+            if self._bias is not None:  # the new slot of head g opens to its R query heads
+                self._bias.view(len(self.lengths), -1, self._bias.shape[-1])[self._g_idx, :, self._next_rows] = 0.0
+            self._next_rows.add_(1)
+            self.lengths = tuple(n + 1 for n in self.lengths)
+            return
         g = len(self.lengths)
         rows = torch.tensor([o + n + i for o, n in zip(self._offs, self.lengths) for i in range(t)], device=self.device)
         self._k.index_copy_(0, rows, key_states[0].reshape(g * t, -1))
         self._v.index_copy_(0, rows, value_states[0].reshape(g * t, -1))
-        if self._heads is None or self._heads.numel() != g * t:
-            self._heads = torch.arange(g, device=self.device).repeat_interleave(t)
-        self._blocked.index_put_((self._heads, rows), self._false)
         self.lengths = tuple(n + t for n in self.lengths)
+        self._set_next_rows()
+        self._bias = None
 
     def update(self, key_states, value_states, *args, **kwargs):
         """Append (1, G, T, d) new entries to every head; returns the padded (1, G, N_max + T, d) views."""
@@ -387,18 +433,23 @@ class RaggedLayer(DynamicLayer):
         """Attention of the (1, H, T, d) queries of the T entries just appended, each query head over its
         KV head's own entries (no padded view); returns (1, T, H, d).
 
-        One token (decoding): one pass over the whole storage, every query head against every segment,
-        other heads' segments and free slots set to -inf (the keys and values are read once, as in a
-        dense layer; the extra dot products are cheap). Several tokens: per KV head, with the causal
-        mask among the new tokens."""
+        One token (decoding): one pass over the whole storage, three operations: every query head
+        against every segment with an additive bias that is 0 on the head's own filled slots and -inf
+        elsewhere (kept up to date by ``append``), the softmax, and the product with the values. The
+        keys and values are read once; the scores are G times those of a uniform layer, which costs
+        less than running G small products per head (each operation has a fixed cost that dominates at
+        these sizes, more so with several threads). Several tokens: per KV head, with the causal mask
+        among the new tokens."""
         _, h, t, d = query.shape
         g = len(self.lengths)
         r = h // g
         if t == 1:
-            s = torch.matmul(query[0].reshape(h, d), self._k.t()).mul_(scaling)  # (H, sum C)
-            s = s.view(g, r, -1).masked_fill_(self._blocked[:, None, :], float("-inf")).view(h, -1)
-            p = torch.softmax(s, dim=-1, dtype=torch.float32).to(self._v.dtype)
-            return torch.matmul(p, self._v).view(1, 1, h, d)
+            if self._bias is None or self._bias.shape[0] != h:
+                self._build_bias(h)
+            s = torch.addmm(self._bias, query[0, :, 0], self._k.t(), alpha=scaling)  # (H, sum C)
+            p = torch.softmax(s, dim=-1) if s.dtype == torch.float32 else \
+                torch.softmax(s, -1, dtype=torch.float32).to(self._v.dtype)
+            return torch.mm(p, self._v).view(1, 1, h, d)
         outs = []
         for kv, (o, n) in enumerate(zip(self._offs, self.lengths)):
             q = query[0, kv * r:(kv + 1) * r].reshape(r * t, d)
@@ -415,7 +466,8 @@ class RaggedLayer(DynamicLayer):
 
     def reset(self) -> None:
         self.lengths = tuple(0 for _ in self.lengths)
-        self._blocked.fill_(True)
+        self._set_next_rows()
+        self._bias = None
 
     def crop(self, tokens_to_remove: int) -> None:
         raise InputError("RaggedLayer cannot be cropped; evict entries with a cache policy instead.")
@@ -651,7 +703,9 @@ class KVCache:
         new.capacity = self.capacity
         new.sliding_layers, new.sliding_window = self.sliding_layers, self.sliding_window
         # positions of preallocated layers are views of their (copied) buffers
-        new.positions = [lay.positions if isinstance(lay, PreallocatedLayer) and l < len(self.positions)
+        # (and so are those of ragged layers whose positions are their buffer's view)
+        new.positions = [lay.positions if (isinstance(lay, PreallocatedLayer) and l < len(self.positions)) or
+                         (isinstance(lay, RaggedLayer) and self.hf_cache.layers[l].owns(p))
                          else p.clone() for l, (p, lay) in enumerate(zip(self.positions, new.hf_cache.layers))]
         new.positions += [p.clone() for p in self.positions[len(new.positions):]]
         if kind == "dynamic" and new.capacity is not None:
@@ -723,6 +777,11 @@ class KVCache:
                 else:
                     self.positions.append(pos)
                 continue
+            if isinstance(lay, RaggedLayer) and l < len(self.positions) and lay.owns(self.positions[l]):
+                pos = lay.record(add_for(self._device(l), 1, len(lay.lengths)))
+                if pos is not None:  # written in place; else (no room left) concatenated below
+                    self.positions[l] = pos
+                    continue
             b, g = self._batch_heads(l)
             # a skipped layer received nothing: its positions stay empty (B, G, 0)
             add = (new[:0].to(self._device(l)).expand(b, g, 0) if isinstance(lay, SkippedLayer)

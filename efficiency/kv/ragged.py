@@ -4,8 +4,8 @@ The storage itself is ``workbench.kv_cache.RaggedLayer`` (packed per-KV-head key
 batch 1), installed by ``KVCache.keep_heads`` when the KV heads of a layer keep different counts
 (e.g. ``AdaKV``). On the hooked path the attention runs over a transient right-aligned padded view
 whose padding slots are masked per head (``generation.cached_forward``); on the hook-free path the
-layer attends from its packed storage itself (``RaggedLayer.attend``: one pass, other heads'
-segments masked). ``ragged_attention`` here computes the same decode attention directly from the
+layer attends from its packed storage itself (``RaggedLayer.attend``: one pass, an additive bias
+keeping each query head on its own KV head's filled slots). ``ragged_attention`` here computes the same decode attention directly from the
 packed storage, head by head (query head h reads KV head h // group_size), as an independent
 reference.
 """

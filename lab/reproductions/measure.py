@@ -5,10 +5,18 @@ merges it into ``benchmarks/results/reproductions.json``.
 
 - ``factual``: over bundled fact prompts, DLA of every prompt, head classes and the additive
   motif (top-1 rate of the answer under the sum of the groups vs the best single group, and the
-  share where only the sum ranks it first); the suppressive heads of the last 3 layers zeroed;
-  the SAT probe (out-of-fold AUROC vs the model's confidence, 95% bootstrap intervals).
+  share where only the sum ranks it first); the suppressive heads of the last 3 layers zeroed
+  (the SAT probe has its own section, ``sat``).
 - ``active_dormant``: sink mass and zero-ablation ΔCE of random heads on the bundled prose and
   code texts; Spearman(sink mass, |ΔCE|) per domain with a 95% bootstrap interval over heads.
+- ``lre``: linear relational embeddings under the paper's protocol (``probes.factual.lre_study``):
+  few-shot Jacobians on 8 training subjects, layer and β chosen on validation subjects, rank of
+  the inverse on validation edits; test faithfulness and causality (95% bootstrap intervals) per
+  relation, with the swap and random-edit controls.
+- ``sat``: the SAT probe as in the paper: 15-token greedy completions judged by verifiers (the whole
+  answer), attention to every constraint, on fact prompts (first-token and full-answer labels), Words
+  and countries with one and two constraints; out-of-fold probe AUROC vs the completion's mean
+  log-probability and the top-1 probability, 95% bootstrap intervals.
 - ``frames``: single-word concept guidance (top-k guided vs greedy decoding over prompts): the rate
   of the concept's own words in the continuations and a one-sided paired permutation test.
 """
@@ -31,11 +39,22 @@ class MeasureSizes:
 
     facts_per_relation: int = 12
     sat_prompts_per_relation: int = 24
+    sat_words_1: int = 48  # one-constraint Words prompts (48 = every feasible first and last letter)
+    sat_words_2: int = 200  # two-constraint Words prompts (a seeded sample of feasible letter pairs)
+    sat_countries_1: int = 58  # one-constraint country prompts (58 = all)
+    sat_countries_2: int = 200  # two-constraint country prompts (a seeded sample)
+    sat_max_new_tokens: int = 15
+    sat_min_per_class: int = 5  # fewer correct (or wrong) answers than this: the probe is skipped, not fitted
     ad_heads: int = 90
     frames_prompts: int = 8
     frames_tokens: int = 10
     frames_k: int = 3
     frames_concepts: tuple = ("dog.n.01", "water.n.01")
+    lre_relations: tuple = ("capital", "demonym", "antonym")
+    lre_candidates: int = 60
+    lre_train: int = 8
+    lre_shots: int = 3
+    lre_layers: tuple = (4, 8, 12, 16)
     n_boot: int = 2000
     n_perm: int = 10000
     seed: int = 0
@@ -88,7 +107,7 @@ def auroc(y: np.ndarray, s: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------ sections
 def measure_factual(model, sizes: MeasureSizes) -> dict:
     from probes.factual import (additive_motif, classify_heads, direct_logit_attribution_many, load_facts,
-                                sat_probe, suppression_effect, suppressive_heads)
+                                suppression_effect, suppressive_heads)
 
     facts = load_facts()
     mech = facts.sample(sizes.facts_per_relation, seed=1)
@@ -114,15 +133,64 @@ def measure_factual(model, sizes: MeasureSizes) -> dict:
         sup.update(p_clean=float(f.loc[1.0, "mean_p_answer"]), p_zeroed=float(f.loc[0.0, "mean_p_answer"]),
                    acc_clean=float(f.loc[1.0, "accuracy"]), acc_zeroed=float(f.loc[0.0, "accuracy"]))
     out["suppression"] = sup
-    sat_facts = facts.sample(sizes.sat_prompts_per_relation, seed=2)
-    sat = sat_probe(model, sat_facts)
-    y, probe, conf = sat.labels, sat.scores["probe"], sat.scores["confidence"]
-    out["sat"] = {"n_prompts": len(y), "accuracy": float(y.mean()), "C": sat.C,
-                  "auroc_probe": auroc(y, probe), "auroc_confidence": auroc(y, conf),
-                  "auroc_mean_attention": auroc(y, sat.scores["mean_attention"]),
-                  "auroc_probe_ci": bootstrap_ci(lambda i: auroc(y[i], probe[i]), len(y), sizes.n_boot, sizes.seed),
-                  "auroc_confidence_ci": bootstrap_ci(lambda i: auroc(y[i], conf[i]), len(y), sizes.n_boot, sizes.seed),
-                  "label": "first answer token is the model's top-1 token"}
+    return out
+
+
+def _sat_numbers(run, y: np.ndarray, label: str, model_name: str, sizes: MeasureSizes) -> dict:
+    """Accuracy, probe and baseline AUROCs with 95% bootstrap intervals for one labelling of a constraint run."""
+    from probes.factual.sat_constraints import fit_constraint_run
+
+    y = np.asarray(y).astype(int)
+    n_pos = int(y.sum())
+    out = {"n_prompts": len(y), "n_correct": n_pos, "accuracy": float(y.mean()), "n_constraints": run.n_constraints,
+           "label": label, "examples": [{"prompt": it.prompt, "completion": t, "correct": bool(v)} for it, t, v
+                                        in list(zip(run.items, run.completions.texts, y))[:4]]}
+    if min(n_pos, len(y) - n_pos) < sizes.sat_min_per_class:
+        out["skipped"] = (f"{n_pos} correct and {len(y) - n_pos} wrong answers: the probe needs at least "
+                          f"{sizes.sat_min_per_class} of each")
+        return out
+    res = fit_constraint_run(run, y, model_name=model_name, seed=sizes.seed)
+    probe, conf, top1 = res.scores["probe"], res.scores["confidence"], res.scores["top1_prob"]
+
+    def ci(s):  # a list, as it reads back from JSON
+        return list(bootstrap_ci(lambda i: auroc(y[i], s[i]), len(y), sizes.n_boot, sizes.seed))
+
+    out.update(C=res.C, n_nonzero=int((res.coef != 0).sum()), auroc_probe=auroc(y, probe), auroc_probe_ci=ci(probe),
+               auroc_confidence=auroc(y, conf), auroc_confidence_ci=ci(conf), auroc_top1_prob=auroc(y, top1),
+               auroc_top1_prob_ci=ci(top1), auroc_mean_attention=auroc(y, res.scores["mean_attention"]),
+               gap_ci=list(bootstrap_ci(lambda i: auroc(y[i], probe[i]) - auroc(y[i], conf[i]), len(y),
+                                        sizes.n_boot, sizes.seed)),
+               top_heads=[{k: float(v) if k == "weight" else int(v) for k, v in r.items()}
+                          for r in res.top_heads(5).to_dict("records")])
+    return out
+
+
+def measure_sat(model, sizes: MeasureSizes) -> dict:
+    from probes.factual import load_facts
+    from probes.factual.constraints import country_prompts, fact_constraint_prompts, word_prompts
+    from probes.factual.lenses import token_id
+    from probes.factual.sat_constraints import run_constraints
+
+    facts = load_facts().sample(sizes.sat_prompts_per_relation, seed=2)
+    datasets = {"facts": fact_constraint_prompts(facts),
+                "words_1": word_prompts(1, sizes.sat_words_1, seed=sizes.seed),
+                "words_2": word_prompts(2, sizes.sat_words_2, seed=sizes.seed),
+                "countries_1": country_prompts(1, sizes.sat_countries_1, seed=sizes.seed),
+                "countries_2": country_prompts(2, sizes.sat_countries_2, seed=sizes.seed)}
+    full = "the verifier accepts the greedy completion (every constraint satisfied by the whole answer)"
+    out = {"max_new_tokens": sizes.sat_max_new_tokens,
+           "confidence": "mean log-probability of the greedy completion", "top1_prob": "first-token probability"}
+    for name, items in datasets.items():
+        run = run_constraints(model, items, max_new_tokens=sizes.sat_max_new_tokens)
+        if name == "facts":
+            first = np.array([token_id(model, f.answer) for f in facts])
+            out["facts_first_token"] = _sat_numbers(run, run.completions.first_token == first,
+                                                    "first answer token is the model's top-1 token", model.info.name,
+                                                    sizes)
+            out["facts_full"] = _sat_numbers(run, run.labels, "the completion starts with the answer",
+                                             model.info.name, sizes)
+        else:
+            out[name] = _sat_numbers(run, run.labels, full, model.info.name, sizes)
     return out
 
 
@@ -173,8 +241,33 @@ def measure_frames(model, sizes: MeasureSizes) -> dict:
                          "rows": rows}}
 
 
+def measure_lre(model, sizes: MeasureSizes) -> dict:
+    from probes.factual.lre_study import lre_study
+
+    out: dict = {"relations": {}}
+    for rel in sizes.lre_relations:
+        r = lre_study(model, rel, n_candidates=sizes.lre_candidates, n_train=sizes.lre_train, n_shots=sizes.lre_shots,
+                      layers=[min(x, model.info.n_layers - 1) for x in sizes.lre_layers], seed=sizes.seed)
+        out["relations"][rel] = {
+            "layer": r.layer, "beta": r.beta, "rank": r.rank, "n_candidates": r.n_candidates, "n_known": r.n_known,
+            "n_test": r.n_test, "n_test_pairs": r.n_test_pairs, "faithfulness": r.faithfulness,
+            "faithfulness_ci": list(r.faithfulness_ci), "causality": r.causality, "causality_ci": list(r.causality_ci),
+            "swap_causality": r.swap_causality, "random_causality": r.random_causality,
+            "validation_best_by_layer": {str(k): float(v) for k, v in
+                                         r.validation.groupby("layer")["faithfulness"].max().items()},
+            "validation_causality_by_rank": {str(k): v for k, v in r.causality_by_rank.items()},
+            "train_subjects": r.train_subjects, "seconds": round(r.seconds, 1)}
+    rels = out["relations"].values()
+    out["max_faithfulness"] = max(x["faithfulness"] for x in rels)
+    out["mean_faithfulness"] = float(np.mean([x["faithfulness"] for x in rels]))
+    out["mean_causality"] = float(np.mean([x["causality"] for x in rels]))
+    out["max_random_causality"] = max(x["random_causality"] for x in rels)
+    out["n_relations"] = len(out["relations"])
+    return out
+
+
 MEASURE_SECTIONS: dict[str, Callable] = {"factual": measure_factual, "active_dormant": measure_active_dormant,
-                                         "frames": measure_frames}
+                                         "frames": measure_frames, "lre": measure_lre, "sat": measure_sat}
 
 
 def run_measure(model, sections: Sequence[str], sizes: MeasureSizes | None = None,

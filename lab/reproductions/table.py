@@ -21,12 +21,12 @@ from workbench.paths import atomic_write_bytes
 from workbench.result import Result
 
 from .claim import NOT_MEASURED, VERDICTS, Claim, Row
-from .papers import (active_dormant, attention_satisfies, frames, kv_cache, layer_pruning, low_rank, massive_values,
-                     quantization, summing_up, teal, transcoders)
+from .papers import (active_dormant, attention_satisfies, frames, kv_cache, layer_pruning, low_rank, lre,
+                     massive_values, quantization, summing_up, teal, transcoders)
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-PAPER_MODULES = (active_dormant, massive_values, summing_up, attention_satisfies, transcoders, frames, kv_cache,
+PAPER_MODULES = (active_dormant, massive_values, summing_up, lre, attention_satisfies, transcoders, frames, kv_cache,
                  quantization, teal, layer_pruning, low_rank)
 
 

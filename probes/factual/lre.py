@@ -135,6 +135,28 @@ RELATION_TEMPLATES = {
 }
 
 
+def country_pairs(attr: str, min_population: int = 5_000_000) -> list[tuple[str, str]]:
+    """(country, attribute) pairs from the offline ``countryinfo`` package: countries above
+    ``min_population`` by decreasing population (names with brackets or commas skipped, first letter
+    upper-cased, each country once); ``attr`` is a countryinfo method ("capital", "demonym")."""
+    from countryinfo import all_countries
+    rows = []
+    for c in all_countries():
+        try:
+            name, obj, pop = c.name(), getattr(c, attr)(), c.population() or 0
+        except Exception:  # some entries lack a field
+            continue
+        if isinstance(obj, str) and obj.strip() and pop >= min_population and not any(ch in name for ch in "(),"):
+            rows.append((pop, name[0].upper() + name[1:], obj.strip()))
+    rows.sort(key=lambda r: (-r[0], r[1]))
+    seen, out = set(), []
+    for _, name, obj in rows:
+        if name not in seen:
+            seen.add(name)
+            out.append((name, obj))
+    return out
+
+
 def country_relation(relation: str = "capital", n: int = 40, min_population: int = 5_000_000) -> list[RelationSample]:
     """Subject -> object samples for a country relation built offline from ``countryinfo``.
 
@@ -144,25 +166,9 @@ def country_relation(relation: str = "capital", n: int = 40, min_population: int
     """
     if relation not in RELATION_TEMPLATES:
         raise InputError(f"Unknown built-in relation {relation!r}; available: {', '.join(RELATION_TEMPLATES)}.")
-    from countryinfo import all_countries
     template, attr = RELATION_TEMPLATES[relation]
-    rows = []
-    for c in all_countries():
-        try:
-            name, obj, pop = c.name(), getattr(c, attr)(), c.population() or 0
-        except Exception:  # some entries lack a field
-            continue
-        if isinstance(obj, str) and obj and pop >= min_population and not any(ch in name for ch in "(),"):
-            rows.append((pop, name, obj))
-    rows.sort(key=lambda r: (-r[0], r[1]))
-    seen, out = set(), []
-    for _, name, obj in rows:
-        if name in seen:
-            continue
-        seen.add(name)
-        name = name[0].upper() + name[1:]
-        out.append(RelationSample(template.format(s=name), name, " " + obj, relation))
-    return out[:n]
+    return [RelationSample(template.format(s=name), name, " " + obj, relation)
+            for name, obj in country_pairs(attr, min_population)[:n]]
 
 
 # ---------------------------------------------------------------------------------------------- the model map

@@ -4,8 +4,13 @@ Features, one row per prompt: for every layer l and query head h, the attention 
 token** to the constraint tokens (the subject span), summed over those tokens (``reduce="sum"``; the
 authors' code takes the max, ``reduce="max"``). That gives L·H features in [0, 1] (270 on SmolLM2).
 
-Label: 1 when the model's top-1 next token equals the answer's first token (greedy first-token
-correctness; the paper compares a 15-token greedy completion with the label).
+Several constraints (``constraint_attention_features``): the same L·H block per constraint,
+concatenated in the constraints' fixed order (K·L·H features), as the paper trains on the attention to
+every constraint. ``probes.factual.sat_constraints`` runs the probe on ``probes.factual.constraints``
+prompts (one or two constraints) with full-answer labels from a 15-token greedy completion.
+
+Label (``sat_probe``): 1 when the model's top-1 next token equals the answer's first token (greedy
+first-token correctness; the paper checks the whole greedy completion, see ``sat_constraints``).
 
 Classifier: StandardScaler → ``LogisticRegressionCV`` with an L1 penalty (liblinear), C chosen by an
 inner stratified CV on AUROC. Evaluation is out-of-fold: an outer stratified K-fold gives every prompt
@@ -41,10 +46,28 @@ def attention_features(model, prompts, constraint_positions, layers=None, reduce
     prompts: list of strings; constraint_positions: per prompt, a non-empty list of token positions
     (before the last token). Feature index = i_layer · H + head. Returns (features, last_logits).
     """
+    if len(prompts) != len(constraint_positions):
+        raise InputError(f"{len(prompts)} prompts but {len(constraint_positions)} constraint position lists.")
+    return constraint_attention_features(model, prompts, [[pos] for pos in constraint_positions], layers, reduce,
+                                         batch_size)
+
+
+def constraint_attention_features(model, prompts, constraint_positions, layers=None, reduce: str = "sum",
+                                  batch_size: int = 16):
+    """(N, K·L·H) attention from each prompt's last token to each of its K constraints, and (N, vocab) last logits.
+
+    constraint_positions: per prompt, K lists of token positions (one per constraint, the same K and
+    order for every prompt; each non-empty and before the last token). Feature index =
+    k · L·H + i_layer · H + head: constraint 0's L·H block first. Each feature is the attention summed
+    (``reduce="sum"``) or maxed (``"max"``) over that constraint's tokens, so it lies in [0, 1].
+    """
     if reduce not in ("sum", "max"):
         raise InputError(f"reduce must be 'sum' or 'max', got {reduce!r}.")
     if len(prompts) != len(constraint_positions):
         raise InputError(f"{len(prompts)} prompts but {len(constraint_positions)} constraint position lists.")
+    ks = {len(c) for c in constraint_positions}
+    if len(ks) > 1 or 0 in ks:
+        raise InputError(f"Every prompt needs the same number (≥ 1) of constraints; got counts {sorted(ks)}.")
     layer_list = resolve_layers(layers, model.info.n_layers)
     feats, logits = [], []
     with torch.no_grad():
@@ -53,13 +76,15 @@ def attention_features(model, prompts, constraint_positions, layers=None, reduce
             run = model.run(chunk, capture=["pattern"], layers=layer_list, logits="last")
             pat = run.stack("pattern")  # (Lsel, B, H, T, T)
             for j, n in enumerate(run.lengths):
-                pos = constraint_positions[i + j]
-                if not pos or max(pos) >= n - 1 or min(pos) < 0:
-                    raise InputError(f"Prompt {i + j}: constraint positions {pos} must lie in 0..{n - 2} "
-                                     "(before the last token).")
-                rows = pat[:, j, :, n - 1][..., list(pos)]  # (Lsel, H, |C|)
-                f = rows.sum(-1) if reduce == "sum" else rows.max(-1).values
-                feats.append(f.reshape(-1).float().cpu())
+                row = []
+                for pos in constraint_positions[i + j]:
+                    if not pos or max(pos) >= n - 1 or min(pos) < 0:
+                        raise InputError(f"Prompt {i + j}: constraint positions {pos} must lie in 0..{n - 2} "
+                                         "(before the last token).")
+                    rows = pat[:, j, :, n - 1][..., list(pos)]  # (Lsel, H, |C|)
+                    f = rows.sum(-1) if reduce == "sum" else rows.max(-1).values
+                    row.append(f.reshape(-1).float().cpu())
+                feats.append(torch.cat(row))
             logits.append(run.last_logits.float().cpu())
     return torch.stack(feats).numpy(), torch.cat(logits)
 
@@ -84,7 +109,7 @@ def _probe(cs, inner_folds: int, seed: int):
     from sklearn.preprocessing import StandardScaler
     clf = LogisticRegressionCV(Cs=list(cs), l1_ratios=[1.0], solver="liblinear", scoring="roc_auc",
                                cv=StratifiedKFold(inner_folds, shuffle=True, random_state=seed), max_iter=2000,
-                               use_legacy_attributes=False)
+                               random_state=seed, use_legacy_attributes=False)  # liblinear's L1 solver shuffles
     return make_pipeline(StandardScaler(), clf)
 
 
@@ -92,8 +117,10 @@ def _probe(cs, inner_folds: int, seed: int):
 class SATProbeResult:
     """Out-of-fold SAT-probe scores against baselines, and the probe refitted on all prompts.
 
-    scores: method -> (N,) predicted success ("probe" out-of-fold, "confidence", "mean_attention").
-    coef: (L, H) L1 weights of the probe refitted on all prompts (standardised features); C: its chosen C.
+    scores: method -> (N,) predicted success ("probe" out-of-fold, "confidence", extra baselines,
+    "mean_attention"). coef: (K·L, H) L1 weights of the probe refitted on all prompts (standardised
+    features; K = n_constraints blocks of L layers); C: its chosen C. completions: the generated
+    answers when the labels came from them (else empty).
     """
 
     model_name: str
@@ -107,6 +134,8 @@ class SATProbeResult:
     features: np.ndarray = field(repr=False)
     prompts: list[str] = field(default_factory=list, repr=False)
     reduce: str = "sum"
+    n_constraints: int = 1
+    completions: list[str] = field(default_factory=list, repr=False)
 
     @property
     def accuracy(self) -> float:
@@ -123,16 +152,21 @@ class SATProbeResult:
     def to_frame(self) -> pd.DataFrame:
         """One row per prompt: label and every method's score."""
         df = pd.DataFrame({"prompt": self.prompts or [""] * len(self.labels), "correct": self.labels.astype(bool)})
+        if self.completions:
+            df["completion"] = self.completions
         for name, s in self.scores.items():
             df[name] = s
         return df
 
     def top_heads(self, k: int = 10) -> pd.DataFrame:
-        """The k heads with the largest |L1 weight| in the refitted probe."""
+        """The k heads with the largest |L1 weight| in the refitted probe (with their constraint when K > 1)."""
         flat = np.abs(self.coef).ravel()
         idx = np.argsort(-flat)[:k]
-        return pd.DataFrame([{"layer": self.layers[i // self.n_heads], "head": i % self.n_heads,
-                              "weight": float(self.coef.ravel()[i])} for i in idx if flat[i] > 0])
+        n_l = len(self.layers)
+        rows = [{**({"constraint": i // (self.n_heads * n_l)} if self.n_constraints > 1 else {}),
+                 "layer": self.layers[(i // self.n_heads) % n_l], "head": i % self.n_heads,
+                 "weight": float(self.coef.ravel()[i])} for i in idx if flat[i] > 0]
+        return pd.DataFrame(rows)
 
     def figure(self, title: str | None = None):
         """Left: ROC curves (probe out-of-fold, confidence, mean attention). Right: L1 weights, layer × head."""
@@ -148,7 +182,9 @@ class SATProbeResult:
         fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"),
                                  showlegend=False, hoverinfo="skip"), 1, 1)
         lim = float(np.abs(self.coef).max()) or 1.0
-        fig.add_trace(go.Heatmap(z=self.coef, x=list(range(self.n_heads)), y=[str(l) for l in self.layers],
+        ylab = ([str(l) for l in self.layers] if self.n_constraints == 1 else
+                [f"c{k} L{l}" for k in range(self.n_constraints) for l in self.layers])
+        fig.add_trace(go.Heatmap(z=self.coef, x=list(range(self.n_heads)), y=ylab,
                                  colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim, colorbar=dict(title="weight", x=1.02),
                                  hovertemplate="L%{y}H%{x}<br>weight %{z:.3f}<extra></extra>"), 1, 2)
         fig.update_xaxes(title="false positive rate", range=[0, 1], row=1, col=1)
@@ -157,7 +193,8 @@ class SATProbeResult:
         fig.update_yaxes(title="layer", autorange="reversed", row=1, col=2)
         fig.update_layout(title=title or (f"SAT probe: attention to the subject at the last token ({self.model_name}; "
                                           f"{len(self.labels)} prompts, accuracy {self.accuracy:.2f})"),
-                          template="plotly_white", width=1050, height=max(420, 120 + 14 * len(self.layers)),
+                          template="plotly_white", width=1050,
+                          height=max(420, 120 + 14 * len(self.layers) * self.n_constraints),
                           legend=dict(x=0.02, y=-0.15, orientation="h"))
         return fig
 
@@ -174,11 +211,14 @@ class SATProbeResult:
 
 def fit_sat_probe(features, labels, confidence=None, layers=None, n_heads: int | None = None, n_folds: int = 5,
                   inner_folds: int = 3, Cs=DEFAULT_CS, seed: int = 0, model_name: str = "",
-                  prompts=None, reduce: str = "sum") -> SATProbeResult:
+                  prompts=None, reduce: str = "sum", n_constraints: int = 1, baselines=None,
+                  completions=None) -> SATProbeResult:
     """Out-of-fold L1 logistic probe on (N, F) features and 0/1 labels, with baselines.
 
-    confidence: (N,) model confidence for the baseline (optional). layers/n_heads: the feature layout
-    (default: one layer of F heads). Needs at least ``n_folds`` prompts in each class.
+    confidence: (N,) model confidence for the baseline (optional). baselines: more named (N,) scores
+    (e.g. {"top1_prob": ...}). layers/n_heads/n_constraints: the feature layout, F = K·L·H with
+    constraint-major blocks as ``constraint_attention_features`` builds them (default: one layer of F
+    heads). Needs at least ``n_folds`` prompts in each class.
     """
     from sklearn.model_selection import StratifiedKFold
     x = np.asarray(features, dtype=float)
@@ -195,10 +235,13 @@ def fit_sat_probe(features, labels, confidence=None, layers=None, n_heads: int |
                          "Use more prompts or fewer folds.")
     if not len(Cs):
         raise InputError("Cs must list at least one C value.")
-    n_heads = n_heads or x.shape[1]
-    layers = list(layers) if layers is not None else list(range(x.shape[1] // n_heads))
-    if len(layers) * n_heads != x.shape[1]:
-        raise InputError(f"{x.shape[1]} features do not match {len(layers)} layers × {n_heads} heads.")
+    if not isinstance(n_constraints, int) or n_constraints < 1:
+        raise InputError(f"n_constraints must be a positive integer, got {n_constraints!r}.")
+    n_heads = n_heads or x.shape[1] // n_constraints
+    layers = list(layers) if layers is not None else list(range(x.shape[1] // (n_heads * n_constraints)))
+    if n_constraints * len(layers) * n_heads != x.shape[1]:
+        raise InputError(f"{x.shape[1]} features do not match {n_constraints} constraint(s) × {len(layers)} layers × "
+                         f"{n_heads} heads.")
     oof = np.zeros(len(y))
     fold_c = []
     for tr, te in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(x, y):
@@ -206,16 +249,21 @@ def fit_sat_probe(features, labels, confidence=None, layers=None, n_heads: int |
         oof[te] = pipe.predict_proba(x[te])[:, 1]
         fold_c.append(float(np.ravel(pipe[-1].C_)[0]))
     full = _probe(Cs, inner_folds, seed).fit(x, y)
-    coef = full[-1].coef_.reshape(len(layers), n_heads)
+    coef = full[-1].coef_.reshape(n_constraints * len(layers), n_heads)
     scores = {"probe": oof}
     if confidence is not None:
         c = np.asarray(confidence, dtype=float)
         if c.shape != y.shape:
             raise InputError(f"confidence must have one value per prompt, got shape {c.shape}.")
         scores["confidence"] = c
+    for name, b in (baselines or {}).items():
+        b = np.asarray(b, dtype=float)
+        if b.shape != y.shape:
+            raise InputError(f"baseline {name!r} must have one value per prompt, got shape {b.shape}.")
+        scores[name] = b
     scores["mean_attention"] = x.mean(1)
     return SATProbeResult(model_name, layers, n_heads, y, scores, coef, float(np.ravel(full[-1].C_)[0]), fold_c, x,
-                          list(prompts or []), reduce)
+                          list(prompts or []), reduce, n_constraints, list(completions or []))
 
 
 def sat_probe(model, items, layers=None, reduce: str = "sum", n_folds: int = 5, inner_folds: int = 3,
