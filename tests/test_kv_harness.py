@@ -109,6 +109,27 @@ def test_sweep_policy_objects_and_fixed_policies(tiny_llama, samples):
     assert res.ratio.iloc[1] == 0.5 and math.isnan(res.ratio.iloc[2])
 
 
+def test_a_policy_named_by_what_binding_loads_keeps_one_label(tiny_llama, samples):
+    """A policy object whose name depends on what ``bind`` loads (Lexico's dictionary size) is bound before the
+    first sample, so every sample's rows carry the same label."""
+    class Loads(wb.PolicyBase):
+        loaded = None
+
+        @property
+        def name(self):
+            return "loads" + ("" if self.loaded is None else f" (N={self.loaded})")
+
+        def bind(self, model):
+            self.loaded = model.info.d_model
+
+        def apply(self, cache, ctx):
+            pass
+
+    df = sweep(tiny_llama, samples[:2], [Loads()], max_new_tokens=2).to_frame()
+    labels = set(df[df.policy != "full cache"].policy)
+    assert labels == {f"loads (N={tiny_llama.info.d_model})"}
+
+
 def test_sweep_bad_input(tiny_llama, samples):
     with pytest.raises(wb.InputError, match="Unknown cache policy"):
         sweep(tiny_llama, samples, ["nope"])

@@ -308,6 +308,9 @@ def sweep(model, samples: Sequence, policies: Sequence = ("streaming_llm", "snap
                                        or max_new_tokens < 1):
         raise InputError(f"sweep(): max_new_tokens must be a positive integer or None, got {max_new_tokens!r}.")
     _instances(policies, ratios)  # validate names and arguments before any forward pass
+    for p in policies:  # bind the given objects first: a policy's name may depend on what binding loads
+        if not isinstance(p, str):
+            bind_policy(p, model)
     result = SweepResult()
     for i, s in enumerate(progress(samples, desc="KV sweep", unit="sample")):
         n_new = max_new_tokens or len(s.answer_token_ids)
