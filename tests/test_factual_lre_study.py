@@ -3,9 +3,11 @@ import pytest
 import torch
 
 from probes.factual.lre import RelationSample
-from probes.factual.lre_causality import causal_pairs, edit_success, edited_top1, low_rank_pinv, subject_states
+from probes.factual.lre_causality import (causal_pairs, edit_success, edited_top1, low_rank_pinv, subject_states,
+                                          subject_states_at)
 from probes.factual.lre_relations import FEW_SHOT_TEMPLATES, few_shot_prompt, few_shot_samples, relation_pairs
 from probes.factual.lre_study import lre_study
+from probes.frames.wordnet import wordnet_available
 from workbench.errors import InputError
 
 PAIRS = [("France", "Paris"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Chad", "N'Djamena")]
@@ -35,6 +37,8 @@ def test_few_shot_prompts_never_show_their_own_subject_and_are_stable():
 
 
 def test_built_in_relations_are_offline_and_well_formed():
+    if not wordnet_available():
+        pytest.skip("WordNet 3.0 (Debian wordnet-base) is not installed: run `make system`")
     for rel in FEW_SHOT_TEMPLATES:
         pairs = relation_pairs(rel, 20)
         assert len(pairs) == 20 and len({s for s, _ in pairs}) == 20
@@ -80,9 +84,21 @@ def test_causal_edit_is_exact_when_the_subject_state_is_the_output(tiny):
         edit_success(tiny, states, pairs, L - 1, None, "lre")
 
 
+def test_states_at_several_layers_equal_single_layer_runs(tiny_llama):
+    samples = [RelationSample("the cat is big", "cat", " big"), RelationSample("a dog runs far", "dog")]
+    both = subject_states_at(tiny_llama, samples, [0, 1])
+    for layer in (0, 1):
+        for a, b in zip(both[layer], subject_states(tiny_llama, samples, layer)):
+            assert a.position == b.position and a.top1 == b.top1 and a.object_id == b.object_id
+            assert torch.equal(a.resid, b.resid) and torch.equal(a.z, b.z)
+    assert both[0][1].object_id is None and both[0][0].object_id is not None
+
+
 def test_study_says_when_the_model_knows_too_few_facts(tiny):
     with pytest.raises(InputError, match=r"knows \d+ of 20 facts"):
         lre_study(tiny, "capital", n_candidates=20, n_train=2, layers=[0])
+    with pytest.raises(InputError, match="at least one β"):
+        lre_study(tiny, "capital", n_candidates=20, n_train=2, layers=[0], betas=())
 
 
 @pytest.mark.smollm2

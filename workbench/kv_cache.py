@@ -263,6 +263,7 @@ class RaggedLayer(DynamicLayer):
         self.lengths = tuple(int(n) for n in lengths)
         self.dtype, self.device = packed_keys.dtype, packed_keys.device
         self.is_initialized = True
+        self._pos, self._pos_w = None, 0  # positions buffer (see padded_positions) and its filled width
         if packed_keys.shape != packed_values.shape or packed_keys.shape[0] != sum(self.lengths):
             raise InputError("RaggedLayer: packed keys/values must be (sum of lengths, d_head).")
         self._store(packed_keys, packed_values, max(int(room), 0))
@@ -370,21 +371,19 @@ class RaggedLayer(DynamicLayer):
 
     def owns(self, positions: torch.Tensor) -> bool:
         """Whether ``positions`` is the current view of this layer's positions buffer."""
-        buf = getattr(self, "_pos", None)
-        return (buf is not None and positions.data_ptr() == buf.data_ptr()
+        return (self._pos is not None and positions.data_ptr() == self._pos.data_ptr()
                 and positions.shape[-1] == self._pos_w)
 
     @property
     def positions(self) -> torch.Tensor | None:
         """The (1, G, N_max) view of the positions buffer (None before ``padded_positions``)."""
-        buf = getattr(self, "_pos", None)
-        return None if buf is None else buf[:, :, :self._pos_w]
+        return None if self._pos is None else self._pos[:, :, :self._pos_w]
 
     def record(self, new_positions: torch.Tensor) -> torch.Tensor | None:
         """Write the (1, G, T) positions of the T tokens just appended into the buffer's free columns and
         return the new view; None when the buffer has no room left (the caller then concatenates)."""
         t = new_positions.shape[-1]
-        buf = getattr(self, "_pos", None)
+        buf = self._pos
         if buf is None or self._pos_w + t > buf.shape[-1]:
             self._pos = None
             return None

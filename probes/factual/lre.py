@@ -290,14 +290,9 @@ class LREResult:
 
 def _subject_states(model, samples: list[RelationSample], layer: int):
     """(n, d) subject last-token states at ``layer`` and (n,) model top-1 ids at each prompt's end."""
-    states, preds = [], []
-    with torch.no_grad():
-        for smp in samples:
-            pos = subject_token_positions(model, smp.prompt, smp.subject)[-1]
-            run = model.run(smp.prompt, capture=["resid_post"], layers=[layer], positions=[pos], logits="last")
-            states.append(run["resid_post", layer][0, 0])
-            preds.append(int(run.last_logits[0].argmax()))
-    return torch.stack(states), preds
+    from .lre_causality import subject_states  # imports this module
+    states = subject_states(model, samples, layer)
+    return torch.stack([st.h for st in states]), [st.top1 for st in states]
 
 
 def fit_lre(model, train, test, layer: int, beta: float = 2.5, betas: Sequence[float] = DEFAULT_BETAS,

@@ -60,17 +60,24 @@ class SubjectState:
 
 
 def subject_states(model, samples, layer: int) -> list[SubjectState]:
-    """Clean runs of ``samples`` (RelationSample) with the states an LRE edit needs."""
+    """Clean runs of ``samples`` (RelationSample) with the states an LRE edit needs at ``layer``."""
     layer = model.check_layer(layer)
+    return subject_states_at(model, samples, [layer])[layer]
+
+
+def subject_states_at(model, samples, layers) -> dict[int, list[SubjectState]]:
+    """{layer: states} for several subject layers, from one forward pass per prompt."""
+    layers = sorted({model.check_layer(x) for x in layers})
     last = model.info.n_layers - 1
-    out = []
+    out: dict[int, list[SubjectState]] = {x: [] for x in layers}
     with torch.no_grad():
         for smp in samples:
             pos = subject_token_positions(model, smp.prompt, smp.subject)[-1]
-            run = model.run(smp.prompt, capture=["resid_post"], layers=sorted({layer, last}), logits="last")
-            out.append(SubjectState(smp, pos, run["resid_post", layer][0].float(), run["resid_post", last][0, -1].float(),
-                                    int(run.last_logits[0].argmax()),
-                                    token_id(model, smp.answer) if smp.answer else None))
+            run = model.run(smp.prompt, capture=["resid_post"], layers=sorted({*layers, last}), logits="last")
+            z, top1 = run["resid_post", last][0, -1].float(), int(run.last_logits[0].argmax())
+            obj = token_id(model, smp.answer) if smp.answer else None
+            for x in layers:
+                out[x].append(SubjectState(smp, pos, run["resid_post", x][0].float(), z, top1, obj))
     return out
 
 

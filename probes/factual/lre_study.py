@@ -33,7 +33,7 @@ from workbench.result import Result
 
 from .lenses import logits_from_resid
 from .lre import DEFAULT_BETAS, estimate_lre, lre_predict, subject_map
-from .lre_causality import causal_pairs, edit_success, low_rank_pinv, subject_states
+from .lre_causality import causal_pairs, edit_success, low_rank_pinv, subject_states_at
 from .lre_relations import FEW_SHOT_TEMPLATES, few_shot_samples, relation_pairs
 
 DEFAULT_RANKS = (8, 16, 32, 64, 128, 256)
@@ -149,6 +149,8 @@ def lre_study(model, relation: str, pairs: Sequence[tuple[str, str]] | None = No
     if n_train < 1 or n_shots < 0 or not 0 < val_fraction < 1:
         raise InputError(f"Need n_train >= 1, n_shots >= 0 and 0 < val_fraction < 1; got {n_train}, {n_shots}, "
                          f"{val_fraction}.")
+    if not len(betas) or not len(ranks):
+        raise InputError("lre_study needs at least one β (betas) and one rank of the inverse (ranks) to choose from.")
     L = model.info.n_layers
     layers = sorted({model.check_layer(x) for x in (layers if layers is not None else range(2, max(3, 2 * L // 3), 4))})
     order = random.Random(seed).sample(range(len(pairs)), len(pairs))
@@ -156,8 +158,8 @@ def lre_study(model, relation: str, pairs: Sequence[tuple[str, str]] | None = No
     # training candidates first (twice what is needed, in case some are unknown); their pairs are the ICL pool
     pool = shuffled[:2 * n_train]
     samples = few_shot_samples(shuffled, template, n_shots, pool=pool, seed=seed, relation=relation)
-    probe = subject_states(model, samples, layers[0])
-    known = [i for i, st in enumerate(probe) if st.known]
+    states = subject_states_at(model, samples, layers)  # one clean run per prompt serves every layer
+    known = [i for i, st in enumerate(states[layers[0]]) if st.known]
     train_idx = [i for i in known if i < len(pool)][:n_train]
     rest = [i for i in known if i >= len(pool)]
     n_val = int(round(val_fraction * len(rest)))
@@ -166,10 +168,9 @@ def lre_study(model, relation: str, pairs: Sequence[tuple[str, str]] | None = No
         raise InputError(f"Relation {relation!r}: the model knows {len(known)} of {len(pairs)} facts ({len(train_idx)} "
                          f"training, {len(val_idx)} validation, {len(test_idx)} test); need {n_train} training and at "
                          "least 2 each for validation and test. Give more pairs (n_candidates) or fewer n_train.")
-    pick = lambda idx: [samples[i] for i in idx]  # noqa: E731
     rows, fitted = [], {}
     for layer in layers:
-        tr, va = subject_states(model, pick(train_idx), layer), subject_states(model, pick(val_idx), layer)
+        tr, va = [states[layer][i] for i in train_idx], [states[layer][i] for i in val_idx]
         w, b = _fit(model, tr, layer, chunk)
         fitted[layer] = (w, b, va)
         for beta in betas:
@@ -183,7 +184,7 @@ def lre_study(model, relation: str, pairs: Sequence[tuple[str, str]] | None = No
     by_rank = {int(r): float(np.mean(edit_success(model, va, val_pairs, layer, low_rank_pinv(w, int(r)))))
                for r in ranks}
     rank = max(sorted(by_rank), key=lambda r: by_rank[r])
-    te = subject_states(model, pick(test_idx), layer)
+    te = [states[layer][i] for i in test_idx]
     faithful = _faithful(model, w, b, te, beta)
     te_pairs = causal_pairs(te)
     pinv = low_rank_pinv(w, rank)

@@ -46,8 +46,6 @@ def attention_features(model, prompts, constraint_positions, layers=None, reduce
     prompts: list of strings; constraint_positions: per prompt, a non-empty list of token positions
     (before the last token). Feature index = i_layer · H + head. Returns (features, last_logits).
     """
-    if len(prompts) != len(constraint_positions):
-        raise InputError(f"{len(prompts)} prompts but {len(constraint_positions)} constraint position lists.")
     return constraint_attention_features(model, prompts, [[pos] for pos in constraint_positions], layers, reduce,
                                          batch_size)
 
@@ -182,16 +180,17 @@ class SATProbeResult:
         fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"),
                                  showlegend=False, hoverinfo="skip"), 1, 1)
         lim = float(np.abs(self.coef).max()) or 1.0
-        ylab = ([str(l) for l in self.layers] if self.n_constraints == 1 else
+        ylab = ([f"L{l}" for l in self.layers] if self.n_constraints == 1 else
                 [f"c{k} L{l}" for k in range(self.n_constraints) for l in self.layers])
         fig.add_trace(go.Heatmap(z=self.coef, x=list(range(self.n_heads)), y=ylab,
                                  colorscale="RdBu", zmid=0, zmin=-lim, zmax=lim, colorbar=dict(title="weight", x=1.02),
-                                 hovertemplate="L%{y}H%{x}<br>weight %{z:.3f}<extra></extra>"), 1, 2)
+                                 hovertemplate="%{y} H%{x}<br>weight %{z:.3f}<extra></extra>"), 1, 2)
         fig.update_xaxes(title="false positive rate", range=[0, 1], row=1, col=1)
         fig.update_yaxes(title="true positive rate", range=[0, 1.02], row=1, col=1)
         fig.update_xaxes(title="head", row=1, col=2)
         fig.update_yaxes(title="layer", autorange="reversed", row=1, col=2)
-        fig.update_layout(title=title or (f"SAT probe: attention to the subject at the last token ({self.model_name}; "
+        what = "subject" if self.n_constraints == 1 else "constraints"
+        fig.update_layout(title=title or (f"SAT probe: attention to the {what} at the last token ({self.model_name}; "
                                           f"{len(self.labels)} prompts, accuracy {self.accuracy:.2f})"),
                           template="plotly_white", width=1050,
                           height=max(420, 120 + 14 * len(self.layers) * self.n_constraints),
