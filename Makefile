@@ -6,8 +6,8 @@
 #   make demo    execute notebooks/00_tour.py headless -> out/00_tour.ipynb, out/figures/
 #   make test    run the test suite
 #   make lab     JupyterLab on notebooks/ (a double-click opens a .py as a notebook, kernel from .venv)
-#   make transcoders  retrain the shipped SmolLM2 transcoders (layers 8, 15) and the layer-8 SAE
-#   make transcoders-all-layers  a transcoder for every SmolLM2 layer (out/transcoders-all-layers)
+#   make transcoders  retrain the shipped SmolLM2 transcoders (skip and plain) and SAEs (layers 8, 15)
+#   make transcoders-all-layers  a skip transcoder for every SmolLM2 layer (out/transcoders-all-layers)
 #   make corpus  rebuild the bundled training corpus (workbench/texts/data/corpus; needs make system)
 #   make bench   benchmarks (core, decoding, sinks, KV cache, factual recall, patching, transcoders, frames)
 #                -> benchmarks/results/*.json; see BENCHMARKS.md
@@ -85,12 +85,12 @@ bench: venv model
 	$(PY) benchmarks/bench_sparsity_pruning.py
 	$(PY) benchmarks/bench_lab.py
 
-# One harvest of the corpus feeds both transcoders and the SAE (see BENCHMARKS.md for the time).
+# One harvest of the corpus feeds the skip and plain transcoders and the SAEs (see BENCHMARKS.md for the time).
 transcoders: venv model
-	OMP_NUM_THREADS=1 $(PY) scripts/train_transcoders.py --threads 1
+	OMP_NUM_THREADS=2 $(PY) scripts/train_transcoders.py --threads 2
 
 transcoders-all-layers: venv model
-	OMP_NUM_THREADS=1 $(PY) scripts/train_transcoders.py --threads 1 --all-layers --out out/transcoders-all-layers
+	OMP_NUM_THREADS=2 $(PY) scripts/train_transcoders.py --threads 2 --all-layers --kinds skip --out out/transcoders-all-layers
 
 corpus: venv model
 	bash scripts/install_system.sh --corpus

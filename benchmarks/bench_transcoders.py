@@ -8,14 +8,15 @@
    warm-up pass.
 2. Training: read from ``probes/data/transcoders/summary.json``, written by the training script
    (``scripts/train_transcoders.py``): wall time of the harvest and of training, steps, tokens.
-3. Fidelity: for every shipped transcoder (and the shipped SAE on mlp_out at the same layer), on
+3. Fidelity: for every shipped transcoder ("transcoder L{l}": the skip transcoder; "plain transcoder
+   L{l}": the plain one; "SAE mlp_out L{l}": the SAE on mlp_out, all at the same layer and L0), on
    the whole out-of-domain evaluation set and on the in-domain held-out split (``--heldout-tokens``
    per source): L0, FVU of mlp_out, next-token loss clean / replaced / zero-ablated /
    mean-ablated, fraction of loss recovered against both baselines with 95% bootstrap intervals,
    overall and per domain, dead and dense features. ``--extra`` adds the models in other folders
    written by the training script (e.g. a width sweep). Targets at L0 <= 64, out of domain:
    >= 0.80 recovered against zero-ablation, >= 0.70 against mean-ablation, transcoder within 0.05
-   of the SAE.
+   of the SAE (both kinds reported).
 """
 from __future__ import annotations
 
@@ -73,7 +74,10 @@ def main(argv=None) -> dict:
         print(f"harvest layer {layer}: {s.tokens_per_s:.0f} tokens/s", flush=True)
     tcs = T.load_pretrained(model)
     cands: dict[int, dict] = {l: {f"transcoder L{l}": tcs[l]} for l in layers}
+    plain = T.load_pretrained(model, kind="plain")
     for layer in layers:
+        if layer in plain:
+            cands[layer][f"plain transcoder L{layer}"] = plain[layer]
         if layer in T.shipped_layers("sae"):
             cands[layer][f"SAE mlp_out L{layer}"] = T.load_pretrained_sae(model, layer)
     for folder in args.extra:

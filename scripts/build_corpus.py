@@ -211,7 +211,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", type=Path, default=OUT_DIR)
     ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
-    ap.add_argument("--generated", type=int, default=192,
+    ap.add_argument("--generated", type=int, default=1920,
                     help="model-generated documents (the first cells of the seeded grid; 1,920 cells in all)")
     ap.add_argument("--gen-batch-size", type=int, default=32)
     ap.add_argument("--gen-max-new-tokens", type=int, default=200)

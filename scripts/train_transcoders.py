@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Train the shipped SmolLM2 transcoders and SAE (one command, seeded, reproducible on one machine).
 
-Default (what ``make transcoders`` runs): TopK transcoders for layers 8 and 15 and a TopK SAE on
-layer 8's ``mlp_out``, all from one harvest of the bundled corpus's training split:
+Default (what ``make transcoders`` runs), for layers 8 and 15: a TopK skip transcoder (SAELens's
+linear skip connection ``x @ W_skip.T`` added to the sparse path), a plain TopK transcoder and a
+TopK SAE on ``mlp_out``, all from one harvest of the bundled corpus's training split
+(``--kinds`` picks the transcoder kinds, ``--sae-layers`` the SAEs):
 
 1. harvest: ``--tokens`` (mlp_in, mlp_out) rows per layer from a truncated forward pass (position
    0 dropped), written once as float16 memory-mapped files under ``--activation-dir`` (resumed
@@ -10,10 +12,12 @@ layer 8's ``mlp_out``, all from one harvest of the bundled corpus's training spl
 2. train: every model sees the same shuffled batches (several epochs over the harvest), so adding
    a model to a run never changes the others; checkpoints every ``--checkpoint-every`` steps under
    ``--checkpoint-dir``, and rerunning the command resumes from them;
-3. write the float16 SAELens folders ``--out/smollm2-layer{L}[-sae]/`` and ``summary.json``.
+3. write the float16 SAELens folders ``--out/smollm2-layer{L}/`` (skip), ``smollm2-layer{L}-plain/``
+   and ``smollm2-layer{L}-sae/``, and ``summary.json``.
 
 ``--extra KIND:LAYER:D_SAE`` trains more models from the same batches (e.g. ``tc:8:1536`` for a
-width comparison) into ``--extra-out``, with a ``-d{width}`` suffix; the shipped ones are
+width comparison, ``skip:8:3072`` for a transcoder with SAELens's linear skip connection) into
+``--extra-out``, with a ``-d{width}`` suffix; the shipped ones are
 unaffected (each model's result depends only on its seed and the shared batches). ``--all-layers`` trains a transcoder for every layer from a
 streamed harvest (a full forward pass per batch, no activation files: 30 layers of float16 rows
 would need about 70 kB per token), for complete replacement circuits.
@@ -49,23 +53,26 @@ def _autocast_iter(it, device_type: str, enabled: bool):
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, nargs="*", default=[8, 15], help="transcoder layers")
-    ap.add_argument("--sae-layers", type=int, nargs="*", default=[8], help="SAE-on-mlp_out layers")
+    ap.add_argument("--sae-layers", type=int, nargs="*", default=[8, 15], help="SAE-on-mlp_out layers")
     ap.add_argument("--all-layers", action="store_true", help="a transcoder for every layer (streamed harvest)")
     ap.add_argument("--activation", default="topk", choices=["relu", "topk", "jumprelu"])
-    ap.add_argument("--skip", action="store_true", help="add SAELens's skip connection W_skip")
+    ap.add_argument("--kinds", nargs="+", default=["skip", "plain"], choices=["skip", "plain"],
+                    help="transcoder kinds at --layers: skip (SAELens's W_skip; folder smollm2-layer{L}) and/or "
+                         "plain (smollm2-layer{L}-plain)")
     ap.add_argument("--d-sae", type=int, default=3072)
     ap.add_argument("--extra", nargs="*", default=[], metavar="KIND:LAYER:D_SAE",
-                    help="more models trained on the same batches (KIND: tc or sae), written to --extra-out")
+                    help="more models trained on the same batches (KIND: tc, skip (transcoder + W_skip) or sae), "
+                         "written to --extra-out")
     ap.add_argument("--extra-out", type=Path, default=ROOT / "out" / "transcoders-extra")
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--l1", type=float, default=3.0, help="L1 coefficient (relu)")
     ap.add_argument("--l0", type=float, default=0.02, help="L0 coefficient (jumprelu)")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--steps", type=int, default=1500,
-                    help="Adam steps per model (default: 1,500 of 1,024 rows, about 2.9 epochs of the default harvest)")
+    ap.add_argument("--steps", type=int, default=3000,
+                    help="Adam steps per model (default: 3,000 of 1,024 rows, about 2.9 epochs of the default harvest)")
     ap.add_argument("--batch-size", type=int, default=1024)
-    ap.add_argument("--tokens", type=int, default=536_448,
-                    help="activation rows harvested per layer (default: 528 batches of 8 windows x 127 rows)")
+    ap.add_argument("--tokens", type=int, default=1_072_896,
+                    help="activation rows harvested per layer (default: 1,056 batches of 8 windows x 127 rows)")
     ap.add_argument("--buffer-tokens", type=int, default=65536, help="shuffle buffer (--all-layers)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -98,24 +105,28 @@ def main(argv=None) -> None:
     d = model.info.d_model
     if args.all_layers:
         args.layers, args.sae_layers = list(range(model.info.n_layers)), []
-    specs = [(kind, l, args.d_sae, False) for kind, ls in (("tc", args.layers), ("sae", args.sae_layers)) for l in ls]
+    kinds = [{"skip": "skip", "plain": "tc"}[k] for k in dict.fromkeys(args.kinds)]
+    specs = [(kind, l, args.d_sae, False) for kind in kinds for l in args.layers]
+    specs += [("sae", l, args.d_sae, False) for l in args.sae_layers]
     for e in args.extra:
         try:
             kind, l, w = e.split(":")
-            assert kind in ("tc", "sae")
+            assert kind in ("tc", "skip", "sae")
             specs.append((kind, int(l), int(w), True))
         except (ValueError, AssertionError):
-            ap.error(f"--extra {e!r}: expected KIND:LAYER:D_SAE with KIND tc or sae, e.g. tc:8:1536")
+            ap.error(f"--extra {e!r}: expected KIND:LAYER:D_SAE with KIND tc, skip or sae, e.g. tc:8:1536")
     if not specs:
         ap.error("nothing to train: give --layers and/or --sae-layers")
 
     def name(kind, l, w, extra):
-        return f"smollm2-layer{l}{'-sae' if kind == 'sae' else ''}{f'-d{w}' if extra else ''}"
+        suffix = {"sae": "-sae", "skip": "-skip" if extra else "", "tc": "" if extra else "-plain"}[kind]
+        return f"smollm2-layer{l}{suffix}{f'-d{w}' if extra else ''}"
 
     trainers, dirs = {}, {}
     for kind, layer, width, extra in specs:
         key = name(kind, layer, width, extra)
-        cfg = TranscoderTrainingConfig(d_in=d, d_out=d, d_sae=width, activation=args.activation, skip=args.skip,
+        cfg = TranscoderTrainingConfig(d_in=d, d_out=d, d_sae=width, activation=args.activation,
+                                       skip=kind == "skip",
                                        k=args.k, l1_coefficient=args.l1, l0_coefficient=args.l0, lr=args.lr,
                                        total_steps=args.steps, batch_size=args.batch_size, seed=args.seed + layer,
                                        checkpoint_every=args.checkpoint_every, autocast=args.autocast,

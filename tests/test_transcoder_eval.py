@@ -204,6 +204,7 @@ def test_shipped_transcoder_recovers_loss(smollm2):
     rep = evaluate(smollm2, {"tc": tc}, max_docs_per_domain=1, max_tokens_per_domain=64, context=64, n_boot=100)
     r = rep["tc"]
     assert r.l0 <= 64 and r.ce_zero > r.ce_mean > r.ce_clean
-    # measured on these 9 x 64 tokens: 0.746 / 0.645, FVU 0.439 (the earlier 1,536-wide transcoder
-    # trained on 66k tokens: 0.644 / 0.504, FVU 0.624, which fails here)
-    assert r.loss_recovered > 0.7 and r.loss_recovered_mean > 0.58 and r.fvu < 0.5
+    # measured on these 9 x 64 tokens: 0.826 / 0.757, FVU 0.294 (the earlier plain transcoder on 536k
+    # tokens of the smaller corpus: 0.746 / 0.645, FVU 0.439; the 1,536-wide one trained on 66k tokens:
+    # 0.644 / 0.504, FVU 0.624; both fail here)
+    assert r.loss_recovered > 0.78 and r.loss_recovered_mean > 0.70 and r.fvu < 0.35

@@ -77,11 +77,13 @@ def test_shipped_folders_load_or_name_the_import():
     built-in SAELens architecture that loads without this package."""
     import json
 
-    from probes.transcoders.architectures import TOPK_ARCH
+    from probes.transcoders.architectures import TOPK_ARCH, TOPK_SKIP_ARCH
     from probes.transcoders.pretrained import SHIPPED_DIR
+    assert shipped_layers("plain") == shipped_layers() == shipped_layers("sae")
     for layer in shipped_layers():
-        cfg = json.loads((SHIPPED_DIR / f"smollm2-layer{layer}" / "cfg.json").read_text())
-        assert cfg["architecture"] == TOPK_ARCH, (layer, cfg["architecture"])
+        for suffix, arch in (("", TOPK_SKIP_ARCH), ("-plain", TOPK_ARCH)):
+            cfg = json.loads((SHIPPED_DIR / f"smollm2-layer{layer}{suffix}" / "cfg.json").read_text())
+            assert cfg["architecture"] == arch, (layer, suffix, cfg["architecture"])
     for layer in shipped_layers("sae"):
         cfg = json.loads((SHIPPED_DIR / f"smollm2-layer{layer}-sae" / "cfg.json").read_text())
         assert ":" not in cfg["architecture"]
@@ -105,6 +107,14 @@ def test_shipped_transcoders_fit_smollm2(smollm2):
     if layer in shipped_layers("sae"):
         sae = load_pretrained_sae(smollm2, layer)
         assert sae.cfg.d_in == smollm2.info.d_model
+    # the default kind has the skip connection, the plain kind none; both fit, the skip one better here
+    plain = load_pretrained(smollm2, layer, kind="plain")[layer]
+    assert isinstance(getattr(tc, "W_skip", None), torch.Tensor) and getattr(plain, "W_skip", None) is None
+    with torch.no_grad():
+        fvu_plain = ((plain(x) - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+    assert fvu < fvu_plain < 0.6
+    with pytest.raises(InputError, match="kind must be"):
+        load_pretrained(smollm2, layer, kind="sae")
 
 
 def test_plain_saelens_error_names_the_import(tmp_path):
