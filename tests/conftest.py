@@ -71,6 +71,15 @@ def smollm2():
     return wb.load()
 
 
+@pytest.fixture(scope="session")
+def wordnet():
+    """Skips the test when WordNet 3.0 (a system package) is missing, with the command that installs it."""
+    from probes.frames.wordnet import wordnet_available
+
+    if not wordnet_available():
+        pytest.skip("WordNet 3.0 (Debian wordnet-base) is not installed: run `make system`")
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_hooks(request):
     """After every test, no model used by it may carry a hook the workbench attached."""

@@ -15,15 +15,6 @@ from probes.factual.sat_constraints import constraint_positions, greedy_completi
 from probes.factual.sat_probe import attention_features
 
 
-@pytest.fixture(scope="module")
-def wordnet():
-    pytest.importorskip("nltk")
-    from probes.frames.wordnet import wordnet_available
-
-    if not wordnet_available():
-        pytest.skip("WordNet 3.0 (Debian wordnet-base) is not installed: run `make system`")
-
-
 def _spans_round_trip(items):
     for it in items:
         for c in it.constraints:

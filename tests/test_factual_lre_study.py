@@ -7,7 +7,6 @@ from probes.factual.lre_causality import (causal_pairs, edit_success, edited_top
                                           subject_states_at)
 from probes.factual.lre_relations import FEW_SHOT_TEMPLATES, few_shot_prompt, few_shot_samples, relation_pairs
 from probes.factual.lre_study import lre_study
-from probes.frames.wordnet import wordnet_available
 from workbench.errors import InputError
 
 PAIRS = [("France", "Paris"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Chad", "N'Djamena")]
@@ -36,9 +35,7 @@ def test_few_shot_prompts_never_show_their_own_subject_and_are_stable():
         few_shot_prompt("no slot here", "Peru", [])
 
 
-def test_built_in_relations_are_offline_and_well_formed():
-    if not wordnet_available():
-        pytest.skip("WordNet 3.0 (Debian wordnet-base) is not installed: run `make system`")
+def test_built_in_relations_are_offline_and_well_formed(wordnet):
     for rel in FEW_SHOT_TEMPLATES:
         pairs = relation_pairs(rel, 20)
         assert len(pairs) == 20 and len({s for s, _ in pairs}) == 20
